@@ -1,0 +1,1 @@
+"""The HTTP API: quota reads, admission checks, breakdowns, admin."""

@@ -1,0 +1,30 @@
+"""The API app factory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
+from fastapi import FastAPI
+
+from api import errors
+from api.routes import admin, health, quota
+from api.state import Services
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
+    app = FastAPI(
+        title="Tally",
+        version="0.1.0",
+        description="Usage metering for AI-agent platforms: quotas, admission and breakdowns.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(quota.router)
+    app.include_router(admin.router)
+    return app
+

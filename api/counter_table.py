@@ -1,0 +1,109 @@
+"""The in-memory counter table: a replica of the `usage.counters` topic.
+
+Every message is an absolute value, so the table only keeps the latest one per key, and
+reading the topic again from the start rebuilds it. Quota reads are dict lookups here and
+never touch ClickHouse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from tally.config import COUNTERS_TOPIC
+from tally.domain.counters import HEARTBEAT_KEY, CounterKey, decode_key
+
+log = logging.getLogger("tally.counters")
+
+
+class CounterTable:
+    def __init__(self, bootstrap_servers: str) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.values: dict[CounterKey, int] = {}
+        self.beats: dict[int, tuple[int, int]] = {}  # partition -> (current-to ms, lag)
+        self.ready = asyncio.Event()
+        self.applied = 0
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def get(self, key: CounterKey) -> int:
+        return self.values.get(key, 0)
+
+    def total(self, org_id: str, name: str, buckets: Iterable[int]) -> int:
+        values = self.values
+        return sum(values.get((org_id, name, b), 0) for b in buckets)
+
+    def freshness(self) -> tuple[int | None, int | None]:
+        """(time in ms the counters are current to, events not yet counted), if known."""
+        if not self.beats:
+            return None, None
+        return min(t for t, _ in self.beats.values()), sum(lag for _, lag in self.beats.values())
+
+    async def start(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
+            group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=20,
+        )
+        await consumer.start()
+        self._consumer = consumer
+        partitions = None
+        while not partitions:
+            await consumer.topics()
+            partitions = consumer.partitions_for_topic(COUNTERS_TOPIC)
+            if not partitions:
+                await asyncio.sleep(0.2)
+        tps = [TopicPartition(COUNTERS_TOPIC, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        self._task = asyncio.create_task(self._run(end), name="tally-counter-table")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def _run(self, end: dict[TopicPartition, int]) -> None:
+        assert self._consumer is not None
+        pending = {tp for tp, offset in end.items() if offset > 0}
+        if not pending:
+            self.ready.set()
+        while True:
+            fetched = await self._consumer.getmany(timeout_ms=100, max_records=50_000)
+            for tp, msgs in fetched.items():
+                for m in msgs:
+                    self._apply(m.key, m.value)
+                if tp in pending and msgs and msgs[-1].offset + 1 >= end[tp]:
+                    pending.discard(tp)
+            if pending:
+                pending = {tp for tp in pending if await self._consumer.position(tp) < end[tp]}
+            if not pending and not self.ready.is_set():
+                log.info("counter table caught up: %d keys", len(self.values))
+                self.ready.set()
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None or value is None:
+            return
+        org, name, bucket = decode_key(key)
+        data = orjson.loads(value)
+        if org == HEARTBEAT_KEY:
+            self.beats[int(name)] = (int(data["t"]), int(data["v"]))
+            return
+        self.values[(org, name, bucket)] = int(data["v"])
+        self.applied += 1
+
+    def staleness_s(self) -> float | None:
+        current, _ = self.freshness()
+        return None if current is None else max(0.0, time.time() - current / 1000)

@@ -1,0 +1,22 @@
+"""What the API handlers share: passed in explicitly by the app factory."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from api.counter_table import CounterTable
+from api.registry import Registry
+from schemas.plans import Catalogue
+from tally.config import Settings
+from tally.store import Store
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    registry: Registry
+    counters: CounterTable
+    plans: Catalogue
+    checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""The stream worker: usage.events in, ClickHouse rows and absolute counters out."""

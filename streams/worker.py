@@ -1,0 +1,208 @@
+"""The batch consumer at the heart of the worker.
+
+It consumes `usage.events` as a member of the worker group, a whole fetch at a time, and for
+each fetch: dead letters first (so none is lost), then one insert of the rows with their
+offsets, then the counters of every changed key as absolute values on `usage.counters`.
+On assignment it rebuilds each partition's state from the store and seeks to the stored
+watermark; Kafka's committed offsets are only informational (they show lag).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+from schemas.prices import PriceBook
+from streams.batch import BatchResult, PartitionState, Record, apply, process
+from streams.sink import ClickHouseSink
+from tally.config import COUNTERS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, Settings
+from tally.domain.counters import HEARTBEAT_KEY, CounterKey, encode_key
+
+log = logging.getLogger("tally.worker")
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.worker.release(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.worker.acquire(assigned)
+
+
+class Worker:
+    """Consume, store and count; use `async with Worker(...)` or `start()` / `stop()`."""
+
+    def __init__(self, settings: Settings, sink: ClickHouseSink, book: PriceBook) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.book = book
+        self.states: dict[int, PartitionState] = {}
+        self.processed = 0
+        self.dead_letters = 0
+        self.duplicates = 0
+        self._lock = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+
+    async def start(self) -> None:
+        s = self.settings
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=s.bootstrap_servers, acks="all", linger_ms=2,
+            max_batch_size=1 << 20,
+        )
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap_servers,
+            group_id=s.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000,
+            rebalance_timeout_ms=10_000,
+            max_poll_interval_ms=300_000,
+            fetch_max_bytes=64 << 20,
+            max_partition_fetch_bytes=8 << 20,
+        )
+        self._consumer.subscribe([EVENTS_TOPIC], listener=_Rebalance(self))
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name="tally-worker")
+
+    async def stop(self) -> None:
+        """Finish the batch in flight, then leave the group and close the connections."""
+        if self._task is not None:
+            async with self._lock:
+                self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- rebalance -------------------------------------------------------------------------
+
+    async def acquire(self, assigned: set[TopicPartition]) -> None:
+        async with self._lock:
+            assert self._consumer is not None
+            for tp in sorted(assigned):
+                state = await self.sink.load(tp.partition)
+                self.states[tp.partition] = state
+                self._consumer.seek(tp, state.next_offset)
+                await self._publish(state.counters)
+                log.info("partition %d acquired at offset %d with %d counters",
+                         tp.partition, state.next_offset, len(state.counters))
+            await self._flush_producer()
+            self.ready.set()
+
+    async def release(self, revoked: set[TopicPartition]) -> None:
+        async with self._lock:
+            for tp in revoked:
+                self.states.pop(tp.partition, None)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        s = self.settings
+        last_forget = last_beat = time.monotonic()
+        while True:
+            fetched = await self._consumer.getmany(
+                timeout_ms=s.batch_timeout_ms, max_records=s.batch_max_records
+            )
+            async with self._lock:
+                batch = {tp: msgs for tp, msgs in fetched.items() if tp.partition in self.states}
+                if batch:
+                    await self._handle(batch)
+                if time.monotonic() - last_beat >= 0.5:
+                    await self._heartbeat()
+                    last_beat = time.monotonic()
+                if time.monotonic() - last_forget > 60:
+                    cutoff = time.time() - s.dedup_window_s
+                    for state in self.states.values():
+                        state.forget_before(cutoff)
+                    last_forget = time.monotonic()
+
+    async def _handle(self, fetched: dict[TopicPartition, list]) -> None:  # type: ignore[type-arg]
+        assert self._consumer is not None and self._producer is not None
+        now = datetime.now(UTC)
+        results: list[tuple[TopicPartition, BatchResult]] = []
+        for tp, msgs in fetched.items():
+            state = self.states[tp.partition]
+            records = [Record(m.offset, m.value) for m in msgs if m.offset >= state.next_offset]
+            if records:
+                results.append((tp, process(state, records, self.book, now, self.sink.log_epoch)))
+        if not results:
+            return
+        await self._dead_letters(results)
+        rows = [row for _, r in results for row in r.rows]
+        await self.sink.write(rows, {tp.partition: r.last_offset + 1 for tp, r in results})
+        for tp, result in results:
+            changed = apply(self.states[tp.partition], result)
+            await self._publish(changed)
+            self.processed += len(result.rows)
+            self.duplicates += result.duplicates
+        await self._flush_producer()
+        await self._consumer.commit(
+            {tp: OffsetAndMetadata(r.last_offset + 1, "") for tp, r in results}
+        )
+
+    async def _dead_letters(self, results: list[tuple[TopicPartition, BatchResult]]) -> None:
+        assert self._producer is not None
+        futures = []
+        for _, result in results:
+            for dead in result.dead:
+                headers = [("error", dead.error.encode()),
+                           ("source", f"{EVENTS_TOPIC}/{dead.partition}/{dead.offset}".encode())]
+                value = orjson.dumps({"error": dead.error, "partition": dead.partition,
+                                      "offset": dead.offset, "value": dead.value.decode("utf-8",
+                                      "backslashreplace")})
+                futures.append(await self._producer.send(DLQ_TOPIC, value, headers=headers))
+                self.dead_letters += 1
+        if futures:
+            await asyncio.gather(*futures)
+
+    async def _publish(self, values: dict[CounterKey, int]) -> None:
+        """Send absolute counter values: republishing one is always harmless."""
+        assert self._producer is not None
+        at = int(time.time() * 1000)
+        for key, value in values.items():
+            await self._producer.send(COUNTERS_TOPIC, orjson.dumps({"v": value, "t": at}),
+                                      key=encode_key(key))
+
+    async def _heartbeat(self) -> None:
+        """Per owned partition: the time the counters are current to and the lag behind it."""
+        assert self._producer is not None and self._consumer is not None
+        at = int(time.time() * 1000)
+        for partition in self.states:
+            tp = TopicPartition(EVENTS_TOPIC, partition)
+            high = self._consumer.highwater(tp)
+            lag = max(0, high - self.states[partition].next_offset) if high is not None else 0
+            beat = encode_key((HEARTBEAT_KEY, str(partition), 0))
+            await self._producer.send(COUNTERS_TOPIC, orjson.dumps({"v": lag, "t": at}), key=beat)
+
+    async def _flush_producer(self) -> None:
+        assert self._producer is not None
+        await self._producer.flush()

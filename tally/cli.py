@@ -1,0 +1,141 @@
+"""The `tally` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from tally.config import Settings
+
+cli = typer.Typer(help="Tally: usage metering for AI-agent platforms.", no_args_is_help=True,
+                  add_completion=False)
+
+DataDir = Annotated[Path | None, typer.Option(help="Data directory (chDB store).")]
+ApiHost = Annotated[str | None, typer.Option(help="API listen address.")]
+ApiPort = Annotated[int | None, typer.Option(help="API port.")]
+BrokerPort = Annotated[int | None, typer.Option(help="Embedded broker port.")]
+Bootstrap = Annotated[str | None, typer.Option(help="External Kafka brokers host:port[,...].")]
+ClickHouseUrl = Annotated[str | None, typer.Option(help="ClickHouse server URL or chdb:///dir.")]
+
+
+def settings_from(**flags: Any) -> Settings:
+    """Environment first, flags on top; exit with a readable message if invalid."""
+    try:
+        return Settings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        typer.echo(f"tally: invalid settings: {problems}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+
+async def _serve(settings: Settings, *, worker: bool, api: bool) -> None:
+    import uvicorn
+
+    from api.app import create_app
+    from tally.runtime import Tally
+
+    tally = Tally(settings, worker=worker, api=api)
+    await tally.start()
+    try:
+        if worker:
+            await tally.start_worker()
+        if api:
+            assert tally.services is not None
+            app = create_app(tally.services)
+            s = tally.settings
+            config = uvicorn.Config(app, host=s.api_host, port=s.api_port, log_level="warning",
+                                    lifespan="off")
+            server = uvicorn.Server(config)
+            typer.echo(f"Tally API on http://{s.api_host}:{s.api_port}  (broker "
+                       f"{s.bootstrap_servers}, store {s.store_url})", err=True)
+            await server.serve()
+        else:
+            await _until_signalled()
+    finally:
+        await tally.stop()
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+@cli.command()
+def up(data_dir: DataDir = None, api_host: ApiHost = None, api_port: ApiPort = None,
+       broker_port: BrokerPort = None, bootstrap_servers: Bootstrap = None,
+       clickhouse_url: ClickHouseUrl = None) -> None:
+    """Worker and API in one process; starts the embedded broker unless --bootstrap-servers."""
+    settings = settings_from(data_dir=data_dir, api_host=api_host, api_port=api_port,
+                             broker_port=broker_port, bootstrap_servers=bootstrap_servers,
+                             clickhouse_url=clickhouse_url)
+    _logging(settings)
+    asyncio.run(_serve(settings, worker=True, api=True))
+
+
+@cli.command()
+def worker(bootstrap_servers: Bootstrap = None, clickhouse_url: ClickHouseUrl = None,
+           data_dir: DataDir = None) -> None:
+    """The stream worker alone (server-backed deployments)."""
+    settings = settings_from(bootstrap_servers=bootstrap_servers, clickhouse_url=clickhouse_url,
+                             data_dir=data_dir)
+    _require_external(settings)
+    _logging(settings)
+    asyncio.run(_serve(settings, worker=True, api=False))
+
+
+@cli.command()
+def api(bootstrap_servers: Bootstrap = None, clickhouse_url: ClickHouseUrl = None,
+        api_host: ApiHost = None, api_port: ApiPort = None) -> None:
+    """The API alone (server-backed deployments)."""
+    settings = settings_from(bootstrap_servers=bootstrap_servers, clickhouse_url=clickhouse_url,
+                             api_host=api_host, api_port=api_port)
+    _require_external(settings)
+    _logging(settings)
+    asyncio.run(_serve(settings, worker=False, api=True))
+
+
+def _require_external(settings: Settings) -> None:
+    if settings.bootstrap_servers is None or settings.clickhouse_url is None:
+        typer.echo("tally: separate worker and api processes need --bootstrap-servers and "
+                   "--clickhouse-url (a chDB directory belongs to one process: use `tally up`)",
+                   err=True)
+        raise typer.Exit(2)
+
+
+@cli.command()
+def broker(port: Annotated[int, typer.Option(help="Port to listen on.")] = 9092) -> None:
+    """The embedded Kafka-protocol broker alone, until Ctrl-C."""
+    from tally.broker import BrokerError, EmbeddedBroker
+
+    try:
+        with EmbeddedBroker(port) as b:
+            typer.echo(f"broker on {b.bootstrap_servers} (memory storage); Ctrl-C stops it")
+            asyncio.run(_until_signalled())
+    except BrokerError as exc:
+        typer.echo(f"tally: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

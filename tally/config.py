@@ -1,0 +1,75 @@
+"""One Settings object, read from `TALLY_*` environment variables and overridden by CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EVENTS_TOPIC = "usage.events"
+DLQ_TOPIC = "usage.events.dlq"
+COUNTERS_TOPIC = "usage.counters"
+
+
+class Settings(BaseSettings):
+    """Everything a Tally process needs to know; validated once at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="TALLY_", extra="ignore")
+
+    data_dir: Path = Field(Path(".tally-data"), description="Embedded data: chDB store and spools.")
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8080, ge=0, le=65535)
+    broker_port: int = Field(9092, ge=0, le=65535, description="Embedded broker port.")
+    broker_bin: Path | None = Field(None, description="Override the Tansu binary location.")
+    bootstrap_servers: str | None = Field(
+        None, description="External Kafka brokers; when unset the embedded broker is started."
+    )
+    clickhouse_url: str | None = Field(
+        None, description="ClickHouse server URL (http://user:pass@host:8123/db) or chdb:///dir."
+    )
+    admin_key: SecretStr | None = Field(None, description="Bearer key for /api/v2/admin.")
+    partitions: int = Field(8, ge=1, le=1024, description="Partitions of usage.events.")
+    group_id: str = "tally-worker"
+    dedup_window_s: int = Field(86_400, ge=0, description="How long an event_id is remembered.")
+    batch_max_records: int = Field(20_000, ge=1)
+    batch_timeout_ms: int = Field(50, ge=0)
+    log_epoch: str = Field(
+        "default",
+        description="Identity of the broker's log; offsets stored under another epoch are ignored.",
+    )
+    plans_file: Path | None = None
+    prices_file: Path | None = None
+    log_level: str = "INFO"
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        v = v.upper()
+        if v not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("log_level must be DEBUG, INFO, WARNING or ERROR")
+        return v
+
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://", "chdb://")):
+            raise ValueError("clickhouse_url must start with http://, https:// or chdb://")
+        return v
+
+    @model_validator(mode="after")
+    def _admin_key_strength(self) -> Settings:
+        if self.admin_key is not None and len(self.admin_key.get_secret_value()) < 16:
+            raise ValueError("TALLY_ADMIN_KEY must be at least 16 characters")
+        return self
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.bootstrap_servers is None
+
+    @property
+    def store_url(self) -> str:
+        """The store DSN: the ClickHouse server if configured, else chDB in the data directory."""
+        if self.clickhouse_url:
+            return self.clickhouse_url
+        return f"chdb://{(self.data_dir / 'chdb').resolve()}"

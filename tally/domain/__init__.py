@@ -1,0 +1,1 @@
+"""Pure domain logic: billing windows, pricing, counters, quota decisions. No I/O here."""

@@ -1,0 +1,70 @@
+"""Counter keys: the absolute figures that quota reads need, keyed by org, name and bucket.
+
+Monthly meters are kept per UTC day and summed over the days of an org's billing window,
+so the worker never needs to know an org's plan or anchor, and a plan change or a new
+billing date needs no recount. Buckets are whole days or minutes since the Unix epoch.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+from tally.domain.usage import Usage
+
+TOKENS = "tokens"
+TOOL_CALLS = "tool_calls"
+REQUESTS = "requests"
+REQUESTS_MINUTE = "requests.minute"
+STORAGE = "storage"
+SESSIONS = "sessions"
+UNPRICED = "unpriced"
+COST_PREFIX = "cost."
+HEARTBEAT_KEY = "__partition__"  # not an org: per-partition freshness beats
+
+METER_OF_LINE_ITEM = {"llm": TOKENS, "tool_calls": TOOL_CALLS, "requests": REQUESTS,
+                      "storage": STORAGE}
+
+CounterKey = tuple[str, str, int]
+
+
+def epoch_day(t: datetime) -> int:
+    return int(t.timestamp()) // 86_400
+
+
+def epoch_minute(t: datetime) -> int:
+    return int(t.timestamp()) // 60
+
+
+def day_of(bucket: int) -> date:
+    return datetime.fromtimestamp(bucket * 86_400, UTC).date()
+
+
+def day_bucket(d: date) -> int:
+    return d.toordinal() - date(1970, 1, 1).toordinal()
+
+
+def deltas(org_id: str, ts: datetime, usage: Usage) -> list[tuple[CounterKey, int]]:
+    """The counter increments one stored event causes (sessions are handled by state)."""
+    meter = METER_OF_LINE_ITEM.get(usage.line_item)
+    if meter is None:
+        return []
+    day = epoch_day(ts)
+    out: list[tuple[CounterKey, int]] = []
+    if usage.billable:
+        out.append(((org_id, meter, day), usage.billable))
+        if meter == REQUESTS:
+            out.append(((org_id, REQUESTS_MINUTE, epoch_minute(ts)), usage.billable))
+    if usage.cost_micros:
+        out.append(((org_id, COST_PREFIX + usage.line_item, day), usage.cost_micros))
+    if not usage.priced:
+        out.append(((org_id, UNPRICED, day), 1))
+    return out
+
+
+def encode_key(key: CounterKey) -> bytes:
+    return f"{key[0]}\x1f{key[1]}\x1f{key[2]}".encode()
+
+
+def decode_key(raw: bytes) -> CounterKey:
+    org, name, bucket = raw.decode().split("\x1f")
+    return org, name, int(bucket)

@@ -1,0 +1,98 @@
+"""Wire one Tally process: embedded broker (optional), store, worker, API services.
+
+`tally up` runs all of it in one process (the embedded default: a chDB directory belongs to
+one process). `tally worker` and `tally api` run the halves against a Kafka cluster and a
+ClickHouse server. Test fixtures use the same class.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from contextlib import AsyncExitStack
+from typing import Any
+
+from api.counter_table import CounterTable
+from api.registry import Registry
+from api.state import Services
+from streams.sink import ClickHouseSink
+from streams.worker import Worker
+from tally.broker import EmbeddedBroker
+from tally.catalogue import load_plans, load_prices
+from tally.config import Settings
+from tally.store import Store
+from tally.topics import ensure_topics
+
+log = logging.getLogger("tally")
+
+
+class Tally:
+    def __init__(self, settings: Settings, *, worker: bool = True, api: bool = True,
+                 broker: EmbeddedBroker | None = None) -> None:
+        self.settings = settings
+        self.want_worker = worker
+        self.want_api = api
+        self.broker = broker
+        self._own_broker = False
+        self.store: Store | None = None
+        self.worker: Worker | None = None
+        self.faust_app: Any = None
+        self._exit = AsyncExitStack()
+        self.services: Services | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        plans, book = load_plans(s.plans_file), load_prices(s.prices_file)
+        if s.embedded_broker:
+            if self.broker is None:
+                self.broker = EmbeddedBroker(s.broker_port, s.broker_bin)
+                self._own_broker = True
+            if not self.broker.running:
+                await self.broker.__aenter__()
+            # A fresh embedded broker has a fresh log: offsets stored for another are void.
+            epoch = s.log_epoch if not self._own_broker else f"embedded-{uuid.uuid4().hex}"
+            s = self.settings = s.model_copy(update={
+                "bootstrap_servers": self.broker.bootstrap_servers, "log_epoch": epoch})
+        assert s.bootstrap_servers is not None
+        await ensure_topics(s.bootstrap_servers, s.partitions)
+        self.store = Store(s.store_url)
+        await self.store.start()
+        if self.want_worker:
+            sink = ClickHouseSink(self.store, s.log_epoch, s.dedup_window_s)
+            self.worker = Worker(s, sink, book)
+        if self.want_api:
+            registry = Registry(self.store)
+            await registry.refresh()
+            counters = CounterTable(s.bootstrap_servers)
+            await counters.start()
+            self.services = Services(s, self.store, registry, counters, plans)
+            if self.worker is not None:
+                worker = self.worker
+
+                async def worker_ready() -> bool:
+                    return worker.ready.is_set()
+
+                self.services.checks["worker"] = worker_ready
+        log.info("tally started: broker %s, store %s", s.bootstrap_servers, s.store_url)
+
+    async def start_worker(self) -> None:
+        """Start the worker under its faust app (after `start()`)."""
+        from faust.contrib.asgi import faust_app_running
+
+        from streams.app import create_faust_app
+
+        assert self.worker is not None
+        self.faust_app = create_faust_app(self.settings, self.worker)
+        await self._exit.enter_async_context(faust_app_running(self.faust_app, stop_timeout=30))
+
+    async def stop(self) -> None:
+        await self._exit.aclose()
+        if self.faust_app is None and self.worker is not None:
+            await self.worker.stop()
+        self.faust_app = None
+        if self.services is not None:
+            await self.services.counters.stop()
+        if self.store is not None:
+            await self.store.stop()
+        if self.broker is not None and self._own_broker:
+            await self.broker.__aexit__()

@@ -1,0 +1,66 @@
+"""SQL builders: small pure functions returning `(sql, params)`; the store only runs them.
+
+Every value a caller supplies travels as a bound parameter, never inside the SQL text.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+Query = tuple[str, dict[str, Any]]
+
+
+def watermark(log_epoch: str, partition: int) -> Query:
+    """Candidates for the next offset to read: from the offsets rows and from the events.
+
+    Each row is `(next_offset, rows_seen)`; a candidate with no rows behind it is no mark.
+    """
+    sql = (
+        "SELECT max(next_offset), count() FROM offsets"
+        " WHERE log_epoch = {epoch:String} AND partition = {p:UInt16}"
+        " UNION ALL"
+        " SELECT max(offset) + 1, count() FROM events"
+        " WHERE log_epoch = {epoch:String} AND partition = {p:UInt16}"
+    )
+    return sql, {"epoch": log_epoch, "p": partition}
+
+
+def daily_counters(partition: int, since: date) -> Query:
+    sql = (
+        "SELECT org_id, line_item, toUInt32(dateDiff('day', toDate('1970-01-01'), day)) AS d,"
+        " sum(billable), sum(cost_micros), sum(unpriced)"
+        " FROM usage_daily WHERE partition = {p:UInt16} AND day >= {since:Date}"
+        " GROUP BY org_id, line_item, d"
+    )
+    return sql, {"p": partition, "since": since}
+
+
+def minute_counters(partition: int, since_epoch_s: int) -> Query:
+    sql = (
+        "SELECT org_id, intDiv(toUnixTimestamp(ts), 60) AS m, sum(billable) FROM events"
+        " WHERE partition = {p:UInt16} AND line_item = 'requests'"
+        " AND ts >= fromUnixTimestamp({since:Int64}) GROUP BY org_id, m"
+    )
+    return sql, {"p": partition, "since": since_epoch_s}
+
+
+def open_sessions(partition: int) -> Query:
+    """Live sessions that have started or ended but not both."""
+    sql = (
+        "SELECT org_id, session_id, max(type = 'session.started') AS s,"
+        " max(type = 'session.ended') AS e FROM events"
+        " WHERE partition = {p:UInt16} AND key_mode = 'live'"
+        " AND type IN ('session.started', 'session.ended')"
+        " GROUP BY org_id, session_id HAVING s != e"
+    )
+    return sql, {"p": partition}
+
+
+def recent_event_ids(partition: int, since_epoch_s: int) -> Query:
+    sql = (
+        "SELECT event_id, toUnixTimestamp64Milli(ingested_at) AS at FROM events"
+        " WHERE partition = {p:UInt16} AND ingested_at >= fromUnixTimestamp({since:Int64})"
+        " ORDER BY at"
+    )
+    return sql, {"p": partition, "since": since_epoch_s}
