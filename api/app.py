@@ -27,4 +27,3 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
     app.include_router(quota.router)
     app.include_router(admin.router)
     return app
-

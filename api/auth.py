@@ -21,8 +21,7 @@ def services(request: Request) -> Services:
 
 def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
     if credentials is None or not credentials.credentials:
-        raise ApiError(401, "unauthorized",
-                       "send your API key as `Authorization: Bearer <key>`")
+        raise ApiError(401, "unauthorized", "send your API key as `Authorization: Bearer <key>`")
     return credentials.credentials
 
 

@@ -8,6 +8,7 @@ never touch ClickHouse.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -44,10 +45,23 @@ class CounterTable:
             return None, None
         return min(t for t, _ in self.beats.values()), sum(lag for _, lag in self.beats.values())
 
+    async def broker_reachable(self) -> bool:
+        """A metadata round trip to the broker, within a second."""
+        if self._consumer is None:
+            return False
+        try:
+            await asyncio.wait_for(self._consumer.topics(), 1.0)
+        except Exception:
+            return False
+        return True
+
     async def start(self) -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
-            group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=20,
+            bootstrap_servers=self.bootstrap_servers,
+            enable_auto_commit=False,
+            group_id=None,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=20,
         )
         await consumer.start()
         self._consumer = consumer
@@ -66,10 +80,8 @@ class CounterTable:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         if self._consumer is not None:
             await self._consumer.stop()

@@ -62,7 +62,8 @@ class Registry:
         now = datetime.now(UTC)
         org = Org(org_id, plan, signup_date, now)
         await self.store.insert(
-            "orgs", [[org_id, plan, signup_date, now, _version(now)]],
+            "orgs",
+            [[org_id, plan, signup_date, now, _version(now)]],
             ("org_id", "plan", "signup_date", "created_at", "version"),
         )
         self.orgs[org_id] = org

@@ -24,10 +24,15 @@ class TokenQuota(BaseModel):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{
-                "limit": 15000000, "used": 4200000, "remaining": 10800000,
-                "window_start": "2026-06-01T00:00:00Z", "window_end": "2026-07-01T00:00:00Z",
-            }]
+            "examples": [
+                {
+                    "limit": 15000000,
+                    "used": 4200000,
+                    "remaining": 10800000,
+                    "window_start": "2026-06-01T00:00:00Z",
+                    "window_end": "2026-07-01T00:00:00Z",
+                }
+            ]
         }
     )
 

@@ -108,8 +108,14 @@ Event = Annotated[
     LlmUsage | ToolCall | GatewayRequest | SessionStarted | SessionEnded | StorageUsage,
     Field(discriminator="type"),
 ]
-EVENT_TYPES = ("llm.usage", "tool.call", "gateway.request", "session.started", "session.ended",
-               "storage.usage")
+EVENT_TYPES = (
+    "llm.usage",
+    "tool.call",
+    "gateway.request",
+    "session.started",
+    "session.ended",
+    "storage.usage",
+)
 
 _adapter: TypeAdapter[Event] = TypeAdapter(Event)
 

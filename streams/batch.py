@@ -18,10 +18,31 @@ from tally.domain.counters import CounterKey
 from tally.domain.usage import measure
 
 EVENT_COLUMNS = (
-    "org_id", "event_id", "type", "ts", "agent_id", "run_id", "session_id", "key_mode",
-    "line_item", "item", "quantity", "billable", "cost_micros", "priced",
-    "input_tokens", "output_tokens", "cached_input_tokens", "mode", "tool", "success",
-    "cache_hit", "partition", "offset", "ingested_at", "log_epoch",
+    "org_id",
+    "event_id",
+    "type",
+    "ts",
+    "agent_id",
+    "run_id",
+    "session_id",
+    "key_mode",
+    "line_item",
+    "item",
+    "quantity",
+    "billable",
+    "cost_micros",
+    "priced",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "mode",
+    "tool",
+    "success",
+    "cache_hit",
+    "partition",
+    "offset",
+    "ingested_at",
+    "log_epoch",
 )
 
 STARTED, ENDED = 1, 2
@@ -77,8 +98,9 @@ class BatchResult:
     ingested_at: float = 0.0
 
 
-def process(state: PartitionState, records: Iterable[Record], book: PriceBook,
-            now: datetime, log_epoch: str) -> BatchResult:
+def process(
+    state: PartitionState, records: Iterable[Record], book: PriceBook, now: datetime, log_epoch: str
+) -> BatchResult:
     ingested = now.astimezone(UTC)
     result = BatchResult(state.partition, state.next_offset - 1, ingested_at=ingested.timestamp())
     batch_ids: set[str] = set()
@@ -101,8 +123,15 @@ def process(state: PartitionState, records: Iterable[Record], book: PriceBook,
     return result
 
 
-def _add(result: BatchResult, event: Event, book: PriceBook, offset: int, ingested: datetime,
-         log_epoch: str, state: PartitionState) -> None:
+def _add(
+    result: BatchResult,
+    event: Event,
+    book: PriceBook,
+    offset: int,
+    ingested: datetime,
+    log_epoch: str,
+    state: PartitionState,
+) -> None:
     usage = measure(event, book)
     for key, delta in counters.deltas(event.org_id, event.ts, usage):
         result.deltas[key] = result.deltas.get(key, 0) + delta
@@ -112,18 +141,35 @@ def _add(result: BatchResult, event: Event, book: PriceBook, offset: int, ingest
         before = result.sessions.get(sk, state.sessions.get(sk, 0))
         result.sessions[sk] = before | bit
     llm = getattr(event, "input_tokens", None) is not None
-    result.rows.append([
-        event.org_id, event.event_id, event.type, event.ts, event.agent_id,
-        event.run_id or "", event.session_id or "", event.key_mode,
-        usage.line_item, usage.item, usage.quantity, usage.billable, usage.cost_micros,
-        int(usage.priced),
-        getattr(event, "input_tokens", 0) if llm else 0,
-        getattr(event, "output_tokens", 0) if llm else 0,
-        getattr(event, "cached_input_tokens", 0) if llm else 0,
-        getattr(event, "mode", ""), getattr(event, "tool", ""),
-        int(getattr(event, "success", True)), int(getattr(event, "cache_hit", False)),
-        result.partition, offset, ingested, log_epoch,
-    ])
+    result.rows.append(
+        [
+            event.org_id,
+            event.event_id,
+            event.type,
+            event.ts,
+            event.agent_id,
+            event.run_id or "",
+            event.session_id or "",
+            event.key_mode,
+            usage.line_item,
+            usage.item,
+            usage.quantity,
+            usage.billable,
+            usage.cost_micros,
+            int(usage.priced),
+            getattr(event, "input_tokens", 0) if llm else 0,
+            getattr(event, "output_tokens", 0) if llm else 0,
+            getattr(event, "cached_input_tokens", 0) if llm else 0,
+            getattr(event, "mode", ""),
+            getattr(event, "tool", ""),
+            int(getattr(event, "success", True)),
+            int(getattr(event, "cache_hit", False)),
+            result.partition,
+            offset,
+            ingested,
+            log_epoch,
+        ]
+    )
 
 
 def active(flags: int) -> bool:

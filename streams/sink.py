@@ -12,7 +12,7 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 
-from streams.batch import EVENT_COLUMNS, ENDED, STARTED, PartitionState
+from streams.batch import ENDED, EVENT_COLUMNS, STARTED, PartitionState
 from tally.domain import counters
 from tally.store import Store
 from tally.store import queries as q
@@ -40,10 +40,12 @@ class ClickHouseSink:
         delay = 0.1
         while True:
             try:
-                await self.store.insert("events", rows, EVENT_COLUMNS,
-                                        settings={"insert_deduplication_token": token})
-                await self.store.insert("offsets", offset_rows,
-                                        ("log_epoch", "partition", "next_offset", "at"))
+                await self.store.insert(
+                    "events", rows, EVENT_COLUMNS, settings={"insert_deduplication_token": token}
+                )
+                await self.store.insert(
+                    "offsets", offset_rows, ("log_epoch", "partition", "next_offset", "at")
+                )
                 return
             except Exception as exc:  # the store is down or refused: wait, never skip
                 self.failures += 1

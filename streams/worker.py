@@ -10,6 +10,7 @@ watermark; Kafka's committed offsets are only informational (they show lag).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -58,7 +59,9 @@ class Worker:
     async def start(self) -> None:
         s = self.settings
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap_servers, acks="all", linger_ms=2,
+            bootstrap_servers=s.bootstrap_servers,
+            acks="all",
+            linger_ms=2,
             max_batch_size=1 << 20,
         )
         await self._producer.start()
@@ -83,10 +86,8 @@ class Worker:
         if self._task is not None:
             async with self._lock:
                 self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         if self._consumer is not None:
             await self._consumer.stop()
@@ -112,8 +113,12 @@ class Worker:
                 self.states[tp.partition] = state
                 self._consumer.seek(tp, state.next_offset)
                 await self._publish(state.counters)
-                log.info("partition %d acquired at offset %d with %d counters",
-                         tp.partition, state.next_offset, len(state.counters))
+                log.info(
+                    "partition %d acquired at offset %d with %d counters",
+                    tp.partition,
+                    state.next_offset,
+                    len(state.counters),
+                )
             await self._flush_producer()
             self.ready.set()
 
@@ -174,11 +179,18 @@ class Worker:
         futures = []
         for _, result in results:
             for dead in result.dead:
-                headers = [("error", dead.error.encode()),
-                           ("source", f"{EVENTS_TOPIC}/{dead.partition}/{dead.offset}".encode())]
-                value = orjson.dumps({"error": dead.error, "partition": dead.partition,
-                                      "offset": dead.offset, "value": dead.value.decode("utf-8",
-                                      "backslashreplace")})
+                headers = [
+                    ("error", dead.error.encode()),
+                    ("source", f"{EVENTS_TOPIC}/{dead.partition}/{dead.offset}".encode()),
+                ]
+                value = orjson.dumps(
+                    {
+                        "error": dead.error,
+                        "partition": dead.partition,
+                        "offset": dead.offset,
+                        "value": dead.value.decode("utf-8", "backslashreplace"),
+                    }
+                )
                 futures.append(await self._producer.send(DLQ_TOPIC, value, headers=headers))
                 self.dead_letters += 1
         if futures:
@@ -189,8 +201,9 @@ class Worker:
         assert self._producer is not None
         at = int(time.time() * 1000)
         for key, value in values.items():
-            await self._producer.send(COUNTERS_TOPIC, orjson.dumps({"v": value, "t": at}),
-                                      key=encode_key(key))
+            await self._producer.send(
+                COUNTERS_TOPIC, orjson.dumps({"v": value, "t": at}), key=encode_key(key)
+            )
 
     async def _heartbeat(self) -> None:
         """Per owned partition: the time the counters are current to and the lag behind it."""

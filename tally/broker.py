@@ -142,4 +142,3 @@ def _answers_kafka(port: int) -> bool:
     except OSError:
         return False
     return len(head) >= 8 and int.from_bytes(head[4:8], "big") == 1
-

@@ -13,8 +13,9 @@ from pydantic import ValidationError
 
 from tally.config import Settings
 
-cli = typer.Typer(help="Tally: usage metering for AI-agent platforms.", no_args_is_help=True,
-                  add_completion=False)
+cli = typer.Typer(
+    help="Tally: usage metering for AI-agent platforms.", no_args_is_help=True, add_completion=False
+)
 
 DataDir = Annotated[Path | None, typer.Option(help="Data directory (chDB store).")]
 ApiHost = Annotated[str | None, typer.Option(help="API listen address.")]
@@ -37,8 +38,9 @@ def settings_from(**flags: Any) -> Settings:
 
 
 def _logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
 
 
@@ -57,11 +59,15 @@ async def _serve(settings: Settings, *, worker: bool, api: bool) -> None:
             assert tally.services is not None
             app = create_app(tally.services)
             s = tally.settings
-            config = uvicorn.Config(app, host=s.api_host, port=s.api_port, log_level="warning",
-                                    lifespan="off")
+            config = uvicorn.Config(
+                app, host=s.api_host, port=s.api_port, log_level="warning", lifespan="off"
+            )
             server = uvicorn.Server(config)
-            typer.echo(f"Tally API on http://{s.api_host}:{s.api_port}  (broker "
-                       f"{s.bootstrap_servers}, store {s.store_url})", err=True)
+            typer.echo(
+                f"Tally API on http://{s.api_host}:{s.api_port}  (broker "
+                f"{s.bootstrap_servers}, store {s.store_url})",
+                err=True,
+            )
             await server.serve()
         else:
             await _until_signalled()
@@ -78,34 +84,56 @@ async def _until_signalled() -> None:
 
 
 @cli.command()
-def up(data_dir: DataDir = None, api_host: ApiHost = None, api_port: ApiPort = None,
-       broker_port: BrokerPort = None, bootstrap_servers: Bootstrap = None,
-       clickhouse_url: ClickHouseUrl = None) -> None:
+def up(
+    data_dir: DataDir = None,
+    api_host: ApiHost = None,
+    api_port: ApiPort = None,
+    broker_port: BrokerPort = None,
+    bootstrap_servers: Bootstrap = None,
+    clickhouse_url: ClickHouseUrl = None,
+) -> None:
     """Worker and API in one process; starts the embedded broker unless --bootstrap-servers."""
-    settings = settings_from(data_dir=data_dir, api_host=api_host, api_port=api_port,
-                             broker_port=broker_port, bootstrap_servers=bootstrap_servers,
-                             clickhouse_url=clickhouse_url)
+    settings = settings_from(
+        data_dir=data_dir,
+        api_host=api_host,
+        api_port=api_port,
+        broker_port=broker_port,
+        bootstrap_servers=bootstrap_servers,
+        clickhouse_url=clickhouse_url,
+    )
     _logging(settings)
     asyncio.run(_serve(settings, worker=True, api=True))
 
 
 @cli.command()
-def worker(bootstrap_servers: Bootstrap = None, clickhouse_url: ClickHouseUrl = None,
-           data_dir: DataDir = None) -> None:
+def worker(
+    bootstrap_servers: Bootstrap = None,
+    clickhouse_url: ClickHouseUrl = None,
+    data_dir: DataDir = None,
+) -> None:
     """The stream worker alone (server-backed deployments)."""
-    settings = settings_from(bootstrap_servers=bootstrap_servers, clickhouse_url=clickhouse_url,
-                             data_dir=data_dir)
+    settings = settings_from(
+        bootstrap_servers=bootstrap_servers, clickhouse_url=clickhouse_url, data_dir=data_dir
+    )
     _require_external(settings)
     _logging(settings)
     asyncio.run(_serve(settings, worker=True, api=False))
 
 
 @cli.command()
-def api(bootstrap_servers: Bootstrap = None, clickhouse_url: ClickHouseUrl = None,
-        api_host: ApiHost = None, api_port: ApiPort = None) -> None:
+def api(
+    bootstrap_servers: Bootstrap = None,
+    clickhouse_url: ClickHouseUrl = None,
+    api_host: ApiHost = None,
+    api_port: ApiPort = None,
+) -> None:
     """The API alone (server-backed deployments)."""
-    settings = settings_from(bootstrap_servers=bootstrap_servers, clickhouse_url=clickhouse_url,
-                             api_host=api_host, api_port=api_port)
+    settings = settings_from(
+        bootstrap_servers=bootstrap_servers,
+        clickhouse_url=clickhouse_url,
+        api_host=api_host,
+        api_port=api_port,
+    )
     _require_external(settings)
     _logging(settings)
     asyncio.run(_serve(settings, worker=False, api=True))
@@ -113,9 +141,11 @@ def api(bootstrap_servers: Bootstrap = None, clickhouse_url: ClickHouseUrl = Non
 
 def _require_external(settings: Settings) -> None:
     if settings.bootstrap_servers is None or settings.clickhouse_url is None:
-        typer.echo("tally: separate worker and api processes need --bootstrap-servers and "
-                   "--clickhouse-url (a chDB directory belongs to one process: use `tally up`)",
-                   err=True)
+        typer.echo(
+            "tally: separate worker and api processes need --bootstrap-servers and "
+            "--clickhouse-url (a chDB directory belongs to one process: use `tally up`)",
+            err=True,
+        )
         raise typer.Exit(2)
 
 

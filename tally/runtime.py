@@ -27,8 +27,14 @@ log = logging.getLogger("tally")
 
 
 class Tally:
-    def __init__(self, settings: Settings, *, worker: bool = True, api: bool = True,
-                 broker: EmbeddedBroker | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        worker: bool = True,
+        api: bool = True,
+        broker: EmbeddedBroker | None = None,
+    ) -> None:
         self.settings = settings
         self.want_worker = worker
         self.want_api = api
@@ -51,8 +57,9 @@ class Tally:
                 await self.broker.__aenter__()
             # A fresh embedded broker has a fresh log: offsets stored for another are void.
             epoch = s.log_epoch if not self._own_broker else f"embedded-{uuid.uuid4().hex}"
-            s = self.settings = s.model_copy(update={
-                "bootstrap_servers": self.broker.bootstrap_servers, "log_epoch": epoch})
+            s = self.settings = s.model_copy(
+                update={"bootstrap_servers": self.broker.bootstrap_servers, "log_epoch": epoch}
+            )
         assert s.bootstrap_servers is not None
         await ensure_topics(s.bootstrap_servers, s.partitions)
         self.store = Store(s.store_url)

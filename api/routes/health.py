@@ -21,7 +21,11 @@ async def healthz() -> Health:
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 async def readyz(svc: Services = Depends(services)) -> JSONResponse:
     """200 only when the broker, the store and the counter table are ready."""
-    checks = {"counter_table": svc.counters.ready.is_set(), "store": await svc.store.ping()}
+    checks = {
+        "broker": await svc.counters.broker_reachable(),
+        "counter_table": svc.counters.ready.is_set(),
+        "store": await svc.store.ping(),
+    }
     for name, check in svc.checks.items():
         try:
             checks[name] = await check()

@@ -14,8 +14,11 @@ from schemas.api import ErrorBody, TokenQuota
 from tally.domain import counters
 from tally.domain.quota import billing_window, day_buckets, figures
 
-router = APIRouter(prefix="/api/v2", tags=["quota"],
-                   responses={401: {"model": ErrorBody, "description": "Missing or unknown key"}})
+router = APIRouter(
+    prefix="/api/v2",
+    tags=["quota"],
+    responses={401: {"model": ErrorBody, "description": "Missing or unknown key"}},
+)
 
 
 def freshness_headers(svc: Services, response: Response) -> None:
@@ -30,16 +33,25 @@ def freshness_headers(svc: Services, response: Response) -> None:
 
 
 @router.get("/quota/tokens", response_model=TokenQuota)
-async def token_quota(response: Response, key: ApiKey = Depends(current_key),
-                      svc: Services = Depends(services)) -> TokenQuota:
+async def token_quota(
+    response: Response, key: ApiKey = Depends(current_key), svc: Services = Depends(services)
+) -> TokenQuota:
     """Tokens used this billing period against the plan's allowance."""
     org = svc.registry.orgs[key.org_id]
     plan = svc.plans.get(org.plan)
     limit = plan.tokens_per_period if plan else None
     window = billing_window(org.signup_date, datetime.now(UTC))
-    used = (svc.counters.total(org.org_id, counters.TOKENS, day_buckets(window))
-            if svc.counters.ready.is_set() else None)
+    used = (
+        svc.counters.total(org.org_id, counters.TOKENS, day_buckets(window))
+        if svc.counters.ready.is_set()
+        else None
+    )
     f = figures(limit, used)
     freshness_headers(svc, response)
-    return TokenQuota(limit=f.limit, used=f.used, remaining=f.remaining,
-                      window_start=window.start, window_end=window.end)
+    return TokenQuota(
+        limit=f.limit,
+        used=f.used,
+        remaining=f.remaining,
+        window_start=window.start,
+        window_end=window.end,
+    )

@@ -21,8 +21,12 @@ UNPRICED = "unpriced"
 COST_PREFIX = "cost."
 HEARTBEAT_KEY = "__partition__"  # not an org: per-partition freshness beats
 
-METER_OF_LINE_ITEM = {"llm": TOKENS, "tool_calls": TOOL_CALLS, "requests": REQUESTS,
-                      "storage": STORAGE}
+METER_OF_LINE_ITEM = {
+    "llm": TOKENS,
+    "tool_calls": TOOL_CALLS,
+    "requests": REQUESTS,
+    "storage": STORAGE,
+}
 
 CounterKey = tuple[str, str, int]
 

@@ -25,8 +25,14 @@ UNPRICED = Price(0, False)
 FREE = Price(0, True)
 
 
-def llm_cost(book: PriceBook, model: str, at: datetime, input_tokens: int,
-             cached_input_tokens: int, output_tokens: int) -> Price:
+def llm_cost(
+    book: PriceBook,
+    model: str,
+    at: datetime,
+    input_tokens: int,
+    cached_input_tokens: int,
+    output_tokens: int,
+) -> Price:
     rate = rate_at(book.models.get(model), at)  # type: ignore[arg-type]
     if not isinstance(rate, ModelRate):
         return UNPRICED

@@ -30,8 +30,14 @@ def measure(event: Event, book: PriceBook) -> Usage:
     live = event.key_mode == "live"
     if isinstance(event, LlmUsage):
         tokens = event.input_tokens + event.output_tokens
-        price = llm_cost(book, event.model, event.ts, event.input_tokens,
-                         event.cached_input_tokens, event.output_tokens)
+        price = llm_cost(
+            book,
+            event.model,
+            event.ts,
+            event.input_tokens,
+            event.cached_input_tokens,
+            event.output_tokens,
+        )
         return _usage("llm", event.model, tokens, tokens if live else 0, price, live)
     if isinstance(event, ToolCall):
         billed = live and event.success
@@ -46,7 +52,8 @@ def measure(event: Event, book: PriceBook) -> Usage:
     return _usage("sessions", "", 1, 0, FREE, live)
 
 
-def _usage(line_item: str, item: str, quantity: int, billable: int, price: Price,
-           charged: bool) -> Usage:
+def _usage(
+    line_item: str, item: str, quantity: int, billable: int, price: Price, charged: bool
+) -> Usage:
     cost = price.cost_micros if charged else 0
     return Usage(line_item, item, quantity, billable, cost, price.priced)

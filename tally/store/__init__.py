@@ -74,11 +74,17 @@ class Store:
         result = await asyncio.to_thread(self._call, "query", sql, parameters=params)
         return list(result.result_rows)
 
-    async def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str],
-                     settings: dict[str, Any] | None = None) -> None:
+    async def insert(
+        self,
+        table: str,
+        rows: Sequence[Sequence[Any]],
+        columns: Sequence[str],
+        settings: dict[str, Any] | None = None,
+    ) -> None:
         if rows:
-            await asyncio.to_thread(self._call, "insert", table, rows,
-                                    column_names=list(columns), settings=settings)
+            await asyncio.to_thread(
+                self._call, "insert", table, rows, column_names=list(columns), settings=settings
+            )
 
     async def ping(self) -> bool:
         try:
@@ -107,7 +113,7 @@ class Store:
 def migrations() -> list[tuple[str, list[str]]]:
     """The versioned DDL files, in order, each split into statements."""
     folder = resources.files("tally.store") / "migrations"
-    files = sorted(p for p in folder.iterdir() if p.name.endswith(".sql"))
+    files = sorted((p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name)
     out = []
     for path in files:
         text = "\n".join(

@@ -1,0 +1,1 @@
+"""The emitter SDK that agent runtimes import."""

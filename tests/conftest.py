@@ -1,0 +1,138 @@
+"""Session fixtures: one real embedded broker and one chDB-backed Tally for the whole run."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from aiokafka import AIOKafkaProducer
+
+from api.app import create_app
+from tally.broker import EmbeddedBroker
+from tally.config import EVENTS_TOPIC, Settings
+from tally.runtime import Tally
+from tests.factories import wire
+
+ADMIN_KEY = "test-admin-key-0123456789"
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any]], timeout: float = 15.0, interval: float = 0.05
+) -> Any:
+    """Poll `check` until it returns a truthy value; fail with its last value on timeout."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    last: Any = None
+    while asyncio.get_running_loop().time() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker() as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("tally-data")
+
+
+@pytest.fixture(scope="session")
+def settings(broker: EmbeddedBroker, data_dir: Path) -> Settings:
+    return Settings(
+        data_dir=data_dir,
+        bootstrap_servers=broker.bootstrap_servers,
+        admin_key=ADMIN_KEY,
+        log_epoch=f"test-{uuid.uuid4().hex}",
+        batch_timeout_ms=20,
+    )
+
+
+@pytest_asyncio.fixture(scope="session")
+async def stack(settings: Settings) -> AsyncIterator[Tally]:
+    tally = Tally(settings)
+    await tally.start()
+    await tally.start_worker()
+    assert tally.worker is not None and tally.services is not None
+    await asyncio.wait_for(tally.worker.ready.wait(), 60)
+    await asyncio.wait_for(tally.services.counters.ready.wait(), 60)
+    yield tally
+    await tally.stop()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def client(stack: Tally) -> AsyncIterator[httpx.AsyncClient]:
+    assert stack.services is not None
+    app = create_app(stack.services)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://tally") as c:
+        yield c
+
+
+@pytest_asyncio.fixture(scope="session")
+async def producer(stack: Tally) -> AsyncIterator[AIOKafkaProducer]:
+    p = AIOKafkaProducer(bootstrap_servers=stack.settings.bootstrap_servers, acks="all")
+    await p.start()
+    yield p
+    await p.stop()
+
+
+OrgFactory = Callable[..., Awaitable[tuple[str, str]]]
+
+
+@pytest.fixture
+def new_org(client: httpx.AsyncClient) -> OrgFactory:
+    """Create an org with a fresh id and a key; returns `(org_id, key)`."""
+
+    async def create(
+        plan: str = "free", signup_date: date | None = None, mode: str = "live"
+    ) -> tuple[str, str]:
+        org_id = f"org-{uuid.uuid4().hex[:10]}"
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        body = {
+            "org_id": org_id,
+            "plan": plan,
+            "signup_date": (signup_date or date(2026, 1, 1)).isoformat(),
+        }
+        r = await client.post("/api/v2/admin/orgs", json=body, headers=headers)
+        assert r.status_code == 201, r.text
+        r = await client.post(
+            f"/api/v2/admin/orgs/{org_id}/keys", json={"mode": mode}, headers=headers
+        )
+        assert r.status_code == 201, r.text
+        return org_id, r.json()["key"]
+
+    return create
+
+
+Send = Callable[..., Awaitable[None]]
+
+
+@pytest.fixture
+def send(producer: AIOKafkaProducer) -> Send:
+    """Produce events (dicts, or raw bytes with an explicit key) to usage.events."""
+
+    async def _send(*events: dict[str, Any] | bytes, key: bytes | None = None) -> None:
+        for e in events:
+            if isinstance(e, bytes):
+                await producer.send(EVENTS_TOPIC, e, key=key)
+            else:
+                await producer.send(EVENTS_TOPIC, wire(e), key=e["org_id"].encode())
+        await producer.flush()
+
+    return _send
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

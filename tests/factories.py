@@ -1,0 +1,47 @@
+"""Factories for test data: `make_event(**overrides)` gives a valid wire event."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+_seq = itertools.count()
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "llm.usage": {
+        "model": "gpt-4o",
+        "input_tokens": 100,
+        "output_tokens": 50,
+        "cached_input_tokens": 0,
+        "mode": "managed",
+    },
+    "tool.call": {"connector": "github", "tool": "create_issue", "success": True},
+    "gateway.request": {"model": "gpt-4o-mini", "cache_hit": False, "mode": "managed"},
+    "session.started": {},
+    "session.ended": {},
+    "storage.usage": {"kind": "knowledge_base", "byte_seconds": 10**9 * 86_400},
+}
+
+
+def make_event(type: str = "llm.usage", **overrides: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "event_id": str(uuid.uuid4()),
+        "org_id": "org-test",
+        "agent_id": "agent-1",
+        "run_id": f"run-{next(_seq)}",
+        "session_id": "sess-1",
+        "key_mode": "live",
+        "ts": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "type": type,
+        **DEFAULTS[type],
+    }
+    event.update(overrides)
+    return {k: v for k, v in event.items() if v is not ...}
+
+
+def wire(event: dict[str, Any]) -> bytes:
+    return orjson.dumps(event)
