@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
 from streams.batch import ENDED, EVENT_COLUMNS, STARTED, PartitionState
@@ -26,7 +27,7 @@ MINUTE_HISTORY_S = 3_600
 class ClickHouseSink:
     def __init__(self, store: Store, log_epoch: str, dedup_window_s: int) -> None:
         self.store = store
-        self.log_epoch = log_epoch
+        self.base_epoch = self.log_epoch = log_epoch
         self.dedup_window_s = dedup_window_s
         self.failures = 0
 
@@ -53,13 +54,24 @@ class ClickHouseSink:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    async def resume_epoch(self) -> str:
+        """Continue the most recent epoch of our base (a reset may have started a new one)."""
+        rows = await self.store.query(*q.latest_epoch(self.base_epoch))
+        if rows and rows[0][0]:
+            self.log_epoch = rows[0][0]
+        return self.log_epoch
+
+    def new_epoch(self) -> str:
+        self.log_epoch = f"{self.base_epoch}.{uuid.uuid4().hex[:12]}"
+        return self.log_epoch
+
     async def load(self, partition: int) -> PartitionState:
         """Rebuild one partition's state from what is stored."""
         state = PartitionState(partition)
         marks = await self.store.query(*q.watermark(self.log_epoch, partition))
         state.next_offset = max((int(n) for n, seen in marks if seen), default=0)
         since = datetime.now(UTC).date() - timedelta(days=COUNTER_HISTORY_DAYS)
-        for org, line_item, day, billable, cost, unpriced in await self.store.query(
+        for org, line_item, day, billable, cost, unpriced, upstream in await self.store.query(
             *q.daily_counters(partition, since)
         ):
             meter = counters.METER_OF_LINE_ITEM.get(line_item)
@@ -67,6 +79,8 @@ class ClickHouseSink:
                 state.counters[(org, meter, int(day))] = int(billable)
             if cost:
                 state.counters[(org, counters.COST_PREFIX + line_item, int(day))] = int(cost)
+            if upstream:
+                state.counters[(org, counters.UPSTREAM_COST, int(day))] = int(upstream)
             if unpriced:
                 key = (org, counters.UNPRICED, int(day))
                 state.counters[key] = state.counters.get(key, 0) + int(unpriced)

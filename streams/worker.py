@@ -108,9 +108,15 @@ class Worker:
     async def acquire(self, assigned: set[TopicPartition]) -> None:
         async with self._lock:
             assert self._consumer is not None
+            if not self.states and not self.ready.is_set():
+                await self.sink.resume_epoch()
+            ends = await self._consumer.end_offsets(list(assigned)) if assigned else {}
             for tp in sorted(assigned):
                 state = await self.sink.load(tp.partition)
                 self.states[tp.partition] = state
+                if ends.get(tp, 0) < state.next_offset:
+                    await self._log_reset(tp, ends.get(tp, 0), state.next_offset)
+                    state = self.states[tp.partition]
                 self._consumer.seek(tp, state.next_offset)
                 await self._publish(state.counters)
                 log.info(
@@ -121,6 +127,27 @@ class Worker:
                 )
             await self._flush_producer()
             self.ready.set()
+
+    async def _log_reset(self, tp: TopicPartition, found: int, mark: int) -> None:
+        """The broker's log is behind the stored mark: it is a new log, read it from its start.
+
+        Every owned partition moves to a new log epoch at offset 0; counters and the dedup
+        window stay, so events already counted are recognised by their event_id.
+        """
+        assert self._consumer is not None
+        epoch = self.sink.new_epoch()
+        log.warning(
+            "partition %d: broker log at offset %d is behind the stored mark %d; reading the "
+            "new log from the start under epoch %s",
+            tp.partition,
+            found,
+            mark,
+            epoch,
+        )
+        for partition, state in self.states.items():
+            state.next_offset = 0
+            if partition != tp.partition:
+                self._consumer.seek(TopicPartition(tp.topic, partition), 0)
 
     async def release(self, revoked: set[TopicPartition]) -> None:
         async with self._lock:
@@ -156,7 +183,10 @@ class Worker:
         results: list[tuple[TopicPartition, BatchResult]] = []
         for tp, msgs in fetched.items():
             state = self.states[tp.partition]
-            records = [Record(m.offset, m.value) for m in msgs if m.offset >= state.next_offset]
+            if msgs[0].offset < state.next_offset:
+                # The log restarted below our mark (an empty broker came back): count anew.
+                await self._log_reset(tp, msgs[0].offset, state.next_offset)
+            records = [Record(m.offset, m.value) for m in msgs]
             if records:
                 results.append((tp, process(state, records, self.book, now, self.sink.log_epoch)))
         if not results:

@@ -1,5 +1,13 @@
 """Counter keys: the absolute figures that quota reads need, keyed by org, name and bucket.
 
+Names and buckets (day = days since 1970-01-01 UTC, minute = minutes since the epoch):
+  tokens, tool_calls, requests, storage   billable quantity per day (live only)
+  requests.minute                         live gateway requests per minute
+  cost.<line_item>                        cost in micro-units per day (llm, tool_calls, storage)
+  upstream_cost                           cost of live managed-mode LLM usage per day
+  unpriced                                events with no price per day
+  sessions (bucket 0)                     live sessions started and not yet ended
+
 Monthly meters are kept per UTC day and summed over the days of an org's billing window,
 so the worker never needs to know an org's plan or anchor, and a plan change or a new
 billing date needs no recount. Buckets are whole days or minutes since the Unix epoch.
@@ -18,6 +26,7 @@ REQUESTS_MINUTE = "requests.minute"
 STORAGE = "storage"
 SESSIONS = "sessions"
 UNPRICED = "unpriced"
+UPSTREAM_COST = "upstream_cost"  # cost of live managed-mode LLM usage, for the fair-use budget
 COST_PREFIX = "cost."
 HEARTBEAT_KEY = "__partition__"  # not an org: per-partition freshness beats
 
@@ -60,6 +69,8 @@ def deltas(org_id: str, ts: datetime, usage: Usage) -> list[tuple[CounterKey, in
             out.append(((org_id, REQUESTS_MINUTE, epoch_minute(ts)), usage.billable))
     if usage.cost_micros:
         out.append(((org_id, COST_PREFIX + usage.line_item, day), usage.cost_micros))
+        if usage.managed:
+            out.append(((org_id, UPSTREAM_COST, day), usage.cost_micros))
     if not usage.priced:
         out.append(((org_id, UNPRICED, day), 1))
     return out

@@ -7,7 +7,7 @@ cost 0: they count against nothing and cost nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from schemas.events import Event, GatewayRequest, LlmUsage, StorageUsage, ToolCall
 from schemas.prices import PriceBook
@@ -24,6 +24,7 @@ class Usage:
     billable: int
     cost_micros: int
     priced: bool
+    managed: bool = False  # managed mode: the platform pays the upstream provider
 
 
 def measure(event: Event, book: PriceBook) -> Usage:
@@ -38,7 +39,8 @@ def measure(event: Event, book: PriceBook) -> Usage:
             event.cached_input_tokens,
             event.output_tokens,
         )
-        return _usage("llm", event.model, tokens, tokens if live else 0, price, live)
+        usage = _usage("llm", event.model, tokens, tokens if live else 0, price, live)
+        return replace(usage, managed=event.mode == "managed")
     if isinstance(event, ToolCall):
         billed = live and event.success
         price = tool_call_cost(book, event.connector, event.ts) if billed else FREE

@@ -26,10 +26,21 @@ def watermark(log_epoch: str, partition: int) -> Query:
     return sql, {"epoch": log_epoch, "p": partition}
 
 
+def latest_epoch(base: str) -> Query:
+    """The most recently written epoch that is `base` or a reset of it (`base.<id>`)."""
+    sql = (
+        "SELECT argMax(log_epoch, at) FROM offsets"
+        " WHERE log_epoch = {base:String} OR startsWith(log_epoch, {prefix:String})"
+        " HAVING count() > 0"
+    )
+    return sql, {"base": base, "prefix": base + "."}
+
+
 def daily_counters(partition: int, since: date) -> Query:
     sql = (
         "SELECT org_id, line_item, toUInt32(dateDiff('day', toDate('1970-01-01'), day)) AS d,"
-        " sum(billable), sum(cost_micros), sum(unpriced)"
+        " sum(billable), sum(cost_micros), sum(unpriced),"
+        " sumIf(cost_micros, line_item = 'llm' AND mode = 'managed')"
         " FROM usage_daily WHERE partition = {p:UInt16} AND day >= {since:Date}"
         " GROUP BY org_id, line_item, d"
     )

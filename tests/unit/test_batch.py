@@ -77,7 +77,11 @@ def test_late_events_count_in_their_own_day():
     _, changed = run(state, ev(ts="2026-10-02T23:59:59Z", input_tokens=5, output_tokens=0))
     day = counters.epoch_day(datetime(2026, 10, 2, tzinfo=UTC))
     # 5 gpt-4o input tokens at 2.5 micro-units each: 12.5, rounded half up once per event
-    assert changed == {("o", counters.TOKENS, day): 5, ("o", "cost.llm", day): 13}
+    assert changed == {
+        ("o", counters.TOKENS, day): 5,
+        ("o", "cost.llm", day): 13,
+        ("o", counters.UPSTREAM_COST, day): 13,  # managed mode: the platform pays upstream
+    }
 
 
 def test_sessions_survive_reordering_and_duplicates():

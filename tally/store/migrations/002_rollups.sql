@@ -6,6 +6,7 @@ CREATE TABLE IF NOT EXISTS usage_daily (
     line_item LowCardinality(String),
     item LowCardinality(String),
     key_mode LowCardinality(String),
+    mode LowCardinality(String),
     partition UInt16,
     events UInt64,
     quantity UInt64,
@@ -17,16 +18,16 @@ CREATE TABLE IF NOT EXISTS usage_daily (
     cached_input_tokens UInt64
 ) ENGINE = SummingMergeTree
 PARTITION BY toYYYYMM(day)
-ORDER BY (org_id, day, agent_id, line_item, item, key_mode, partition);
+ORDER BY (org_id, day, agent_id, line_item, item, key_mode, mode, partition);
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS usage_daily_mv TO usage_daily AS
-SELECT org_id, toDate(ts) AS day, agent_id, line_item, item, key_mode, partition,
+SELECT org_id, toDate(ts) AS day, agent_id, line_item, item, key_mode, mode, partition,
        count() AS events, sum(quantity) AS quantity, sum(billable) AS billable,
        sum(cost_micros) AS cost_micros, sum(1 - priced) AS unpriced,
        sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
        sum(cached_input_tokens) AS cached_input_tokens
 FROM events
-GROUP BY org_id, day, agent_id, line_item, item, key_mode, partition;
+GROUP BY org_id, day, agent_id, line_item, item, key_mode, mode, partition;
 
 -- Per-execution rollup: the line items of one run.
 CREATE TABLE IF NOT EXISTS usage_runs (
