@@ -22,6 +22,7 @@ from aiokafka.structs import OffsetAndMetadata
 from schemas.prices import PriceBook
 from streams.batch import BatchResult, PartitionState, Record, apply, process
 from streams.sink import ClickHouseSink
+from tally import failpoints
 from tally.config import COUNTERS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, Settings
 from tally.domain.counters import HEARTBEAT_KEY, CounterKey, encode_key
 
@@ -70,9 +71,9 @@ class Worker:
             group_id=s.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=1_000,
-            rebalance_timeout_ms=10_000,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=min(1_000, s.session_timeout_ms // 3),
+            rebalance_timeout_ms=s.session_timeout_ms,
             max_poll_interval_ms=300_000,
             fetch_max_bytes=64 << 20,
             max_partition_fetch_bytes=8 << 20,
@@ -193,13 +194,16 @@ class Worker:
             return
         await self._dead_letters(results)
         rows = [row for _, r in results for row in r.rows]
+        failpoints.hit("worker.before_insert")
         await self.sink.write(rows, {tp.partition: r.last_offset + 1 for tp, r in results})
+        failpoints.hit("worker.after_insert")
         for tp, result in results:
             changed = apply(self.states[tp.partition], result)
             await self._publish(changed)
             self.processed += len(result.rows)
             self.duplicates += result.duplicates
         await self._flush_producer()
+        failpoints.hit("worker.after_publish")
         await self._consumer.commit(
             {tp: OffsetAndMetadata(r.last_offset + 1, "") for tp, r in results}
         )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import uvicorn
 from pydantic import ValidationError
 
 from tally.config import Settings
@@ -45,8 +48,6 @@ def _logging(settings: Settings) -> None:
 
 
 async def _serve(settings: Settings, *, worker: bool, api: bool) -> None:
-    import uvicorn
-
     from api.app import create_app
     from tally.runtime import Tally
 
@@ -62,7 +63,7 @@ async def _serve(settings: Settings, *, worker: bool, api: bool) -> None:
             config = uvicorn.Config(
                 app, host=s.api_host, port=s.api_port, log_level="warning", lifespan="off"
             )
-            server = uvicorn.Server(config)
+            server = _Server(config)
             typer.echo(
                 f"Tally API on http://{s.api_host}:{s.api_port}  (broker "
                 f"{s.bootstrap_servers}, store {s.store_url})",
@@ -73,6 +74,21 @@ async def _serve(settings: Settings, *, worker: bool, api: bool) -> None:
             await _until_signalled()
     finally:
         await tally.stop()
+
+
+class _Server(uvicorn.Server):
+    """Uvicorn re-raises SIGTERM after its own shutdown, which would kill the process before
+    the worker drains and the store closes; Tally exits by itself once that is done."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        handled = (signal.SIGINT, signal.SIGTERM)
+        originals = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
 
 
 async def _until_signalled() -> None:
