@@ -74,8 +74,7 @@ class CounterTable:
         tps = [TopicPartition(COUNTERS_TOPIC, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        self._task = asyncio.create_task(self._run(end), name="tally-counter-table")
+        self._task = asyncio.create_task(self._run(tps), name="tally-counter-table")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -87,20 +86,25 @@ class CounterTable:
             await self._consumer.stop()
             self._consumer = None
 
-    async def _run(self, end: dict[TopicPartition, int]) -> None:
-        assert self._consumer is not None
-        pending = {tp for tp, offset in end.items() if offset > 0}
-        if not pending:
-            self.ready.set()
+    async def _run(self, tps: list[TopicPartition]) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        pending = set(tps)
         while True:
-            fetched = await self._consumer.getmany(timeout_ms=100, max_records=50_000)
-            for tp, msgs in fetched.items():
+            fetched = await consumer.getmany(timeout_ms=100, max_records=50_000)
+            for msgs in fetched.values():
                 for m in msgs:
                     self._apply(m.key, m.value)
-                if tp in pending and msgs and msgs[-1].offset + 1 >= end[tp]:
-                    pending.discard(tp)
+            # Caught up once every partition has answered a fetch and we hold all it has.
+            # (The high watermark of a fetch, not ListOffsets: the embedded broker answers
+            # ListOffsets with the first offset of the last batch.)
             if pending:
-                pending = {tp for tp in pending if await self._consumer.position(tp) < end[tp]}
+                pending = {
+                    tp
+                    for tp in pending
+                    if (high := consumer.highwater(tp)) is None
+                    or await consumer.position(tp) < high
+                }
             if not pending and not self.ready.is_set():
                 log.info("counter table caught up: %d keys", len(self.values))
                 self.ready.set()

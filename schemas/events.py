@@ -24,10 +24,12 @@ from pydantic import (
 
 SCHEMA_VERSION = 1
 MAX_TOKENS = 10**12
+MAX_BYTE_SECONDS = 10**18
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Count = Annotated[int, Field(ge=0, le=MAX_TOKENS, strict=True)]
+ByteSeconds = Annotated[int, Field(ge=0, le=MAX_BYTE_SECONDS, strict=True)]
 KeyMode = Literal["live", "test"]
 
 
@@ -101,7 +103,7 @@ class SessionEnded(_Envelope):
 class StorageUsage(_Envelope):
     type: Literal["storage.usage"]
     kind: Literal["knowledge_base", "traces"]
-    byte_seconds: Count
+    byte_seconds: ByteSeconds
 
 
 Event = Annotated[

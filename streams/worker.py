@@ -25,6 +25,7 @@ from streams.sink import ClickHouseSink
 from tally import failpoints
 from tally.config import COUNTERS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, Settings
 from tally.domain.counters import HEARTBEAT_KEY, CounterKey, encode_key
+from tally.domain.pricing import Pricer
 
 log = logging.getLogger("tally.worker")
 
@@ -46,11 +47,12 @@ class Worker:
     def __init__(self, settings: Settings, sink: ClickHouseSink, book: PriceBook) -> None:
         self.settings = settings
         self.sink = sink
-        self.book = book
+        self.pricer = Pricer(book)
         self.states: dict[int, PartitionState] = {}
         self.processed = 0
         self.dead_letters = 0
         self.duplicates = 0
+        self.timings: dict[str, float] = {}  # seconds spent per phase of a batch
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -111,13 +113,9 @@ class Worker:
             assert self._consumer is not None
             if not self.states and not self.ready.is_set():
                 await self.sink.resume_epoch()
-            ends = await self._consumer.end_offsets(list(assigned)) if assigned else {}
             for tp in sorted(assigned):
                 state = await self.sink.load(tp.partition)
                 self.states[tp.partition] = state
-                if ends.get(tp, 0) < state.next_offset:
-                    await self._log_reset(tp, ends.get(tp, 0), state.next_offset)
-                    state = self.states[tp.partition]
                 self._consumer.seek(tp, state.next_offset)
                 await self._publish(state.counters)
                 log.info(
@@ -129,7 +127,7 @@ class Worker:
             await self._flush_producer()
             self.ready.set()
 
-    async def _log_reset(self, tp: TopicPartition, found: int, mark: int) -> None:
+    def _log_reset(self, tp: TopicPartition, found: int, mark: int) -> None:
         """The broker's log is behind the stored mark: it is a new log, read it from its start.
 
         Every owned partition moves to a new log epoch at offset 0; counters and the dedup
@@ -147,8 +145,7 @@ class Worker:
         )
         for partition, state in self.states.items():
             state.next_offset = 0
-            if partition != tp.partition:
-                self._consumer.seek(TopicPartition(tp.topic, partition), 0)
+            self._consumer.seek(TopicPartition(tp.topic, partition), 0)
 
     async def release(self, revoked: set[TopicPartition]) -> None:
         async with self._lock:
@@ -160,7 +157,8 @@ class Worker:
     async def _run(self) -> None:
         assert self._consumer is not None
         s = self.settings
-        last_forget = last_beat = time.monotonic()
+        last_forget = last_beat = last_report = time.monotonic()
+        reported = -1
         while True:
             fetched = await self._consumer.getmany(
                 timeout_ms=s.batch_timeout_ms, max_records=s.batch_max_records
@@ -172,6 +170,16 @@ class Worker:
                 if time.monotonic() - last_beat >= 0.5:
                     await self._heartbeat()
                     last_beat = time.monotonic()
+                if time.monotonic() - last_report >= 10 and self.processed != reported:
+                    marks = {p: st.next_offset for p, st in sorted(self.states.items())}
+                    log.info(
+                        "stored %d events (%d duplicates, %d dead letters); next offsets %s",
+                        self.processed,
+                        self.duplicates,
+                        self.dead_letters,
+                        marks,
+                    )
+                    reported, last_report = self.processed, time.monotonic()
                 if time.monotonic() - last_forget > 60:
                     cutoff = time.time() - s.dedup_window_s
                     for state in self.states.values():
@@ -181,22 +189,30 @@ class Worker:
     async def _handle(self, fetched: dict[TopicPartition, list]) -> None:  # type: ignore[type-arg]
         assert self._consumer is not None and self._producer is not None
         now = datetime.now(UTC)
+        t_start = time.perf_counter()
         results: list[tuple[TopicPartition, BatchResult]] = []
         for tp, msgs in fetched.items():
             state = self.states[tp.partition]
             if msgs[0].offset < state.next_offset:
-                # The log restarted below our mark (an empty broker came back): count anew.
-                await self._log_reset(tp, msgs[0].offset, state.next_offset)
+                # We always seek to our mark, so an earlier offset means the log restarted
+                # (an empty broker came back and the client reset to its start): count anew.
+                self._log_reset(tp, msgs[0].offset, state.next_offset)
+                return
+        for tp, msgs in fetched.items():
+            state = self.states[tp.partition]
             records = [Record(m.offset, m.value) for m in msgs]
             if records:
-                results.append((tp, process(state, records, self.book, now, self.sink.log_epoch)))
+                results.append((tp, process(state, records, self.pricer, now, self.sink.log_epoch)))
         if not results:
             return
+        t_process = time.perf_counter()
         await self._dead_letters(results)
         rows = [row for _, r in results for row in r.rows]
         failpoints.hit("worker.before_insert")
+        t_insert = time.perf_counter()
         await self.sink.write(rows, {tp.partition: r.last_offset + 1 for tp, r in results})
         failpoints.hit("worker.after_insert")
+        t_publish = time.perf_counter()
         for tp, result in results:
             changed = apply(self.states[tp.partition], result)
             await self._publish(changed)
@@ -204,9 +220,18 @@ class Worker:
             self.duplicates += result.duplicates
         await self._flush_producer()
         failpoints.hit("worker.after_publish")
+        t_commit = time.perf_counter()
         await self._consumer.commit(
             {tp: OffsetAndMetadata(r.last_offset + 1, "") for tp, r in results}
         )
+        t_end = time.perf_counter()
+        for phase, seconds in (
+            ("process", t_process - t_start),
+            ("insert", t_publish - t_insert),
+            ("publish", t_commit - t_publish),
+            ("commit", t_end - t_commit),
+        ):
+            self.timings[phase] = self.timings.get(phase, 0.0) + seconds
 
     async def _dead_letters(self, results: list[tuple[TopicPartition, BatchResult]]) -> None:
         assert self._producer is not None

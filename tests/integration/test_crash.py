@@ -15,7 +15,6 @@ import random
 import signal
 import subprocess
 import sys
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -25,9 +24,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from schemas.events import parse_event
+from streams.decode import flatten
 from tally.broker import EmbeddedBroker, free_port
 from tally.catalogue import load_prices
 from tally.config import EVENTS_TOPIC
+from tally.domain.pricing import Pricer
 from tally.domain.usage import measure
 from tests.conftest import ADMIN_KEY, bearer, eventually
 from tests.factories import make_event
@@ -71,17 +72,17 @@ def workload(rng: random.Random) -> list[dict]:
 
 
 def expected_totals(events: list[dict]) -> tuple[Counter, Counter, Counter]:
-    book = load_prices()
+    pricer = Pricer(load_prices())
     tokens: Counter = Counter()
     cost: Counter = Counter()
     rows: Counter = Counter()
     for raw in events:
-        event = parse_event(orjson.dumps(raw))
-        usage = measure(event, book)
-        rows[event.org_id] += 1
-        cost[event.org_id] += usage.cost_micros
+        event = flatten(parse_event(orjson.dumps(raw)))
+        usage = measure(event, pricer)
+        rows[event["org_id"]] += 1
+        cost[event["org_id"]] += usage.cost_micros
         if usage.line_item == "llm":
-            tokens[event.org_id] += usage.billable
+            tokens[event["org_id"]] += usage.billable
     return tokens, cost, rows
 
 
@@ -212,25 +213,29 @@ async def test_sigkill_at_every_stage_keeps_counts_exact(tmp_path: Path):
             tally.start()
             await eventually(ready, timeout=90, interval=0.2)
 
-            async def exact() -> dict[str, tuple[int, int]] | None:
-                seen = {}
+            seen: dict[str, tuple[int, int]] = {}
+
+            async def exact() -> bool:
                 for org in ORGS:
                     r = await client.get("/api/v2/quota/tokens", headers=bearer(keys[org]))
                     seen[org] = (r.json()["used"], tokens[org])
-                return None if any(a != b for a, b in seen.values()) else seen
+                return all(a == b for a, b in seen.values())
 
             try:
                 await eventually(exact, timeout=120, interval=0.5)
-            except AssertionError:
-                print(log.read_text()[-5000:])
-                raise
+            except AssertionError as exc:
+                raise AssertionError(f"(used, expected) per org: {seen}; log: {log}") from exc
         assert tally.stop() == 0
 
-    stored = json.loads(
-        subprocess.check_output(
-            [sys.executable, "-c", STORED_TOTALS, str(tmp_path / "data" / "chdb")], text=True
-        )
+    reader = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        STORED_TOTALS,
+        str(tmp_path / "data" / "chdb"),
+        stdout=asyncio.subprocess.PIPE,
     )
+    out, _ = await reader.communicate()
+    stored = json.loads(out)
     for org in ORGS:
         assert stored[org] == {
             "rows": rows[org],

@@ -7,9 +7,10 @@ import orjson
 from streams.batch import PartitionState, Record, apply, process
 from tally.catalogue import load_prices
 from tally.domain import counters
+from tally.domain.pricing import Pricer
 from tests.factories import make_event
 
-BOOK = load_prices()
+PRICER = Pricer(load_prices())
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
 DAY = counters.epoch_day(NOW)
 
@@ -22,7 +23,7 @@ def records(*events, start=0):
 
 
 def run(state, *events, start=0):
-    result = process(state, records(*events, start=start), BOOK, NOW, "e")
+    result = process(state, records(*events, start=start), PRICER, NOW, "e")
     return result, apply(state, result)
 
 

@@ -5,7 +5,7 @@ from pydantic import ValidationError
 
 from schemas.prices import PriceBook
 from tally.catalogue import CatalogueError, load_plans, load_prices
-from tally.domain.pricing import llm_cost, storage_cost, tool_call_cost
+from tally.domain.pricing import Pricer
 
 T = datetime(2026, 6, 1, tzinfo=UTC)
 BOOK = PriceBook.model_validate(
@@ -36,44 +36,45 @@ BOOK = PriceBook.model_validate(
         },
     }
 )
+P = Pricer(BOOK)
 
 
 def test_a_price_change_at_t_prices_each_side_at_its_own_rate():
     before = datetime(2026, 5, 31, 23, 59, 59, 999000, tzinfo=UTC)
-    assert llm_cost(BOOK, "m", before, 1_000_000, 0, 1_000_000).cost_micros == 10_000_000
-    assert llm_cost(BOOK, "m", T, 1_000_000, 0, 1_000_000).cost_micros == 5_000_000
+    assert P.llm("m", before, 1_000_000, 0, 1_000_000).cost_micros == 10_000_000
+    assert P.llm("m", T, 1_000_000, 0, 1_000_000).cost_micros == 5_000_000
 
 
 def test_cached_input_is_priced_at_the_cached_rate():
     # 1,000 input tokens of which 400 cached, 100 output, at the later rates:
     # 600 x 1.0 + 400 x 0.5 + 100 x 4.0 = 1,200 micro-units
-    assert llm_cost(BOOK, "m", T, 1000, 400, 100).cost_micros == 1200
+    assert P.llm("m", T, 1000, 400, 100).cost_micros == 1200
 
 
 def test_rounding_is_half_up_once_per_event():
-    assert llm_cost(BOOK, "m", T, 1, 0, 0).cost_micros == 1  # 1.0
-    assert llm_cost(BOOK, "m", T, 1, 1, 0).cost_micros == 1  # 0.5 rounds up
-    assert llm_cost(BOOK, "m", T, 0, 0, 0).cost_micros == 0
+    assert P.llm("m", T, 1, 0, 0).cost_micros == 1  # 1.0
+    assert P.llm("m", T, 1, 1, 0).cost_micros == 1  # 0.5 rounds up
+    assert P.llm("m", T, 0, 0, 0).cost_micros == 0
 
 
 def test_unknown_model_is_unpriced_not_free():
-    price = llm_cost(BOOK, "nope", T, 10, 0, 10)
+    price = P.llm("nope", T, 10, 0, 10)
     assert (price.cost_micros, price.priced) == (0, False)
     early = datetime(2023, 1, 1, tzinfo=UTC)
-    assert not llm_cost(BOOK, "m", early, 10, 0, 10).priced  # before any rate
+    assert not P.llm("m", early, 10, 0, 10).priced  # before any rate
 
 
 def test_connector_rates_fall_back_to_the_default():
-    assert tool_call_cost(BOOK, "slack", T).cost_micros == 1000
-    assert tool_call_cost(BOOK, "github", T).cost_micros == 3000
+    assert P.tool_call("slack", T).cost_micros == 1000
+    assert P.tool_call("github", T).cost_micros == 3000
     # github has no rate of its own before T, so it is not priced there
-    assert not tool_call_cost(BOOK, "github", datetime(2025, 1, 1, tzinfo=UTC)).priced
+    assert not P.tool_call("github", datetime(2025, 1, 1, tzinfo=UTC)).priced
 
 
 def test_storage_is_priced_per_gb_month():
     gb_month = 10**9 * 30 * 86_400
-    assert storage_cost(BOOK, "traces", T, gb_month).cost_micros == 300_000
-    assert storage_cost(BOOK, "traces", T, gb_month // 2).cost_micros == 150_000
+    assert P.storage("traces", T, gb_month).cost_micros == 300_000
+    assert P.storage("traces", T, gb_month // 2).cost_micros == 150_000
 
 
 def test_rates_must_be_in_order():
