@@ -12,11 +12,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tally.config import COUNTERS_TOPIC
+from tally.domain import counters
 from tally.domain.counters import HEARTBEAT_KEY, CounterKey, decode_key
 
 log = logging.getLogger("tally.counters")
@@ -38,6 +40,13 @@ class CounterTable:
     def total(self, org_id: str, name: str, buckets: Iterable[int]) -> int:
         values = self.values
         return sum(values.get((org_id, name, b), 0) for b in buckets)
+
+    def expire(self, now: datetime) -> int:
+        """Drop counters no quota read can need any more; returns how many."""
+        stale = [k for k in self.values if counters.expired(k, now)]
+        for k in stale:
+            del self.values[k]
+        return len(stale)
 
     def freshness(self) -> tuple[int | None, int | None]:
         """(time in ms the counters are current to, events not yet counted), if known."""
@@ -90,7 +99,11 @@ class CounterTable:
         consumer = self._consumer
         assert consumer is not None
         pending = set(tps)
+        last_expire = time.monotonic()
         while True:
+            if time.monotonic() - last_expire > 60:
+                self.expire(datetime.now(UTC))
+                last_expire = time.monotonic()
             fetched = await consumer.getmany(timeout_ms=100, max_records=50_000)
             for msgs in fetched.values():
                 for m in msgs:

@@ -77,6 +77,12 @@ class PartitionState:
     sessions: dict[tuple[str, str], int] = field(default_factory=dict)
     seen: dict[str, float] = field(default_factory=dict)
 
+    def expire(self, now: datetime, dedup_window_s: int) -> None:
+        """Forget event ids older than the dedup window and counters no read can need."""
+        self.forget_before(now.timestamp() - dedup_window_s)
+        for k in [k for k in self.counters if counters.expired(k, now)]:
+            del self.counters[k]
+
     def forget_before(self, cutoff: float) -> None:
         """Drop dedup entries remembered before `cutoff` (epoch seconds); oldest come first."""
         stale = []

@@ -128,7 +128,7 @@ class Worker:
             self.ready.set()
 
     def _log_reset(self, tp: TopicPartition, found: int, mark: int) -> None:
-        """The broker's log is behind the stored mark: it is a new log, read it from its start.
+        """The broker's log ends before the stored mark: it is a new log, read it from its start.
 
         Every owned partition moves to a new log epoch at offset 0; counters and the dedup
         window stay, so events already counted are recognised by their event_id.
@@ -181,9 +181,9 @@ class Worker:
                     )
                     reported, last_report = self.processed, time.monotonic()
                 if time.monotonic() - last_forget > 60:
-                    cutoff = time.time() - s.dedup_window_s
+                    now = datetime.now(UTC)
                     for state in self.states.values():
-                        state.forget_before(cutoff)
+                        state.expire(now, s.dedup_window_s)
                     last_forget = time.monotonic()
 
     async def _handle(self, fetched: dict[TopicPartition, list]) -> None:  # type: ignore[type-arg]
@@ -191,16 +191,17 @@ class Worker:
         now = datetime.now(UTC)
         t_start = time.perf_counter()
         results: list[tuple[TopicPartition, BatchResult]] = []
-        for tp, msgs in fetched.items():
-            state = self.states[tp.partition]
-            if msgs[0].offset < state.next_offset:
-                # We always seek to our mark, so an earlier offset means the log restarted
-                # (an empty broker came back and the client reset to its start): count anew.
-                self._log_reset(tp, msgs[0].offset, state.next_offset)
+        for tp in fetched:
+            high = self._consumer.highwater(tp)
+            mark = self.states[tp.partition].next_offset
+            if high is not None and high < mark:
+                # The log ends before our mark: an empty broker came back. Count it anew.
+                self._log_reset(tp, high, mark)
                 return
         for tp, msgs in fetched.items():
             state = self.states[tp.partition]
-            records = [Record(m.offset, m.value) for m in msgs]
+            # A fetch may start at the first offset of the record batch holding our mark.
+            records = [Record(m.offset, m.value) for m in msgs if m.offset >= state.next_offset]
             if records:
                 results.append((tp, process(state, records, self.pricer, now, self.sink.log_epoch)))
         if not results:

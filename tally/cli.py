@@ -179,6 +179,35 @@ def broker(port: Annotated[int, typer.Option(help="Port to listen on.")] = 9092)
         raise typer.Exit(1) from None
 
 
+@cli.command()
+def bench(
+    events: Annotated[int, typer.Option(help="Backlog size for the drain figures.")] = 200_000,
+    orgs: Annotated[int, typer.Option(help="Orgs in the workload.")] = 50,
+    partitions: Annotated[int, typer.Option(help="Partitions of usage.events.")] = 8,
+    samples: Annotated[int, typer.Option(help="Freshness samples per run.")] = 200,
+    load_rate: Annotated[int, typer.Option(help="Background events/s for freshness.")] = 10_000,
+    http_seconds: Annotated[int, typer.Option(help="Seconds per HTTP load run.")] = 10,
+    connections: Annotated[int, typer.Option(help="Concurrent HTTP clients.")] = 64,
+    memory_keys: Annotated[
+        int, typer.Option(help="Counter keys for the memory figure.")
+    ] = 1_000_000,
+) -> None:
+    """Measure Tally against the machine's ceiling; prints a table, then one JSON line."""
+    from tally.bench.run import main as run_bench
+
+    logging.basicConfig(level=logging.WARNING)
+    run_bench(
+        events=events,
+        orgs=orgs,
+        partitions=partitions,
+        samples=samples,
+        load_rate=load_rate,
+        http_seconds=http_seconds,
+        connections=connections,
+        memory_keys=memory_keys,
+    )
+
+
 def main() -> None:
     cli()
 

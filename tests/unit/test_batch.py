@@ -115,3 +115,20 @@ def test_forget_before_drops_only_old_ids():
     state.seen = {"a": 1.0, "b": 2.0, "c": 3.0}
     state.forget_before(2.5)
     assert list(state.seen) == ["c"]
+
+
+def test_expire_keeps_what_quota_reads_need():
+    state = PartitionState(0)
+    minute = counters.epoch_minute(NOW)
+    state.counters = {
+        ("o", counters.TOKENS, DAY): 1,
+        ("o", counters.TOKENS, DAY - 69): 2,
+        ("o", counters.TOKENS, DAY - 71): 3,
+        ("o", counters.REQUESTS_MINUTE, minute - 5): 4,
+        ("o", counters.REQUESTS_MINUTE, minute - 500): 5,
+        ("o", counters.SESSIONS, 0): 6,
+    }
+    state.seen = {"old": NOW.timestamp() - 90_000, "new": NOW.timestamp() - 10}
+    state.expire(NOW, 86_400)
+    assert sorted(state.counters.values()) == [1, 2, 4, 6]
+    assert list(state.seen) == ["new"]
