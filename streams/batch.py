@@ -108,11 +108,19 @@ class BatchResult:
 
 
 def process(
-    state: PartitionState, records: Iterable[Record], pricer: Pricer, now: datetime, log_epoch: str
+    state: PartitionState,
+    records: Iterable[Record],
+    pricer: Pricer,
+    now: datetime,
+    log_epoch: str,
+    pending: BatchResult | None = None,
 ) -> BatchResult:
+    """What a batch changes, given the state and the batch before it if that one is not yet
+    applied (`pending`: the worker prepares a batch while the previous one is stored)."""
     ingested = now.astimezone(UTC)
-    result = BatchResult(state.partition, state.next_offset - 1, ingested_at=ingested.timestamp())
-    batch_ids: set[str] = set()
+    first = pending.last_offset + 1 if pending else state.next_offset
+    result = BatchResult(state.partition, first - 1, ingested_at=ingested.timestamp())
+    batch_ids: set[str] = set(pending.event_ids) if pending else set()
     for record in records:
         result.last_offset = record.offset
         try:
@@ -129,7 +137,7 @@ def process(
             continue
         batch_ids.add(event_id)
         result.event_ids.append(event_id)
-        _add(result, event, pricer, record.offset, ingested, log_epoch, state)
+        _add(result, event, pricer, record.offset, ingested, log_epoch, state, pending)
     return result
 
 
@@ -141,6 +149,7 @@ def _add(
     ingested: datetime,
     log_epoch: str,
     state: PartitionState,
+    pending: BatchResult | None,
 ) -> None:
     usage = measure(event, pricer)
     org, kind = event["org_id"], event["type"]
@@ -149,7 +158,11 @@ def _add(
         deltas[key] = deltas.get(key, 0) + delta
     if kind in SESSION_BITS and event["key_mode"] == "live":
         sk = (org, event["session_id"])
-        before = result.sessions.get(sk, state.sessions.get(sk, 0))
+        before = result.sessions.get(sk)
+        if before is None:
+            before = pending.sessions.get(sk) if pending else None
+        if before is None:
+            before = state.sessions.get(sk, 0)
         result.sessions[sk] = before | SESSION_BITS[kind]
     get = event.get
     result.rows.append(

@@ -30,6 +30,10 @@ from tally.domain.pricing import Pricer
 log = logging.getLogger("tally.worker")
 
 
+Prepared = list[tuple[TopicPartition, BatchResult]]
+STOP_DRAIN_S = 30.0
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
@@ -57,6 +61,7 @@ class Worker:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._inflight: tuple[Prepared, asyncio.Task[None]] | None = None
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
@@ -92,6 +97,16 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._inflight is not None:
+            # Drain the batch being stored; if the store does not come back in time, leave
+            # it: its events are read again after the restart and counted once.
+            try:
+                async with self._lock:
+                    await asyncio.wait_for(self._complete(), STOP_DRAIN_S)
+            except TimeoutError:
+                log.warning("store unavailable at shutdown: the last batch will be replayed")
+                self._inflight[1].cancel()
+                self._inflight = None
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
@@ -111,6 +126,7 @@ class Worker:
     async def acquire(self, assigned: set[TopicPartition]) -> None:
         async with self._lock:
             assert self._consumer is not None
+            await self._complete()
             if not self.states and not self.ready.is_set():
                 await self.sink.resume_epoch()
             for tp in sorted(assigned):
@@ -149,6 +165,7 @@ class Worker:
 
     async def release(self, revoked: set[TopicPartition]) -> None:
         async with self._lock:
+            await self._complete()
             for tp in revoked:
                 self.states.pop(tp.partition, None)
 
@@ -165,8 +182,12 @@ class Worker:
             )
             async with self._lock:
                 batch = {tp: msgs for tp, msgs in fetched.items() if tp.partition in self.states}
-                if batch:
-                    await self._handle(batch)
+                # Prepare this fetch while the previous one is being stored, then finish that
+                # one and start storing this one: the store works while Python decodes.
+                prepared = await self._prepare(batch) if batch else []
+                await self._complete()
+                if prepared:
+                    self._inflight = (prepared, asyncio.create_task(self._store(prepared)))
                 if time.monotonic() - last_beat >= 0.5:
                     await self._heartbeat()
                     last_beat = time.monotonic()
@@ -186,34 +207,52 @@ class Worker:
                         state.expire(now, s.dedup_window_s)
                     last_forget = time.monotonic()
 
-    async def _handle(self, fetched: dict[TopicPartition, list]) -> None:  # type: ignore[type-arg]
-        assert self._consumer is not None and self._producer is not None
-        now = datetime.now(UTC)
-        t_start = time.perf_counter()
-        results: list[tuple[TopicPartition, BatchResult]] = []
+    async def _prepare(self, fetched: dict[TopicPartition, list]) -> Prepared:  # type: ignore[type-arg]
+        """Decode, dedup, price and aggregate a fetch, per partition (pure work)."""
+        assert self._consumer is not None
         for tp in fetched:
             high = self._consumer.highwater(tp)
             mark = self.states[tp.partition].next_offset
             if high is not None and high < mark:
                 # The log ends before our mark: an empty broker came back. Count it anew.
+                await self._complete()
                 self._log_reset(tp, high, mark)
-                return
+                return []
+        started = time.perf_counter()
+        now = datetime.now(UTC)
+        pending = {tp.partition: r for tp, r in self._inflight[0]} if self._inflight else {}
+        results: Prepared = []
         for tp, msgs in fetched.items():
             state = self.states[tp.partition]
+            before = pending.get(tp.partition)
+            first = before.last_offset + 1 if before else state.next_offset
             # A fetch may start at the first offset of the record batch holding our mark.
-            records = [Record(m.offset, m.value) for m in msgs if m.offset >= state.next_offset]
+            records = [Record(m.offset, m.value) for m in msgs if m.offset >= first]
             if records:
-                results.append((tp, process(state, records, self.pricer, now, self.sink.log_epoch)))
-        if not results:
-            return
-        t_process = time.perf_counter()
+                result = process(state, records, self.pricer, now, self.sink.log_epoch, before)
+                results.append((tp, result))
+        self._time("process", started)
+        return results
+
+    async def _store(self, results: Prepared) -> None:
+        """Dead letters first (so none is lost), then the rows with their offsets."""
+        started = time.perf_counter()
         await self._dead_letters(results)
         rows = [row for _, r in results for row in r.rows]
         failpoints.hit("worker.before_insert")
-        t_insert = time.perf_counter()
         await self.sink.write(rows, {tp.partition: r.last_offset + 1 for tp, r in results})
         failpoints.hit("worker.after_insert")
-        t_publish = time.perf_counter()
+        self._time("store", started)
+
+    async def _complete(self) -> None:
+        """Wait for the batch being stored, then count it and publish its counters."""
+        if self._inflight is None:
+            return
+        assert self._consumer is not None
+        results, task = self._inflight
+        await task
+        self._inflight = None
+        started = time.perf_counter()
         for tp, result in results:
             changed = apply(self.states[tp.partition], result)
             await self._publish(changed)
@@ -221,18 +260,13 @@ class Worker:
             self.duplicates += result.duplicates
         await self._flush_producer()
         failpoints.hit("worker.after_publish")
-        t_commit = time.perf_counter()
         await self._consumer.commit(
             {tp: OffsetAndMetadata(r.last_offset + 1, "") for tp, r in results}
         )
-        t_end = time.perf_counter()
-        for phase, seconds in (
-            ("process", t_process - t_start),
-            ("insert", t_publish - t_insert),
-            ("publish", t_commit - t_publish),
-            ("commit", t_end - t_commit),
-        ):
-            self.timings[phase] = self.timings.get(phase, 0.0) + seconds
+        self._time("publish", started)
+
+    def _time(self, phase: str, started: float) -> None:
+        self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - started
 
     async def _dead_letters(self, results: list[tuple[TopicPartition, BatchResult]]) -> None:
         assert self._producer is not None

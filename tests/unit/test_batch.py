@@ -132,3 +132,16 @@ def test_expire_keeps_what_quota_reads_need():
     state.expire(NOW, 86_400)
     assert sorted(state.counters.values()) == [1, 2, 4, 6]
     assert list(state.seen) == ["new"]
+
+
+def test_a_batch_prepared_while_the_previous_one_is_stored_sees_it():
+    state = PartitionState(0)
+    first = process(state, records(ev(event_id="x"), ev("session.started", session_id="s")),
+                     PRICER, NOW, "e")
+    second = process(state, records(ev(event_id="x"), ev("session.ended", session_id="s"),
+                                    start=2), PRICER, NOW, "e", pending=first)
+    assert second.duplicates == 1 and len(second.rows) == 1
+    apply(state, first)
+    changed = apply(state, second)
+    assert changed[("o", counters.SESSIONS, 0)] == 0
+    assert state.sessions == {} and state.next_offset == 4
