@@ -88,9 +88,11 @@ async def breakdown(
     except InvalidParameter as exc:
         raise _bad(exc) from None
     filters: dict[str, Any] = {"agent_id": only_agent, "line_item": only_item}
-    rows = await svc.store.query(
-        *sql.breakdown(key.org_id, span, groups, modes, **filters, limit=MAX_ROWS + 1)
-    )
+    rows = []
+    if groups:
+        rows = await svc.store.query(
+            *sql.breakdown(key.org_id, span, groups, modes, **filters, limit=MAX_ROWS + 1)
+        )
     if len(rows) > MAX_ROWS:
         raise ApiError(
             400,
