@@ -9,7 +9,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -80,36 +80,45 @@ async def base_url(stack) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def browser() -> Any:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_bin = shutil.which("chromedriver")
-    if not chromium or not driver_bin:
-        pytest.fail(INSTALL_HINT)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
+def browser() -> Iterator[Callable[[], Any]]:
+    """Starts headless Chromium when the test asks for it, so that a missing browser fails
+    the test itself (with the way to install it) rather than erroring in set-up."""
+    started: list[Any] = []
     profile = tempfile.mkdtemp(prefix="tally-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,2400",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=driver_bin), options=options)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
+
+    def start() -> Any:
+        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+        driver_bin = shutil.which("chromedriver")
+        if not chromium or not driver_bin:
+            pytest.fail(INSTALL_HINT)
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        options = webdriver.ChromeOptions()
+        options.binary_location = chromium
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        for flag in (
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,2400",
+            f"--user-data-dir={profile}",
+        ):
+            options.add_argument(flag)
+        driver = webdriver.Chrome(service=Service(executable_path=driver_bin), options=options)
+        driver.set_page_load_timeout(30)
+        started.append(driver)
+        return driver
+
+    yield start
+    for driver in started:
+        driver.quit()
     shutil.rmtree(profile, ignore_errors=True)
 
 
@@ -131,7 +140,12 @@ def screenshot_path(tmp_path: Path, name: str) -> Path:
 
 
 async def test_dashboard_shows_what_the_api_says(
-    client, new_org: OrgFactory, send: Send, base_url: str, browser: Any, tmp_path: Path
+    client,
+    new_org: OrgFactory,
+    send: Send,
+    base_url: str,
+    browser: Callable[[], Any],
+    tmp_path: Path,
 ):
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
@@ -155,7 +169,7 @@ async def test_dashboard_shows_what_the_api_says(
 
     await eventually(counted, timeout=20)
 
-    d = browser
+    d = await in_thread(browser)
     wait = WebDriverWait(d, 20)
     css = d.find_element
 
@@ -349,7 +363,7 @@ def with_quota_document(app: Any, key: str, document: dict[str, Any]) -> Any:
 
 
 async def test_dashboard_renders_every_meter_and_the_account_banners(
-    client, new_org: OrgFactory, stack, browser: Any, tmp_path: Path
+    client, new_org: OrgFactory, stack, browser: Callable[[], Any], tmp_path: Path
 ):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -381,7 +395,7 @@ async def test_dashboard_renders_every_meter_and_the_account_banners(
         },
     }
     async with serve(with_quota_document(create_app(stack.services), key, document)) as base:
-        d = browser
+        d = await in_thread(browser)
         wait = WebDriverWait(d, 20)
 
         def open_page() -> dict[str, Any]:
