@@ -1,8 +1,8 @@
 """A small deterministic workload for one org, and what it should add up to.
 
 The expected figures come from the event definitions (`tally.domain.usage.measure` over the
-price book), summed here in plain Python: an independent account of what the rollups and
-the API must report.
+price book, on events parsed by the pydantic contract), summed here in plain Python: an
+independent account of what the rollups and the API must report.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from schemas.events import parse_event
-from schemas.prices import PriceBook
+from streams.decode import flatten
 from tally.catalogue import load_prices
+from tally.domain.pricing import Pricer
 from tally.domain.usage import Usage, measure
 from tests.factories import make_event, wire
 
@@ -28,10 +29,11 @@ CONNECTORS = ("github", "slack", "web_search", "jira")  # jira: the default rate
 class Workload:
     org_id: str
     events: list[dict[str, Any]] = field(default_factory=list)
-    book: PriceBook = field(default_factory=lambda: load_prices(None))
+    pricer: Pricer = field(default_factory=lambda: Pricer(load_prices(None)))
 
     def measured(self) -> list[tuple[dict[str, Any], Usage]]:
-        return [(e, measure(parse_event(wire(e)), self.book)) for e in self.events]
+        """Each event with what it means for billing, through the contract's own parser."""
+        return [(e, measure(flatten(parse_event(wire(e))), self.pricer)) for e in self.events]
 
     def expected(
         self, start: date, end: date, modes: tuple[str, ...] = ("live",)

@@ -9,7 +9,9 @@ from typing import Any
 import httpx
 
 from schemas.events import parse_event
+from streams.decode import flatten
 from tally.catalogue import load_prices
+from tally.domain.pricing import Pricer
 from tally.domain.usage import measure
 from tests.conftest import ADMIN_KEY, OrgFactory, Send, bearer, eventually
 from tests.factories import make_event, wire
@@ -32,8 +34,8 @@ async def credits(client: httpx.AsyncClient, key: str) -> dict[str, Any]:
 
 
 def cost(*events: dict[str, Any]) -> int:
-    book = load_prices(None)
-    return sum(measure(parse_event(wire(e)), book).cost_micros for e in events)
+    pricer = Pricer(load_prices(None))
+    return sum(measure(flatten(parse_event(wire(e))), pricer).cost_micros for e in events)
 
 
 def iso(t: datetime) -> str:
