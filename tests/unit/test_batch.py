@@ -136,10 +136,17 @@ def test_expire_keeps_what_quota_reads_need():
 
 def test_a_batch_prepared_while_the_previous_one_is_stored_sees_it():
     state = PartitionState(0)
-    first = process(state, records(ev(event_id="x"), ev("session.started", session_id="s")),
-                     PRICER, NOW, "e")
-    second = process(state, records(ev(event_id="x"), ev("session.ended", session_id="s"),
-                                    start=2), PRICER, NOW, "e", pending=first)
+    first = process(
+        state, records(ev(event_id="x"), ev("session.started", session_id="s")), PRICER, NOW, "e"
+    )
+    second = process(
+        state,
+        records(ev(event_id="x"), ev("session.ended", session_id="s"), start=2),
+        PRICER,
+        NOW,
+        "e",
+        pending=first,
+    )
     assert second.duplicates == 1 and len(second.rows) == 1
     apply(state, first)
     changed = apply(state, second)
