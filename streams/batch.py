@@ -105,6 +105,7 @@ class BatchResult:
     event_ids: list[str] = field(default_factory=list)
     duplicates: int = 0
     ingested_at: float = 0.0
+    types: dict[str, int] = field(default_factory=dict)  # stored events by type (metrics)
 
 
 def process(
@@ -153,6 +154,7 @@ def _add(
 ) -> None:
     usage = measure(event, pricer)
     org, kind = event["org_id"], event["type"]
+    result.types[kind] = result.types.get(kind, 0) + 1
     deltas = result.deltas
     for key, delta in counters.deltas(org, event["ts"], usage):
         deltas[key] = deltas.get(key, 0) + delta

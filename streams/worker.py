@@ -22,7 +22,7 @@ from aiokafka.structs import OffsetAndMetadata
 from schemas.prices import PriceBook
 from streams.batch import BatchResult, PartitionState, Record, apply, process
 from streams.sink import ClickHouseSink
-from tally import failpoints
+from tally import failpoints, metrics
 from tally.config import COUNTERS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, Settings
 from tally.domain.counters import HEARTBEAT_KEY, CounterKey, encode_key
 from tally.domain.pricing import Pricer
@@ -140,6 +140,7 @@ class Worker:
                     tp.partition,
                     state.next_offset,
                     len(state.counters),
+                    extra={"partition": tp.partition, "offset": state.next_offset},
                 )
             await self._flush_producer()
             self.ready.set()
@@ -159,6 +160,7 @@ class Worker:
             found,
             mark,
             epoch,
+            extra={"partition": tp.partition, "offset": found},
         )
         for partition, state in self.states.items():
             state.next_offset = 0
@@ -203,6 +205,7 @@ class Worker:
                         self.duplicates,
                         self.dead_letters,
                         marks,
+                        extra={"processed": self.processed},
                     )
                     reported, last_report = self.processed, time.monotonic()
                 if time.monotonic() - last_forget > 60:
@@ -262,6 +265,7 @@ class Worker:
             await self._publish(changed)
             self.processed += len(result.rows)
             self.duplicates += result.duplicates
+            metrics.batch_done(result.types, result.duplicates)
         await self._flush_producer()
         failpoints.hit("worker.after_publish")
         await self._consumer.commit(
@@ -270,7 +274,9 @@ class Worker:
         self._time("publish", started)
 
     def _time(self, phase: str, started: float) -> None:
-        self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        self.timings[phase] = self.timings.get(phase, 0.0) + elapsed
+        metrics.batch_seconds.labels(phase).observe(elapsed)
 
     async def _dead_letters(self, results: list[tuple[TopicPartition, BatchResult]]) -> None:
         assert self._producer is not None
@@ -291,6 +297,12 @@ class Worker:
                 )
                 futures.append(await self._producer.send(DLQ_TOPIC, value, headers=headers))
                 self.dead_letters += 1
+                metrics.dead_letter(dead.error)
+                log.warning(
+                    "dead letter: %s",
+                    dead.error,
+                    extra={"partition": dead.partition, "offset": dead.offset},
+                )
         if futures:
             await asyncio.gather(*futures)
 
@@ -307,12 +319,15 @@ class Worker:
         """Per owned partition: the time the counters are current to and the lag behind it."""
         assert self._producer is not None and self._consumer is not None
         at = int(time.time() * 1000)
+        lags = {}
         for partition in self.states:
             tp = TopicPartition(EVENTS_TOPIC, partition)
             high = self._consumer.highwater(tp)
             lag = max(0, high - self.states[partition].next_offset) if high is not None else 0
+            lags[partition] = lag
             beat = encode_key((HEARTBEAT_KEY, str(partition), 0))
             await self._producer.send(COUNTERS_TOPIC, orjson.dumps({"v": lag, "t": at}), key=beat)
+        metrics.partition_lag(lags)
 
     async def _flush_producer(self) -> None:
         assert self._producer is not None

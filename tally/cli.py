@@ -41,10 +41,9 @@ def settings_from(**flags: Any) -> Settings:
 
 
 def _logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    from tally import logs
+
+    logs.setup(settings.log_level, settings.log_format)
 
 
 async def _serve(settings: Settings, *, worker: bool, api: bool) -> None:
@@ -52,6 +51,15 @@ async def _serve(settings: Settings, *, worker: bool, api: bool) -> None:
     from tally.runtime import Tally
 
     tally = Tally(settings, worker=worker, api=api)
+    metrics_server = None
+    if not api and settings.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        metrics_server, _ = start_http_server(settings.metrics_port, settings.api_host)
+        typer.echo(
+            f"worker metrics on http://{settings.api_host}:{settings.metrics_port}/metrics",
+            err=True,
+        )
     await tally.start()
     try:
         if worker:
@@ -74,6 +82,8 @@ async def _serve(settings: Settings, *, worker: bool, api: bool) -> None:
             await _until_signalled()
     finally:
         await tally.stop()
+        if metrics_server is not None:
+            metrics_server.shutdown()
 
 
 class _Server(uvicorn.Server):
@@ -126,10 +136,16 @@ def worker(
     bootstrap_servers: Bootstrap = None,
     clickhouse_url: ClickHouseUrl = None,
     data_dir: DataDir = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus /metrics on this port.")
+    ] = None,
 ) -> None:
     """The stream worker alone (server-backed deployments)."""
     settings = settings_from(
-        bootstrap_servers=bootstrap_servers, clickhouse_url=clickhouse_url, data_dir=data_dir
+        bootstrap_servers=bootstrap_servers,
+        clickhouse_url=clickhouse_url,
+        data_dir=data_dir,
+        metrics_port=metrics_port,
     )
     _require_external(settings)
     _logging(settings)
@@ -210,6 +226,15 @@ def bench(
         memory_keys=memory_keys,
         breakdown_rows=breakdown_rows,
     )
+
+
+def _register_operations() -> None:
+    from tally.ops.cli import register
+
+    register(cli)
+
+
+_register_operations()
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +45,12 @@ class Settings(BaseSettings):
     plans_file: Path | None = None
     prices_file: Path | None = None
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = Field(
+        "json", description="json: one JSON object per line; text: a line for people."
+    )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="`tally worker`: serve Prometheus /metrics here."
+    )
 
     @field_validator("log_level")
     @classmethod

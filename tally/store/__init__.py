@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
 import clickhouse_connect
 
-from tally import failpoints
+from tally import failpoints, metrics
 
 
 class StoreError(RuntimeError):
@@ -83,11 +84,18 @@ class Store:
         columns: Sequence[str],
         settings: dict[str, Any] | None = None,
     ) -> None:
-        failpoints.hit("store.insert")
+        started = time.perf_counter()
+        try:
+            failpoints.hit("store.insert")
+            if rows:
+                await asyncio.to_thread(
+                    self._call, "insert", table, rows, column_names=list(columns), settings=settings
+                )
+        except Exception:
+            metrics.store_errors.labels("insert").inc()
+            raise
         if rows:
-            await asyncio.to_thread(
-                self._call, "insert", table, rows, column_names=list(columns), settings=settings
-            )
+            metrics.insert_seconds.labels(table).observe(time.perf_counter() - started)
 
     async def ping(self) -> bool:
         try:

@@ -1,0 +1,104 @@
+"""Operations: Prometheus metrics, and the store and counter side of reconciliation."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+from fastapi import APIRouter, Depends, Response
+
+from api.auth import require_admin, services
+from api.state import Services
+from schemas.api import ErrorBody
+from schemas.ops import (
+    FigureRow,
+    ReconcileFigures,
+    ReconcileRequest,
+    StoredEvents,
+    StoredLookup,
+)
+from tally import metrics
+from tally.domain import counters
+from tally.domain import reconcile as rec
+from tally.store import ops as sql
+
+router = APIRouter(tags=["operations"])
+admin = APIRouter(
+    prefix="/api/v2/admin",
+    tags=["operations"],
+    dependencies=[Depends(require_admin)],
+    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}},
+)
+
+
+@router.get("/metrics", response_class=Response)
+async def prometheus(svc: Services = Depends(services)) -> Response:
+    """Prometheus text exposition: this process's metrics (worker too under `tally up`)."""
+    metrics.counter_table(svc.counters)
+    return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE_LATEST)
+
+
+@admin.post("/reconcile", response_model=ReconcileFigures)
+async def reconcile(body: ReconcileRequest, svc: Services = Depends(services)) -> ReconcileFigures:
+    """The store's and the counters' figures per org and day, to compare with a broker scan
+    (`tally reconcile` does the scan and the comparison)."""
+    epoch = body.epoch
+    seen = None
+    if body.ranges is not None:
+        if epoch is None:
+            rows = await svc.store.query(*sql.current_epoch())
+            epoch = str(rows[0][0]) if rows else ""
+        size = max((r.partition for r in body.ranges), default=-1) + 1
+        lows, highs = [0] * size, [0] * size
+        for r in body.ranges:
+            lows[r.partition], highs[r.partition] = r.low, r.high
+        seen = await _stored(svc, body, epoch, lows, highs)
+    stored = await _stored(svc, body)
+    since = datetime.now(UTC).date() - timedelta(days=counters.KEEP_DAYS)
+    return ReconcileFigures(
+        epoch=epoch,
+        seen=_rows(seen) if seen is not None else None,
+        stored=_rows(stored),
+        counters=_rows(_counters(svc, body.start, body.end, body.org_id)),
+        counters_since=since,
+        counter_staleness_s=svc.counters.staleness_s(),
+    )
+
+
+@admin.post("/events/stored", response_model=StoredEvents)
+async def stored_events(body: StoredLookup, svc: Services = Depends(services)) -> StoredEvents:
+    """Which of these event ids are already stored (backfills and DLQ replays skip them)."""
+    if not body.event_ids:
+        return StoredEvents(stored=[])
+    rows = await svc.store.query(*sql.stored_event_ids(body.event_ids, body.org_ids))
+    return StoredEvents(stored=sorted(str(r[0]) for r in rows))
+
+
+async def _stored(
+    svc: Services,
+    body: ReconcileRequest,
+    epoch: str | None = None,
+    lows: list[int] | None = None,
+    highs: list[int] | None = None,
+) -> rec.Table:
+    query = sql.reconcile_figures(body.start, body.end, body.org_id, epoch, lows, highs)
+    table: rec.Table = {}
+    for org, day, line_item, n, ids, billable, cost in await svc.store.query(*query):
+        rec.add_stored(table, org, day, line_item, int(n), int(ids), int(billable), int(cost))
+    return table
+
+
+def _counters(svc: Services, start: date, end: date, org_id: str | None) -> rec.Table:
+    first, last = counters.day_bucket(start), counters.day_bucket(end)
+    names = set(rec.MONEY_AND_METERS)
+    table: rec.Table = {}
+    for (org, name, bucket), value in list(svc.counters.values.items()):
+        if name in names and first <= bucket < last and (org_id is None or org == org_id):
+            table.setdefault((org, counters.day_of(bucket)), {})[name] = value
+    return table
+
+
+def _rows(table: rec.Table) -> list[FigureRow]:
+    return [
+        FigureRow(org_id=org, day=day, figures=figures)
+        for (org, day), figures in sorted(table.items())
+    ]

@@ -1,0 +1,150 @@
+"""Prometheus metrics of a Tally process: one registry (prometheus_client's default).
+
+The worker counts per batch, never per event: a batch carries its counts by type, and the
+counters here move once per batch. Gauges that describe a state (lag, staleness) are set
+when the state is read: the worker's lag at each heartbeat, the counter table's staleness
+at each scrape. `tally up` runs worker and API in one process, so its `/metrics` shows
+both halves; `tally worker --metrics-port` serves the worker's alone.
+
+Quota checks: call `quota_check(code)` once per admission decision (`ok`,
+`billing_limit_reached`, `rate_limited`, `plan_limit_error`, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import generate_latest as _generate
+
+__all__ = ["CONTENT_TYPE_LATEST", "exposition"]
+
+# Seconds: a batch phase is milliseconds to seconds; an HTTP quota read is microseconds.
+_BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+
+events_stored = Counter("tally_events", "Events stored by the worker, by event type.", ["type"])
+duplicates = Counter("tally_duplicates", "Events skipped as duplicates of a stored event_id.")
+dead_letters = Counter(
+    "tally_dead_letters",
+    "Messages sent to usage.events.dlq, by reason class (see tally.metrics.reason_class).",
+    ["reason"],
+)
+batches = Counter("tally_batches", "Batches stored and counted by the worker.")
+consumer_lag = Gauge(
+    "tally_consumer_lag_events",
+    "Worker: events on the broker not yet counted (fetch high watermark - next offset).",
+    ["partition"],
+)
+batch_seconds = Histogram(
+    "tally_batch_seconds",
+    "Worker: seconds per batch phase (process: decode to aggregate; store: dead letters and"
+    " insert; publish: counters and commit).",
+    ["phase"],
+    buckets=_BATCH_BUCKETS,
+)
+insert_seconds = Histogram(
+    "tally_store_insert_seconds",
+    "Seconds per store insert, by table.",
+    ["table"],
+    buckets=_BATCH_BUCKETS,
+)
+store_errors = Counter(
+    "tally_store_errors", "Store statements that failed (each retry counts).", ["op"]
+)
+staleness = Gauge(
+    "tally_counter_staleness_seconds",
+    "API: age of the oldest partition heartbeat in the counter table (-1 before the first).",
+)
+reported_lag = Gauge(
+    "tally_counter_table_lag_events",
+    "API: lag per partition as the worker last reported it on usage.counters.",
+    ["partition"],
+)
+counter_keys = Gauge("tally_counter_table_keys", "API: counters held in memory.")
+counter_table_ready = Gauge(
+    "tally_counter_table_ready", "API: 1 once the counter table has caught up."
+)
+quota_checks = Counter(
+    "tally_quota_checks", "Quota admission decisions, by outcome code.", ["code"]
+)
+http_seconds = Histogram(
+    "tally_http_request_seconds",
+    "HTTP request latency by route template, method and status.",
+    ["route", "method", "status"],
+    buckets=_HTTP_BUCKETS,
+)
+
+
+def quota_check(code: str) -> None:
+    """Count one quota admission decision (`ok` or the error code it answered with)."""
+    quota_checks.labels(code).inc()
+
+
+def batch_done(types: Mapping[str, int], duplicate_count: int) -> None:
+    """Once per stored batch (per partition): events by type and duplicates skipped."""
+    batches.inc()
+    for kind, n in types.items():
+        events_stored.labels(kind).inc(n)
+    if duplicate_count:
+        duplicates.inc(duplicate_count)
+
+
+def dead_letter(error: str) -> None:
+    dead_letters.labels(reason_class(error)).inc()
+
+
+def reason_class(error: str) -> str:
+    """A dead letter's reason, as one of a few classes (bounded label values).
+
+    no_value, invalid_json, unknown_type, schema_version, missing_field or invalid_field.
+    """
+    if error == "message has no value":
+        return "no_value"
+    if error.startswith("event: Invalid JSON") or error.startswith("event: JSON input"):
+        return "invalid_json"
+    if error.startswith("type: must be one of") or "Unable to extract tag" in error:
+        return "unknown_type"
+    if error.startswith("schema_version"):
+        return "schema_version"
+    if "Field required" in error:
+        return "missing_field"
+    return "invalid_field"
+
+
+def partition_lag(lags: Mapping[int, int]) -> None:
+    """The worker's lag per owned partition (labels of partitions it no longer owns go)."""
+    owned = {str(p) for p in lags}
+    for labels in _label_values(consumer_lag):
+        if labels[0] not in owned:
+            consumer_lag.remove(*labels)
+    for p, lag in lags.items():
+        consumer_lag.labels(str(p)).set(lag)
+
+
+class _CounterTable(Protocol):
+    values: Any
+    beats: dict[int, tuple[int, int]]
+    ready: Any
+
+    def staleness_s(self) -> float | None: ...
+
+
+def counter_table(table: _CounterTable) -> None:
+    """Read the counter table's state into its gauges (call at scrape time)."""
+    age = table.staleness_s()
+    staleness.set(-1 if age is None else age)
+    for p, (_, lag) in table.beats.items():
+        reported_lag.labels(str(p)).set(lag)
+    counter_keys.set(len(table.values))
+    counter_table_ready.set(1 if table.ready.is_set() else 0)
+
+
+def exposition() -> bytes:
+    """The text exposition of every metric of this process."""
+    return _generate(REGISTRY)
+
+
+def _label_values(metric: Any) -> Iterable[tuple[str, ...]]:
+    return list(metric._metrics)  # prometheus_client keeps children by label values

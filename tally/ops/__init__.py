@@ -1,0 +1,1 @@
+"""Operations commands: status, dead letters, backfill, reconciliation, credits."""

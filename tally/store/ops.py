@@ -1,0 +1,65 @@
+"""SQL builders for the operations commands: reconciliation and stored-event look-ups.
+
+Small pure functions returning `(sql, params)`, like `queries.py`; the store only runs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+
+from tally.store.queries import Query
+
+MAX_LOOKUP = 10_000  # event ids per stored-events look-up
+
+
+def current_epoch() -> Query:
+    """The log epoch the worker wrote last: the one the broker's current log belongs to."""
+    return "SELECT argMax(log_epoch, at) FROM offsets HAVING count() > 0", {}
+
+
+def reconcile_figures(
+    start: date,
+    end: date,
+    org_id: str | None = None,
+    epoch: str | None = None,
+    lows: Sequence[int] | None = None,
+    highs: Sequence[int] | None = None,
+) -> Query:
+    """Per org, day and line item: rows, distinct event ids, billable quantity and cost.
+
+    Days are the UTC days of the events' `ts`, from `start` to `end` (exclusive). With
+    `epoch`, `lows` and `highs` (indexed by partition), only the rows read from offsets
+    `lows[p] <= offset < highs[p]` of that log epoch count: the part a broker scan saw.
+    """
+    where = ["toDate(ts) >= {start:Date}", "toDate(ts) < {end:Date}"]
+    params: dict[str, object] = {"start": start, "end": end}
+    if org_id is not None:
+        where.append("org_id = {org:String}")
+        params["org"] = org_id
+    if epoch is not None:
+        where += [
+            "log_epoch = {epoch:String}",
+            "offset >= arrayElement({lows:Array(UInt64)}, partition + 1)",
+            "offset < arrayElement({highs:Array(UInt64)}, partition + 1)",
+        ]
+        params.update(epoch=epoch, lows=list(lows or []), highs=list(highs or []))
+    sql = (
+        "SELECT org_id, toDate(ts) AS day, line_item, count(), uniqExact(event_id),"
+        " sum(billable), sum(cost_micros) FROM events"
+        f" WHERE {' AND '.join(where)}"
+        " GROUP BY org_id, day, line_item ORDER BY org_id, day, line_item"
+    )
+    return sql, params
+
+
+def stored_event_ids(event_ids: Sequence[str], org_ids: Sequence[str] | None = None) -> Query:
+    """Which of these event ids have a stored row (the org ids, if given, narrow the scan)."""
+    if len(event_ids) > MAX_LOOKUP:
+        raise ValueError(f"at most {MAX_LOOKUP} event ids per look-up")
+    where = "event_id IN {ids:Array(String)}"
+    params: dict[str, object] = {"ids": list(event_ids)}
+    if org_ids:
+        where = "org_id IN {orgs:Array(String)} AND " + where
+        params["orgs"] = list(org_ids)
+    return f"SELECT DISTINCT event_id FROM events WHERE {where}", params
