@@ -56,10 +56,8 @@ async def _serve(settings: Settings, *, worker: bool, api: bool) -> None:
         from prometheus_client import start_http_server
 
         metrics_server, _ = start_http_server(settings.metrics_port, settings.api_host)
-        typer.echo(
-            f"worker metrics on http://{settings.api_host}:{settings.metrics_port}/metrics",
-            err=True,
-        )
+        url = f"http://{settings.api_host}:{settings.metrics_port}/metrics"
+        logging.getLogger("tally").info("worker metrics on %s", url, extra={"url": url})
     await tally.start()
     try:
         if worker:
@@ -69,13 +67,21 @@ async def _serve(settings: Settings, *, worker: bool, api: bool) -> None:
             app = create_app(tally.services)
             s = tally.settings
             config = uvicorn.Config(
-                app, host=s.api_host, port=s.api_port, log_level="warning", lifespan="off"
+                app,
+                host=s.api_host,
+                port=s.api_port,
+                log_level="warning",
+                lifespan="off",
+                log_config=None,  # uvicorn logs through Tally's handler, in its format
             )
             server = _Server(config)
-            typer.echo(
-                f"Tally API on http://{s.api_host}:{s.api_port}  (broker "
-                f"{s.bootstrap_servers}, store {s.store_url})",
-                err=True,
+            url = f"http://{s.api_host}:{s.api_port}"
+            logging.getLogger("tally").info(
+                "Tally API on %s (broker %s, store %s)",
+                url,
+                s.bootstrap_servers,
+                s.store_url,
+                extra={"url": url},
             )
             await server.serve()
         else:

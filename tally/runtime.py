@@ -89,6 +89,8 @@ class Tally:
         from streams.app import create_faust_app
 
         assert self.worker is not None
+        # faust creates its directory without parents: `tally worker` in a fresh directory.
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.faust_app = create_faust_app(self.settings, self.worker)
         await self._exit.enter_async_context(faust_app_running(self.faust_app, stop_timeout=30))
 
@@ -103,3 +105,4 @@ class Tally:
             await self.store.stop()
         if self.broker is not None and self._own_broker:
             await self.broker.__aexit__()
+        log.info("tally stopped: batches in flight drained, store closed")

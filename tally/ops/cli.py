@@ -9,6 +9,7 @@ lines, events not stored in time), 2 bad usage or settings.
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -44,9 +45,14 @@ dlq_app = typer.Typer(help="Dead letters on usage.events.dlq: list them, replay 
 
 
 def _settings() -> Settings:
+    from tally import logs
     from tally.cli import settings_from
 
-    return settings_from()
+    settings = settings_from()
+    # The commands report what failed themselves; the Kafka client's own errors are noise.
+    logs.setup("WARNING", "text")
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    return settings
 
 
 def _bootstrap(settings: Settings, flag: str | None) -> str:

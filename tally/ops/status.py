@@ -69,8 +69,11 @@ async def collect(
     except (ApiUnavailable, ValueError) as exc:
         status.api_error = str(exc)
     try:
+        # One reader per topic: once a consumer is assigned partitions, its metadata
+        # follows only their topic.
         async with kafka.reader(bootstrap) as consumer:
             ends = await kafka.log_ranges(consumer, EVENTS_TOPIC)
+        async with kafka.reader(bootstrap) as consumer:
             dlq = await kafka.log_ranges(consumer, DLQ_TOPIC)
         async with kafka.group_reader(bootstrap, group_id) as group:
             commits = await kafka.committed(group, EVENTS_TOPIC, sorted(ends))

@@ -11,11 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 
 from schemas.events import InvalidEvent
 from streams.decode import decode
 from tally.config import EVENTS_TOPIC
 from tally.ops.api import Api
+
+_partitioner = DefaultPartitioner()
 
 
 @dataclass
@@ -46,6 +49,7 @@ class Submitter:
         self.keep_ids = keep_ids
         self.report = Report()
         self._submitted: set[tuple[str, str]] = set()
+        self._partitions: dict[bytes, int] = {}
 
     async def submit(self, items: list[tuple[str, bytes]]) -> None:
         """`items` are `(where, raw JSON)`; `where` names the line or message in reports."""
@@ -69,13 +73,34 @@ class Submitter:
             fresh = [f for f in fresh if f[2] not in stored]
             self.report.already_stored += before - len(fresh)
         if self.producer is not None and fresh:
-            futures = [
-                await self.producer.send(EVENTS_TOPIC, raw, key=org.encode())
-                for raw, org, _ in fresh
-            ]
-            for meta in [await f for f in futures]:
-                mark = self.report.marks.get(meta.partition, -1)
-                self.report.marks[meta.partition] = max(mark, meta.offset)
+            await self._send(self.producer, [(org.encode(), raw) for raw, org, _ in fresh])
         self.report.sent += len(fresh)
         if self.keep_ids:
             self.report.sent_ids += [eid for _, _, eid in fresh]
+
+    async def _send(self, producer: AIOKafkaProducer, messages: list[tuple[bytes, bytes]]) -> None:
+        """Send `(key, value)` messages in whole record batches, each to the partition the
+        producer's default partitioner picks for its key (so an org's backfilled events
+        meet its live ones, and the worker's per-partition dedup sees both)."""
+        parts = sorted(await producer.partitions_for(EVENTS_TOPIC))
+        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+        for key, value in messages:
+            p = self._partitions.get(key)
+            if p is None:
+                p = self._partitions[key] = _partitioner(key, parts, parts)
+            by_partition.setdefault(p, []).append((key, value))
+        sent = []
+        for p, msgs in by_partition.items():
+            batch = producer.create_batch()
+            for key, value in msgs:
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    n = batch.record_count()
+                    sent.append((n, await producer.send_batch(batch, EVENTS_TOPIC, partition=p)))
+                    batch = producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None)
+            n = batch.record_count()
+            sent.append((n, await producer.send_batch(batch, EVENTS_TOPIC, partition=p)))
+        for n, future in sent:
+            meta = await future
+            last = meta.offset + n - 1
+            self.report.marks[meta.partition] = max(self.report.marks.get(meta.partition, -1), last)
