@@ -202,7 +202,7 @@ class Emitter:
                 connected=self._producer is not None,
             )
 
-    # -- the typed helpers (return the event_id) -------------------------------------------
+    # -- the typed helpers (return the event_id; raise InvalidEvent on a bad argument) -------
 
     def llm_usage(
         self,
@@ -222,11 +222,19 @@ class Emitter:
     ) -> str:
         """Tokens of one LLM call; `cached_input_tokens` is the cached part of `input_tokens`."""
         try:
-            env = build.envelope(
-                "llm.usage", org_id, agent_id, run_id, session_id, key_mode, ts, event_id
-            )
             event = build.llm_usage(
-                env, model, input_tokens, output_tokens, cached_input_tokens, mode
+                org_id,
+                agent_id,
+                model,
+                input_tokens,
+                output_tokens,
+                cached_input_tokens,
+                mode,
+                run_id,
+                session_id,
+                key_mode,
+                ts,
+                event_id,
             )
         except InvalidEvent:
             self._reject()
@@ -249,10 +257,18 @@ class Emitter:
     ) -> str:
         """One tool call through a connector; failed calls are recorded, never billed."""
         try:
-            env = build.envelope(
-                "tool.call", org_id, agent_id, run_id, session_id, key_mode, ts, event_id
+            event = build.tool_call(
+                org_id,
+                agent_id,
+                connector,
+                tool,
+                success,
+                run_id,
+                session_id,
+                key_mode,
+                ts,
+                event_id,
             )
-            event = build.tool_call(env, connector, tool, success)
         except InvalidEvent:
             self._reject()
             raise
@@ -274,10 +290,18 @@ class Emitter:
     ) -> str:
         """One request through the LLM gateway."""
         try:
-            env = build.envelope(
-                "gateway.request", org_id, agent_id, run_id, session_id, key_mode, ts, event_id
+            event = build.gateway_request(
+                org_id,
+                agent_id,
+                model,
+                cache_hit,
+                mode,
+                run_id,
+                session_id,
+                key_mode,
+                ts,
+                event_id,
             )
-            event = build.gateway_request(env, model, cache_hit, mode)
         except InvalidEvent:
             self._reject()
             raise
@@ -330,10 +354,9 @@ class Emitter:
     ) -> str:
         """Storage kept: `byte_seconds` = bytes x seconds (`kind`: knowledge_base or traces)."""
         try:
-            env = build.envelope(
-                "storage.usage", org_id, agent_id, run_id, session_id, key_mode, ts, event_id
+            event = build.storage_usage(
+                org_id, agent_id, kind, byte_seconds, run_id, session_id, key_mode, ts, event_id
             )
-            event = build.storage_usage(env, kind, byte_seconds)
         except InvalidEvent:
             self._reject()
             raise
@@ -346,10 +369,13 @@ class Emitter:
         """
         try:
             parsed = validate_event(dict(event))
+            value = orjson.dumps(dict(event))
         except InvalidEvent:
             self._reject()
             raise
-        value = orjson.dumps(event)
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            self._reject()
+            raise InvalidEvent(f"event: cannot be encoded as JSON ({exc})") from None
         if len(value) > MAX_EVENT_BYTES:
             self._reject()
             raise InvalidEvent(f"event: must be at most {MAX_EVENT_BYTES} bytes of JSON")
@@ -368,10 +394,9 @@ class Emitter:
         event_id: str | None,
     ) -> str:
         try:
-            env = build.envelope(
-                type_, org_id, agent_id, run_id, session_id, key_mode, ts, event_id
+            event = build.session(
+                type_, org_id, agent_id, session_id, run_id, key_mode, ts, event_id
             )
-            event = build.session(env)
         except InvalidEvent:
             self._reject()
             raise
