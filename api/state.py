@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from api.counter_table import CounterTable
 from api.registry import Registry
 from schemas.plans import Catalogue
 from tally.config import Settings
 from tally.store import Store
+
+if TYPE_CHECKING:
+    from producers.emitter import Emitter
 
 
 @dataclass
@@ -20,3 +24,4 @@ class Services:
     counters: CounterTable
     plans: Catalogue
     checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
+    emitter: Emitter | None = None  # HTTP ingestion's way onto usage.events

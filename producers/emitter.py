@@ -47,7 +47,7 @@ from aiokafka import AIOKafkaProducer
 
 from producers import build
 from producers.spool import Record, Spool, SpoolFull
-from schemas.events import InvalidEvent, validate_event
+from schemas.events import Event, InvalidEvent, validate_event
 
 log = logging.getLogger("tally.emitter")
 
@@ -381,6 +381,11 @@ class Emitter:
             raise InvalidEvent(f"event: must be at most {MAX_EVENT_BYTES} bytes of JSON")
         self._offer(parsed.org_id.encode(), value)
         return parsed.event_id
+
+    def emit_event(self, event: Event) -> str:
+        """Send an event already validated by the contract (HTTP ingestion does this)."""
+        self._offer(event.org_id.encode(), event.model_dump_json().encode())
+        return event.event_id
 
     def _session(
         self,
