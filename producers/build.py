@@ -17,6 +17,7 @@ from schemas.events import (
     MAX_BYTE_SECONDS,
     MAX_ID_LENGTH,
     MAX_TOKENS,
+    RFC3339,
     SCHEMA_VERSION,
     TS_MAX,
     TS_MIN,
@@ -72,27 +73,40 @@ def _count(value: object, limit: int = MAX_TOKENS) -> bool:
     return type(value) is int and 0 <= value <= limit
 
 
-def _times(ts: datetime | None, event_id: str | None) -> tuple[Any, Any, bool]:
+def _times(ts: datetime | str | None, event_id: str | None) -> tuple[Any, Any, bool]:
     """`(ts, event_id, ok)`: now and a new UUIDv7 unless given; ok is False if either is bad."""
     if ts is None:
         now, new_id = stamp()
         if event_id is None:
             return now, new_id, True
-        ok = type(event_id) is str and _id_once(event_id)
-        return now, event_id, ok
+        return now, event_id, _id_once(event_id)
+    ok = True
     if event_id is None:
         event_id = stamp()[1]
-        ok = True
     else:
-        ok = type(event_id) is str and _id_once(event_id)
+        ok = _id_once(event_id)
+    if isinstance(ts, str):
+        parsed = _parse_ts(ts)
+        if parsed is None:
+            return ts, event_id, False
+        ts = parsed
     if not isinstance(ts, datetime) or ts.utcoffset() is None or not TS_MIN <= ts < TS_MAX:
         return (ts.isoformat() if isinstance(ts, datetime) else ts), event_id, False
     return ts.astimezone(UTC).isoformat().replace("+00:00", "Z"), event_id, ok
 
 
-def _id_once(value: str) -> bool:
+def _parse_ts(text: str) -> datetime | None:
+    if not RFC3339.match(text):
+        return None
+    try:
+        return datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _id_once(value: object) -> bool:
     """An event_id: checked, not remembered (each is new)."""
-    return (
+    return type(value) is str and (
         0 < len(value) <= MAX_ID_LENGTH
         and value.isascii()
         and value.isprintable()
@@ -120,7 +134,7 @@ def llm_usage(
     run_id: str | None = None,
     session_id: str | None = None,
     key_mode: str = "live",
-    ts: datetime | None = None,
+    ts: datetime | str | None = None,
     event_id: str | None = None,
 ) -> Event:
     when, eid, ok = _times(ts, event_id)
@@ -171,7 +185,7 @@ def tool_call(
     run_id: str | None = None,
     session_id: str | None = None,
     key_mode: str = "live",
-    ts: datetime | None = None,
+    ts: datetime | str | None = None,
     event_id: str | None = None,
 ) -> Event:
     when, eid, ok = _times(ts, event_id)
@@ -217,7 +231,7 @@ def gateway_request(
     run_id: str | None = None,
     session_id: str | None = None,
     key_mode: str = "live",
-    ts: datetime | None = None,
+    ts: datetime | str | None = None,
     event_id: str | None = None,
 ) -> Event:
     when, eid, ok = _times(ts, event_id)
@@ -261,7 +275,7 @@ def session(
     session_id: str,
     run_id: str | None = None,
     key_mode: str = "live",
-    ts: datetime | None = None,
+    ts: datetime | str | None = None,
     event_id: str | None = None,
 ) -> Event:
     """`session.started` or `session.ended` (`type_`)."""
@@ -302,7 +316,7 @@ def storage_usage(
     run_id: str | None = None,
     session_id: str | None = None,
     key_mode: str = "live",
-    ts: datetime | None = None,
+    ts: datetime | str | None = None,
     event_id: str | None = None,
 ) -> Event:
     when, eid, ok = _times(ts, event_id)

@@ -217,7 +217,7 @@ class Emitter:
         run_id: str | None = None,
         session_id: str | None = None,
         key_mode: str = "live",
-        ts: datetime | None = None,
+        ts: datetime | str | None = None,
         event_id: str | None = None,
     ) -> str:
         """Tokens of one LLM call; `cached_input_tokens` is the cached part of `input_tokens`."""
@@ -252,7 +252,7 @@ class Emitter:
         run_id: str | None = None,
         session_id: str | None = None,
         key_mode: str = "live",
-        ts: datetime | None = None,
+        ts: datetime | str | None = None,
         event_id: str | None = None,
     ) -> str:
         """One tool call through a connector; failed calls are recorded, never billed."""
@@ -285,7 +285,7 @@ class Emitter:
         run_id: str | None = None,
         session_id: str | None = None,
         key_mode: str = "live",
-        ts: datetime | None = None,
+        ts: datetime | str | None = None,
         event_id: str | None = None,
     ) -> str:
         """One request through the LLM gateway."""
@@ -315,7 +315,7 @@ class Emitter:
         session_id: str,
         run_id: str | None = None,
         key_mode: str = "live",
-        ts: datetime | None = None,
+        ts: datetime | str | None = None,
         event_id: str | None = None,
     ) -> str:
         """A session took a concurrency slot."""
@@ -331,7 +331,7 @@ class Emitter:
         session_id: str,
         run_id: str | None = None,
         key_mode: str = "live",
-        ts: datetime | None = None,
+        ts: datetime | str | None = None,
         event_id: str | None = None,
     ) -> str:
         """A session reached a terminal state and freed its slot."""
@@ -349,7 +349,7 @@ class Emitter:
         run_id: str | None = None,
         session_id: str | None = None,
         key_mode: str = "live",
-        ts: datetime | None = None,
+        ts: datetime | str | None = None,
         event_id: str | None = None,
     ) -> str:
         """Storage kept: `byte_seconds` = bytes x seconds (`kind`: knowledge_base or traces)."""
@@ -395,7 +395,7 @@ class Emitter:
         session_id: str,
         run_id: str | None,
         key_mode: str,
-        ts: datetime | None,
+        ts: datetime | str | None,
         event_id: str | None,
     ) -> str:
         try:
