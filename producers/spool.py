@@ -149,6 +149,7 @@ class Spool:
             self._repair_tail(self._segments[-1])
             if self._cursor.segment not in self._sizes:
                 self._cursor = Position(self._segments[0], 0)
+            self._reopen_tail()
         else:
             self._cursor = Position(self._cursor.segment, 0)
 
@@ -264,8 +265,9 @@ class Spool:
         return self._tail_fd is not None or not self._segments
 
     def _reopen_tail(self) -> None:
-        tail = self._segments[-1]
-        self._tail_fd = os.open(self._path(tail), os.O_WRONLY | os.O_APPEND)
+        if self._tail_fd is not None:
+            os.close(self._tail_fd)
+        self._tail_fd = os.open(self._path(self._segments[-1]), os.O_WRONLY | os.O_APPEND)
 
     # -- reading ---------------------------------------------------------------------------
 
