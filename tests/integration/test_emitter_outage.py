@@ -1,0 +1,195 @@
+"""The broker stops mid-stream and comes back: the emitter loses no event.
+
+These tests stop and restart a broker, so they run their own: a separate embedded broker
+and a separate Tally (worker, API, chDB directory); the session's stack is left alone.
+Tansu keeps its log in memory, so the restarted broker is empty; the topics are made again
+at once (as `tally up` does at start).
+
+The scenario runs once (a module fixture) and two tests read it: the emitter's guarantee
+(every event reached the broker, before or after the restart) and the end-to-end one
+(Tally counts each exactly once), which the worker does not meet yet: see the xfail reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+import orjson
+import pytest
+import pytest_asyncio
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from api.app import create_app
+from producers.emitter import Emitter, EmitterStats
+from tally.broker import EmbeddedBroker
+from tally.config import EVENTS_TOPIC, Settings
+from tally.runtime import Tally
+from tally.topics import ensure_topics
+from tests.conftest import ADMIN_KEY, bearer, eventually
+
+pytestmark = pytest.mark.slow
+
+FAST = {"delivery_timeout_ms": 2_000, "reconnect_backoff_ms": (100, 500)}
+
+
+@dataclass
+class Restart:
+    """What happened in the scenario: who sent what, and where it landed."""
+
+    tally: Tally
+    client: httpx.AsyncClient
+    orgs: list[tuple[str, str]]
+    tokens: Counter[str] = field(default_factory=Counter)
+    ids: dict[str, set[str]] = field(default_factory=dict)  # org -> event ids emitted
+    stored_before_stop: set[str] = field(default_factory=set)
+    on_new_log: list[str] = field(default_factory=list)
+    emitted_while_down: int = 0
+    spool_bytes_while_down: int = 0
+    connected_while_down: bool = True
+    delivered: bool = False
+    stats: EmitterStats | None = None
+
+
+async def _new_org(client: httpx.AsyncClient) -> tuple[str, str]:
+    org = f"org-{uuid.uuid4().hex[:10]}"
+    admin = bearer(ADMIN_KEY)
+    body = {"org_id": org, "plan": "free", "signup_date": "2026-01-01"}
+    r = await client.post("/api/v2/admin/orgs", json=body, headers=admin)
+    assert r.status_code == 201, r.text
+    r = await client.post(f"/api/v2/admin/orgs/{org}/keys", json={}, headers=admin)
+    assert r.status_code == 201, r.text
+    return org, r.json()["key"]
+
+
+async def _event_ids_on(bootstrap: str) -> list[str]:
+    """Every event_id on usage.events, read from the start of each partition."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        tps = [TopicPartition(EVENTS_TOPIC, p) for p in consumer.partitions_for_topic(EVENTS_TOPIC)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        ids: list[str] = []
+        while not all([await consumer.position(tp) >= ends[tp] for tp in tps]):
+            batch = await consumer.getmany(timeout_ms=500, max_records=50_000)
+            ids += [orjson.loads(m.value)["event_id"] for ms in batch.values() for m in ms]
+        return ids
+    finally:
+        await consumer.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def restart(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Restart]:
+    broker = EmbeddedBroker()
+    await asyncio.to_thread(broker.start)
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("outage-data"),
+        bootstrap_servers=broker.bootstrap_servers,
+        admin_key=ADMIN_KEY,
+        log_epoch=f"outage-{uuid.uuid4().hex}",
+        batch_timeout_ms=20,
+    )
+    tally = Tally(settings)
+    await tally.start()
+    await tally.start_worker()
+    assert tally.worker is not None and tally.services is not None and tally.store is not None
+    await asyncio.wait_for(tally.worker.ready.wait(), 60)
+    await asyncio.wait_for(tally.services.counters.ready.wait(), 60)
+    transport = httpx.ASGITransport(app=create_app(tally.services))
+    async with httpx.AsyncClient(transport=transport, base_url="http://tally") as client:
+        orgs = [await _new_org(client) for _ in range(4)]
+        run = Restart(tally, client, orgs, ids={org: set() for org, _ in orgs})
+        spool = tmp_path_factory.mktemp("outage-spool")
+        async with Emitter(broker.bootstrap_servers, spool_dir=spool, **FAST) as emitter:
+
+            async def agent_traffic(seconds: float) -> int:
+                loop, n = asyncio.get_running_loop(), 0
+                end = loop.time() + seconds
+                while loop.time() < end:
+                    for _ in range(50):
+                        org = orgs[n % len(orgs)][0]
+                        tokens_in, tokens_out = n % 97 + 1, n % 13
+                        event_id = emitter.llm_usage(
+                            org_id=org,
+                            agent_id="a1",
+                            run_id=f"r{n // 20}",
+                            model="gpt-4o",
+                            input_tokens=tokens_in,
+                            output_tokens=tokens_out,
+                        )
+                        run.ids[org].add(event_id)
+                        run.tokens[org] += tokens_in + tokens_out
+                        n += 1
+                    await asyncio.sleep(0.01)
+                return n
+
+            await agent_traffic(1.0)  # the broker is up
+            await emitter.flush()
+            await asyncio.sleep(1.0)  # let the worker store what it has
+            rows = await tally.store.query("SELECT event_id FROM events")
+            run.stored_before_stop = {r[0] for r in rows}
+            await asyncio.to_thread(broker.stop)
+            run.emitted_while_down = await agent_traffic(3.0)
+            stats = emitter.stats()
+            run.connected_while_down = stats.connected
+            run.spool_bytes_while_down = stats.spool_pending_bytes
+            await asyncio.to_thread(broker.start)  # same port, empty log
+            await ensure_topics(broker.bootstrap_servers, settings.partitions)
+            await agent_traffic(1.0)  # back: the spool drains first, in order
+            run.delivered = await emitter.wait_delivered(60)
+            run.stats = emitter.stats()
+        run.on_new_log = await _event_ids_on(broker.bootstrap_servers)
+        yield run
+    await tally.stop()
+    await asyncio.to_thread(broker.stop)
+
+
+async def test_every_event_reaches_the_broker_across_its_restart(restart: Restart):
+    emitted = set().union(*restart.ids.values())
+    assert restart.emitted_while_down > 1_000
+    assert not restart.connected_while_down and restart.spool_bytes_while_down > 0
+    assert restart.delivered
+    assert restart.stats is not None
+    assert restart.stats.sent == len(emitted) and restart.stats.failed == 0
+    # Each event is in the log of the first broker (stored before it stopped) or the new one.
+    assert emitted - restart.stored_before_stop - set(restart.on_new_log) == set()
+    assert set(restart.on_new_log) <= emitted
+    # Re-sent only when a chunk was cut off by the stop; Tally drops those copies by id.
+    assert len(restart.on_new_log) - len(set(restart.on_new_log)) < 5_000
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "streams/worker.py: after an embedded broker restarts empty, the worker rejoins the "
+        "group and seeks to the stored watermark of the old log; when the spool replay has "
+        "already pushed the new log past that offset, `_log_reset` is not triggered and the "
+        "first events of the new log are skipped (stored rows short by the old mark). The "
+        "API's counter table also stays at its pre-restart values (usage.counters restarted "
+        "empty too). Owned by the lead; the emitter side is covered by the test above."
+    ),
+)
+async def test_tally_counts_each_event_exactly_once_across_the_restart(restart: Restart):
+    assert restart.tally.store is not None
+    for org, key in restart.orgs:
+        expected_tokens, expected_events = restart.tokens[org], len(restart.ids[org])
+
+        async def exact(org: str = org, key: str = key, sent: int = expected_tokens) -> bool:
+            r = await restart.client.get("/api/v2/quota/tokens", headers=bearer(key))
+            used = r.json()["used"]
+            assert used <= sent, f"{org}: {used} tokens counted, sent {sent}"
+            return used == sent
+
+        await eventually(exact, timeout=15)
+        rows = await restart.tally.store.query(
+            "SELECT count(), uniqExact(event_id) FROM events WHERE org_id = {o:String}",
+            {"o": org},
+        )
+        assert rows[0] == (expected_events, expected_events)
