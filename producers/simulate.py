@@ -38,19 +38,23 @@ STORAGE_SHARE = 0.05
 BYOK_SHARE = 0.1
 
 
-def org_ids(orgs: int) -> list[str]:
+def org_ids(orgs: int, prefix: str = "sim-org") -> list[str]:
     """The simulated orgs: sim-org-0001, sim-org-0002, ... (valid admin-API org ids)."""
-    return [f"sim-org-{i:04d}" for i in range(1, orgs + 1)]
+    return [f"{prefix}-{i:04d}" for i in range(1, orgs + 1)]
 
 
-def traffic(orgs: int, agents: int, seed: int = 0) -> Iterator[Call]:
-    """An endless, reproducible stream of emitter calls from `orgs` x `agents` agents."""
+def traffic(orgs: int, agents: int, seed: int = 0, prefix: str = "sim-org") -> Iterator[Call]:
+    """An endless, reproducible stream of emitter calls from `orgs` x `agents` agents.
+
+    Agents take turns at random; each call is `(helper name, keyword arguments)` for an
+    Emitter, with no `ts` or `event_id` (the emitter stamps them when the call is made).
+    """
     rng = random.Random(seed)
     models = [m for m, _ in MODELS]
     weights = [w for _, w in MODELS]
     scripts = [
         _agent(rng, org, f"agent-{a:02d}", models, weights, seed)
-        for org in org_ids(orgs)
+        for org in org_ids(orgs, prefix)
         for a in range(1, agents + 1)
     ]
     while True:
@@ -170,13 +174,14 @@ async def run(
     rate: float,
     duration: float,
     seed: int = 0,
+    prefix: str = "sim-org",
     spool_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Summary:
     """Emit `rate` events per second for `duration` seconds; returns what was sent."""
     total = int(rate * duration)
     summary = Summary()
-    calls = traffic(orgs, agents, seed)
+    calls = traffic(orgs, agents, seed, prefix)
     with tempfile.TemporaryDirectory(prefix="tally-sim-") as tmp:
         async with Emitter(bootstrap_servers, spool_dir=spool_dir or Path(tmp)) as emitter:
             start = time.monotonic()
