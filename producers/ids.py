@@ -18,6 +18,7 @@ import time
 
 _rng = random.Random(os.urandom(16))
 _bits = _rng.getrandbits
+_VARIANT = 0b10 << 62
 _cache: tuple[int, str, str] = (-1, "", "")  # (ms, ts text, id head), replaced atomically
 
 
@@ -37,9 +38,8 @@ def stamp(now_ns: int | None = None) -> tuple[str, str]:
     cached_ms, ts, head = _cache
     if ms != cached_ms:
         ts, head = _format_ms(ms)
-    r = _bits(64)
-    sub = (now % 1_000_000) * 4096 // 1_000_000
-    return ts, f"{head}{sub:03x}-{0x8000 | (r >> 50):04x}-{r & 0xFFFFFFFFFFFF:012x}"
+    tail = f"{_bits(62) | _VARIANT:016x}"  # 62 random bits under the variant bits 0b10
+    return ts, f"{head}{(now % 1_000_000) * 4096 // 1_000_000:03x}-{tail[:4]}-{tail[4:]}"
 
 
 def _format_ms(ms: int) -> tuple[str, str]:
