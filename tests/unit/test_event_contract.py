@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 import pytest
@@ -189,3 +191,10 @@ def test_tally_schema_events_prints_the_json_schema():
     result = CliRunner().invoke(cli, ["schema", "events"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == event_json_schema()
+
+
+def test_the_examples_in_docs_events_md_are_valid_events():
+    text = (Path(__file__).resolve().parents[2] / "docs" / "events.md").read_text()
+    examples = re.findall(r"```json\n(.*?)```", text, re.S)
+    types = [parse_event(example.encode()).type for example in examples]
+    assert sorted(types) == sorted(EVENT_TYPES)
