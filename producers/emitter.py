@@ -479,12 +479,24 @@ class Emitter:
                     await self._sleep()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # never let the pump die: log, back off, go on
-                log.exception("emitter pump error; retrying")
+            except Exception as exc:  # never let the pump die: log, back off, go on
+                if self._closing and self._producer is None:
+                    self._drop_memory(exc)
+                    break
+                log.error("emitter pump error (%s); retrying", exc)
                 await self._disconnect()
                 await asyncio.sleep(self.backoff_min)
         await self._sync(force=True)
         await self._notify()
+
+    def _drop_memory(self, exc: Exception) -> None:
+        """Closing, the broker away and the spool refusing: the events in memory are lost."""
+        with self._lock:
+            lost = len(self._buffer)
+            self._buffer.clear()
+            self._failed += lost
+            self._left += lost
+        log.error("closing with %d events neither delivered nor spooled: %s", lost, exc)
 
     def _has_work(self) -> bool:
         if self._closing:

@@ -8,12 +8,15 @@ import threading
 from datetime import UTC, datetime
 
 import httpx
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from producers.emitter import Emitter
+from producers.spool import Spool, SpoolFull
 from producers.sync import SyncEmitter
 from schemas.events import InvalidEvent
+from tally.broker import free_port
 from tally.config import EVENTS_TOPIC
 from tests.conftest import OrgFactory, bearer, eventually
 
@@ -186,3 +189,62 @@ async def test_sync_emitter_from_many_plain_threads(client, new_org: OrgFactory,
     assert stats.sent == threads_n * per_thread * 2  # type: ignore[attr-defined]
     expected = sum((t + 1) * per_thread + per_thread // 2 for t in range(threads_n))
     await tokens_reach(client, key, expected)
+
+
+async def _keys_and_ids(bootstrap: str, org: str) -> list[str]:
+    """The event_ids keyed by `org` on usage.events, in log order (one partition per org)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        tps = [TopicPartition(EVENTS_TOPIC, p) for p in consumer.partitions_for_topic(EVENTS_TOPIC)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        ids: list[str] = []
+        while not all([await consumer.position(tp) >= ends[tp] for tp in tps]):
+            batch = await consumer.getmany(timeout_ms=500, max_records=50_000)
+            for msgs in batch.values():
+                ids += [orjson.loads(m.value)["event_id"] for m in msgs if m.key == org.encode()]
+        return ids
+    finally:
+        await consumer.stop()
+
+
+async def test_a_full_buffer_overflows_to_the_spool_and_order_is_kept(
+    client, new_org: OrgFactory, stack, tmp_path
+):
+    org, key = await new_org()
+    async with Emitter(
+        stack.settings.bootstrap_servers, spool_dir=tmp_path, buffer_events=50, batch_events=40
+    ) as e:
+        emitted = []
+        for burst in range(6):
+            for _ in range(500):  # no await: the pump cannot keep up, the buffer overflows
+                emitted.append(
+                    e.llm_usage(
+                        org_id=org, agent_id="a", model="gpt-4o", input_tokens=1, output_tokens=0
+                    )
+                )
+            await asyncio.sleep(0.005 * burst)
+        assert e.stats().spooled > 1_000
+        assert await e.wait_delivered(30)
+        stats = e.stats()
+    assert stats.sent == 3_000 and stats.failed == 0
+    assert await _keys_and_ids(stack.settings.bootstrap_servers, org) == emitted
+    await tokens_reach(client, key, 3_000)
+
+
+async def test_a_full_spool_refuses_new_events_and_says_so(tmp_path):
+    down = f"127.0.0.1:{free_port()}"  # nothing listens: the broker is down
+    async with Emitter(down, spool_dir=tmp_path, spool_max_bytes=20_000) as e:
+        kept = 0
+        with pytest.raises(SpoolFull, match="is full .* restore the broker or give the emitter"):
+            for _ in range(1_000):
+                e.tool_call(org_id="acme", agent_id="a", connector="c", tool="t", success=True)
+                kept += 1
+        stats = e.stats()
+        assert 0 < kept < 1_000
+        assert (stats.spooled, stats.failed, stats.sent) == (kept, 1, 0)
+    with Spool(tmp_path) as spool:  # closed cleanly; what it kept is still there
+        assert len(spool.read(10_000)[0]) == kept

@@ -51,6 +51,8 @@ class Restart:
     ids: dict[str, set[str]] = field(default_factory=dict)  # org -> event ids emitted
     on_old_log: list[str] = field(default_factory=list)
     on_new_log: list[str] = field(default_factory=list)
+    new_log_by_org: dict[str, list[str]] = field(default_factory=dict)  # in log order
+    emitted_in_order: dict[str, list[str]] = field(default_factory=dict)
     emitted_while_down: int = 0
     spool_bytes_while_down: int = 0
     connected_while_down: bool = True
@@ -69,21 +71,23 @@ async def _new_org(client: httpx.AsyncClient) -> tuple[str, str]:
     return org, r.json()["key"]
 
 
-async def _event_ids_on(bootstrap: str) -> list[str]:
-    """Every event_id on usage.events, read from the start of each partition."""
+async def _event_ids_on(bootstrap: str) -> list[tuple[str, str]]:
+    """Every (org_id key, event_id) on usage.events, each partition read in log order."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
     try:
         await consumer.topics()
-        tps = [TopicPartition(EVENTS_TOPIC, p) for p in consumer.partitions_for_topic(EVENTS_TOPIC)]
+        partitions = consumer.partitions_for_topic(EVENTS_TOPIC) or set()
+        tps = [TopicPartition(EVENTS_TOPIC, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        ids: list[str] = []
+        found: list[tuple[str, str]] = []
         while not all([await consumer.position(tp) >= ends[tp] for tp in tps]):
             batch = await consumer.getmany(timeout_ms=500, max_records=50_000)
-            ids += [orjson.loads(m.value)["event_id"] for ms in batch.values() for m in ms]
-        return ids
+            for msgs in batch.values():
+                found += [(m.key.decode(), orjson.loads(m.value)["event_id"]) for m in msgs]
+        return found
     finally:
         await consumer.stop()
 
@@ -159,6 +163,7 @@ async def _scenario(run: Restart, broker: EmbeddedBroker, spool: Path) -> None:
                         output_tokens=tokens_out,
                     )
                     run.ids[org].add(event_id)
+                    run.emitted_in_order.setdefault(org, []).append(event_id)
                     run.tokens[org] += tokens_in + tokens_out
                     n += 1
                 await asyncio.sleep(0.01)
@@ -166,7 +171,7 @@ async def _scenario(run: Restart, broker: EmbeddedBroker, spool: Path) -> None:
 
         await agent_traffic(1.0)  # the broker is up
         await emitter.flush()
-        run.on_old_log = await _event_ids_on(broker.bootstrap_servers)
+        run.on_old_log = [i for _, i in await _event_ids_on(broker.bootstrap_servers)]
         await asyncio.to_thread(broker.stop)  # the emitter learns it on its next send
         run.emitted_while_down = await agent_traffic(3.0)
         stats = emitter.stats()
@@ -177,7 +182,10 @@ async def _scenario(run: Restart, broker: EmbeddedBroker, spool: Path) -> None:
         await agent_traffic(1.0)  # back: the spool drains first, in order
         run.delivered = await emitter.wait_delivered(60)
         run.stats = emitter.stats()
-    run.on_new_log = await _event_ids_on(broker.bootstrap_servers)
+    new_log = await _event_ids_on(broker.bootstrap_servers)
+    run.on_new_log = [i for _, i in new_log]
+    for org, event_id in new_log:
+        run.new_log_by_org.setdefault(org, []).append(event_id)
 
 
 async def test_every_event_reaches_the_broker_across_its_restart(restart: Restart):
@@ -191,6 +199,12 @@ async def test_every_event_reaches_the_broker_across_its_restart(restart: Restar
     assert emitted - set(restart.on_old_log) - set(restart.on_new_log) == set()
     assert len(restart.on_old_log) == len(set(restart.on_old_log))
     assert set(restart.on_new_log) <= emitted
+    # The spool was delivered in emission order, then the new events: per org (one partition
+    # each) the new log holds the events in the order they were emitted.
+    for org, on_log in restart.new_log_by_org.items():
+        first_seen = list(dict.fromkeys(on_log))
+        position = {event_id: n for n, event_id in enumerate(restart.emitted_in_order[org])}
+        assert [position[i] for i in first_seen] == sorted(position[i] for i in first_seen)
     # Re-sent only when a chunk was cut off by the stop; Tally drops those copies by id.
     assert len(restart.on_new_log) - len(set(restart.on_new_log)) < 5_000
 
