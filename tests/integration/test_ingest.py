@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import httpx
+import orjson
 import pytest
 
 from api.routes.events import MAX_BODY_BYTES, MAX_EVENTS
+from schemas.events import EVENT_TYPES
 from tests.conftest import ADMIN_KEY, OrgFactory, bearer
 from tests.factories import make_event
 from tests.integration.test_emitter import tokens_reach
@@ -116,6 +118,29 @@ async def test_malformed_bodies_get_a_clear_error(
         assert r.json()["error"]["message"].startswith(message)
     else:
         assert r.json() == {"accepted": 0, "rejected": 0, "failed": 0, "results": []}
+
+
+async def test_odd_items_are_rejected_one_by_one_and_never_break_the_endpoint(
+    client, new_org: OrgFactory
+):
+    org, key = await new_org()
+    body = (
+        b'[null, 1, [], "x", {"type": {"x": 1}}, {"event_id": []}, '
+        b'{"event_id": "e", "type": "llm.usage", "agent_id": "a", "ts": "2026-11-23T10:00:00Z",'
+        b' "model": "m", "input_tokens": 100000000000000000000000, "output_tokens": NaN},'
+        + orjson.dumps(make_event(org_id=org, input_tokens=2, output_tokens=0))
+        + b"]"
+    )
+    r = await post(client, key, body)
+    assert r.status_code == 207, r.text
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == ["rejected"] * 7 + ["accepted"]
+    assert results[6]["error"] == (
+        "input_tokens: must be less than or equal to 1000000000000; "
+        "output_tokens: must be a valid integer"
+    )
+    assert results[4]["error"] == f"type: must be one of {', '.join(EVENT_TYPES)}"
+    await tokens_reach(client, key, 2)
 
 
 async def test_batches_over_the_limits_are_refused(client, new_org: OrgFactory):
