@@ -12,11 +12,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tally.config import COUNTERS_TOPIC
+from tally.domain import counters
 from tally.domain.counters import HEARTBEAT_KEY, CounterKey, decode_key
 
 log = logging.getLogger("tally.counters")
@@ -38,6 +40,13 @@ class CounterTable:
     def total(self, org_id: str, name: str, buckets: Iterable[int]) -> int:
         values = self.values
         return sum(values.get((org_id, name, b), 0) for b in buckets)
+
+    def expire(self, now: datetime) -> int:
+        """Drop counters no quota read can need any more; returns how many."""
+        stale = [k for k in self.values if counters.expired(k, now)]
+        for k in stale:
+            del self.values[k]
+        return len(stale)
 
     def freshness(self) -> tuple[int | None, int | None]:
         """(time in ms the counters are current to, events not yet counted), if known."""
@@ -74,8 +83,7 @@ class CounterTable:
         tps = [TopicPartition(COUNTERS_TOPIC, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        self._task = asyncio.create_task(self._run(end), name="tally-counter-table")
+        self._task = asyncio.create_task(self._run(tps), name="tally-counter-table")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -87,20 +95,29 @@ class CounterTable:
             await self._consumer.stop()
             self._consumer = None
 
-    async def _run(self, end: dict[TopicPartition, int]) -> None:
-        assert self._consumer is not None
-        pending = {tp for tp, offset in end.items() if offset > 0}
-        if not pending:
-            self.ready.set()
+    async def _run(self, tps: list[TopicPartition]) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        pending = set(tps)
+        last_expire = time.monotonic()
         while True:
-            fetched = await self._consumer.getmany(timeout_ms=100, max_records=50_000)
-            for tp, msgs in fetched.items():
+            if time.monotonic() - last_expire > 60:
+                self.expire(datetime.now(UTC))
+                last_expire = time.monotonic()
+            fetched = await consumer.getmany(timeout_ms=100, max_records=50_000)
+            for msgs in fetched.values():
                 for m in msgs:
                     self._apply(m.key, m.value)
-                if tp in pending and msgs and msgs[-1].offset + 1 >= end[tp]:
-                    pending.discard(tp)
+            # Caught up once every partition has answered a fetch and we hold all it has.
+            # (The high watermark of a fetch, not ListOffsets: the embedded broker answers
+            # ListOffsets with the first offset of the last batch.)
             if pending:
-                pending = {tp for tp in pending if await self._consumer.position(tp) < end[tp]}
+                pending = {
+                    tp
+                    for tp in pending
+                    if (high := consumer.highwater(tp)) is None
+                    or await consumer.position(tp) < high
+                }
             if not pending and not self.ready.is_set():
                 log.info("counter table caught up: %d keys", len(self.values))
                 self.ready.set()

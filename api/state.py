@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -24,4 +25,5 @@ class Services:
     counters: CounterTable
     plans: Catalogue
     checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
+    topup_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # credit top-ups, one at a time
     emitter: Emitter | None = None  # HTTP ingestion's way onto usage.events

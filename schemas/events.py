@@ -30,7 +30,7 @@ from pydantic import (
 
 SCHEMA_VERSION = 1
 MAX_TOKENS = 10**12
-MAX_BYTE_SECONDS = 10**17  # about 1.2 PB kept for a day; keeps sums far from Int64 limits
+MAX_BYTE_SECONDS = 10**18
 MAX_ID_LENGTH = 128
 TS_MIN = datetime(2000, 1, 1, tzinfo=UTC)
 TS_MAX = datetime(2200, 1, 1, tzinfo=UTC)  # ClickHouse DateTime64 ends in 2299
@@ -59,6 +59,7 @@ Id = Annotated[
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, strict=True)]
 Count = Annotated[int, Field(ge=0, le=MAX_TOKENS, strict=True)]
 Flag = Annotated[bool, Field(strict=True)]
+ByteSeconds = Annotated[int, Field(ge=0, le=MAX_BYTE_SECONDS, strict=True)]
 KeyMode = Literal["live", "test"]
 Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
 
@@ -139,9 +140,7 @@ class SessionEnded(_Envelope):
 class StorageUsage(_Envelope):
     type: Literal["storage.usage"]
     kind: Literal["knowledge_base", "traces"]
-    byte_seconds: int = Field(
-        ge=0, le=MAX_BYTE_SECONDS, strict=True, description="Bytes kept x seconds kept."
-    )
+    byte_seconds: ByteSeconds = Field(description="Bytes kept x seconds kept.")
 
 
 Event = Annotated[

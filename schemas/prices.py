@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 Micros = int
@@ -52,14 +50,3 @@ class PriceBook(BaseModel):
             for name, rates in getattr(self, section).items():
                 _sorted_unique(rates, f"{section}.{name}")
         return self
-
-
-def rate_at(rates: list[_Rate] | None, at: datetime) -> _Rate | None:
-    """The rate in force at `at`: the last one whose effective_from is not after it."""
-    found = None
-    for rate in rates or ():
-        if rate.effective_from <= at:
-            found = rate
-        else:
-            break
-    return found

@@ -8,15 +8,27 @@ while a whole fetch per partition, decoded and aggregated in one pass, keeps up 
 from __future__ import annotations
 
 import faust
+from faust.app.base import BootStrategy
 from mode import Service
 
 from streams.worker import Worker
 from tally.config import Settings
 
 
+class _Boot(BootStrategy):
+    """Faust's own consumer stays off: the batch worker owns the group membership."""
+
+    enable_kafka_consumer = False
+    enable_web = False
+
+
+class _App(faust.App):
+    BootStrategy = _Boot
+
+
 def create_faust_app(settings: Settings, worker: Worker) -> faust.App:
     assert settings.bootstrap_servers, "the broker address is resolved before the app is built"
-    app = faust.App(
+    app = _App(
         "tally",
         broker=[f"kafka://{s}" for s in settings.bootstrap_servers.split(",")],
         web_enabled=False,

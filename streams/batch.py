@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
-from schemas.events import Event, InvalidEvent, SessionEnded, SessionStarted, parse_event
-from schemas.prices import PriceBook
+from schemas.events import InvalidEvent
+from streams.decode import decode
 from tally.domain import counters
 from tally.domain.counters import CounterKey
+from tally.domain.pricing import Pricer
 from tally.domain.usage import measure
 
 EVENT_COLUMNS = (
@@ -46,6 +48,7 @@ EVENT_COLUMNS = (
 )
 
 STARTED, ENDED = 1, 2
+SESSION_BITS = {"session.started": STARTED, "session.ended": ENDED}
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,12 @@ class PartitionState:
     sessions: dict[tuple[str, str], int] = field(default_factory=dict)
     seen: dict[str, float] = field(default_factory=dict)
 
+    def expire(self, now: datetime, dedup_window_s: int) -> None:
+        """Forget event ids older than the dedup window and counters no read can need."""
+        self.forget_before(now.timestamp() - dedup_window_s)
+        for k in [k for k in self.counters if counters.expired(k, now)]:
+            del self.counters[k]
+
     def forget_before(self, cutoff: float) -> None:
         """Drop dedup entries remembered before `cutoff` (epoch seconds); oldest come first."""
         stale = []
@@ -99,71 +108,86 @@ class BatchResult:
 
 
 def process(
-    state: PartitionState, records: Iterable[Record], book: PriceBook, now: datetime, log_epoch: str
+    state: PartitionState,
+    records: Iterable[Record],
+    pricer: Pricer,
+    now: datetime,
+    log_epoch: str,
+    pending: BatchResult | None = None,
 ) -> BatchResult:
+    """What a batch changes, given the state and the batch before it if that one is not yet
+    applied (`pending`: the worker prepares a batch while the previous one is stored)."""
     ingested = now.astimezone(UTC)
-    result = BatchResult(state.partition, state.next_offset - 1, ingested_at=ingested.timestamp())
-    batch_ids: set[str] = set()
+    first = pending.last_offset + 1 if pending else state.next_offset
+    result = BatchResult(state.partition, first - 1, ingested_at=ingested.timestamp())
+    batch_ids: set[str] = set(pending.event_ids) if pending else set()
     for record in records:
         result.last_offset = record.offset
         try:
             if record.value is None:
                 raise InvalidEvent("message has no value")
-            event = parse_event(record.value)
+            event = decode(record.value)
         except InvalidEvent as exc:
             dead = DeadLetter(record.value or b"", exc.reason, state.partition, record.offset)
             result.dead.append(dead)
             continue
-        if event.event_id in state.seen or event.event_id in batch_ids:
+        event_id = event["event_id"]
+        if event_id in state.seen or event_id in batch_ids:
             result.duplicates += 1
             continue
-        batch_ids.add(event.event_id)
-        result.event_ids.append(event.event_id)
-        _add(result, event, book, record.offset, ingested, log_epoch, state)
+        batch_ids.add(event_id)
+        result.event_ids.append(event_id)
+        _add(result, event, pricer, record.offset, ingested, log_epoch, state, pending)
     return result
 
 
 def _add(
     result: BatchResult,
-    event: Event,
-    book: PriceBook,
+    event: dict[str, Any],
+    pricer: Pricer,
     offset: int,
     ingested: datetime,
     log_epoch: str,
     state: PartitionState,
+    pending: BatchResult | None,
 ) -> None:
-    usage = measure(event, book)
-    for key, delta in counters.deltas(event.org_id, event.ts, usage):
-        result.deltas[key] = result.deltas.get(key, 0) + delta
-    if isinstance(event, SessionStarted | SessionEnded) and event.key_mode == "live":
-        sk = (event.org_id, event.session_id)
-        bit = STARTED if isinstance(event, SessionStarted) else ENDED
-        before = result.sessions.get(sk, state.sessions.get(sk, 0))
-        result.sessions[sk] = before | bit
-    llm = getattr(event, "input_tokens", None) is not None
+    usage = measure(event, pricer)
+    org, kind = event["org_id"], event["type"]
+    deltas = result.deltas
+    for key, delta in counters.deltas(org, event["ts"], usage):
+        deltas[key] = deltas.get(key, 0) + delta
+    if kind in SESSION_BITS and event["key_mode"] == "live":
+        sk = (org, event["session_id"])
+        before = result.sessions.get(sk)
+        if before is None:
+            before = pending.sessions.get(sk) if pending else None
+        if before is None:
+            before = state.sessions.get(sk, 0)
+        result.sessions[sk] = before | SESSION_BITS[kind]
+    get = event.get
     result.rows.append(
         [
-            event.org_id,
-            event.event_id,
-            event.type,
-            event.ts,
-            event.agent_id,
-            event.run_id or "",
-            event.session_id or "",
-            event.key_mode,
+            org,
+            event["event_id"],
+            kind,
+            event["ts"],
+            event["agent_id"],
+            event["run_id"],
+            event["session_id"],
+            event["key_mode"],
             usage.line_item,
             usage.item,
             usage.quantity,
             usage.billable,
             usage.cost_micros,
             int(usage.priced),
-            getattr(event, "input_tokens", 0) if llm else 0,
-            getattr(event, "output_tokens", 0) if llm else 0,
-            getattr(event, "cached_input_tokens", 0) if llm else 0,
-            getattr(event, "mode", ""),
-            getattr(event, "tool", ""),
-            int(getattr(event, "success", True)),
-            int(getattr(event, "cache_hit", False)),
+            get("input_tokens", 0),
+            get("output_tokens", 0),
+            get("cached_input_tokens", 0),
+            get("mode", ""),
+            get("tool", ""),
+            int(get("success", True)),
+            int(get("cache_hit", False)),
             result.partition,
             offset,
             ingested,

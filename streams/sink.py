@@ -37,12 +37,20 @@ class ClickHouseSink:
             return
         now = datetime.now(UTC)
         offset_rows = [[self.log_epoch, p, nxt, now] for p, nxt in marks.items()]
-        token = "-".join(f"{p}:{n}" for p, n in sorted(marks.items()))
+        # The same batch retried carries the same token, and ClickHouse stores it once.
+        marks_text = ",".join(f"{p}:{n}" for p, n in sorted(marks.items()))
+        token = f"{self.log_epoch}|{marks_text}"
         delay = 0.1
         while True:
             try:
                 await self.store.insert(
-                    "events", rows, EVENT_COLUMNS, settings={"insert_deduplication_token": token}
+                    "events",
+                    rows,
+                    EVENT_COLUMNS,
+                    settings={
+                        "insert_deduplication_token": token,
+                        "deduplicate_blocks_in_dependent_materialized_views": 1,
+                    },
                 )
                 await self.store.insert(
                     "offsets", offset_rows, ("log_epoch", "partition", "next_offset", "at")

@@ -22,10 +22,16 @@ from aiokafka.structs import OffsetAndMetadata
 from schemas.prices import PriceBook
 from streams.batch import BatchResult, PartitionState, Record, apply, process
 from streams.sink import ClickHouseSink
+from tally import failpoints
 from tally.config import COUNTERS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, Settings
 from tally.domain.counters import HEARTBEAT_KEY, CounterKey, encode_key
+from tally.domain.pricing import Pricer
 
 log = logging.getLogger("tally.worker")
+
+
+Prepared = list[tuple[TopicPartition, BatchResult]]
+STOP_DRAIN_S = 30.0
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -45,15 +51,17 @@ class Worker:
     def __init__(self, settings: Settings, sink: ClickHouseSink, book: PriceBook) -> None:
         self.settings = settings
         self.sink = sink
-        self.book = book
+        self.pricer = Pricer(book)
         self.states: dict[int, PartitionState] = {}
         self.processed = 0
         self.dead_letters = 0
         self.duplicates = 0
+        self.timings: dict[str, float] = {}  # seconds spent per phase of a batch
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._inflight: tuple[Prepared, asyncio.Task[None]] | None = None
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
@@ -70,9 +78,9 @@ class Worker:
             group_id=s.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=1_000,
-            rebalance_timeout_ms=10_000,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=min(1_000, s.session_timeout_ms // 3),
+            rebalance_timeout_ms=s.session_timeout_ms,
             max_poll_interval_ms=300_000,
             fetch_max_bytes=64 << 20,
             max_partition_fetch_bytes=8 << 20,
@@ -89,6 +97,16 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._inflight is not None:
+            # Drain the batch being stored; if the store does not come back in time, leave
+            # it: its events are read again after the restart and counted once.
+            try:
+                async with self._lock:
+                    await asyncio.wait_for(self._complete(), STOP_DRAIN_S)
+            except TimeoutError:
+                log.warning("store unavailable at shutdown: the last batch will be replayed")
+                self._inflight[1].cancel()
+                self._inflight = None
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
@@ -108,15 +126,12 @@ class Worker:
     async def acquire(self, assigned: set[TopicPartition]) -> None:
         async with self._lock:
             assert self._consumer is not None
+            await self._complete()
             if not self.states and not self.ready.is_set():
                 await self.sink.resume_epoch()
-            ends = await self._consumer.end_offsets(list(assigned)) if assigned else {}
             for tp in sorted(assigned):
                 state = await self.sink.load(tp.partition)
                 self.states[tp.partition] = state
-                if ends.get(tp, 0) < state.next_offset:
-                    await self._log_reset(tp, ends.get(tp, 0), state.next_offset)
-                    state = self.states[tp.partition]
                 self._consumer.seek(tp, state.next_offset)
                 await self._publish(state.counters)
                 log.info(
@@ -128,8 +143,8 @@ class Worker:
             await self._flush_producer()
             self.ready.set()
 
-    async def _log_reset(self, tp: TopicPartition, found: int, mark: int) -> None:
-        """The broker's log is behind the stored mark: it is a new log, read it from its start.
+    def _log_reset(self, tp: TopicPartition, found: int, mark: int) -> None:
+        """The broker's log ends before the stored mark: it is a new log, read it from its start.
 
         Every owned partition moves to a new log epoch at offset 0; counters and the dedup
         window stay, so events already counted are recognised by their event_id.
@@ -146,11 +161,11 @@ class Worker:
         )
         for partition, state in self.states.items():
             state.next_offset = 0
-            if partition != tp.partition:
-                self._consumer.seek(TopicPartition(tp.topic, partition), 0)
+            self._consumer.seek(TopicPartition(tp.topic, partition), 0)
 
     async def release(self, revoked: set[TopicPartition]) -> None:
         async with self._lock:
+            await self._complete()
             for tp in revoked:
                 self.states.pop(tp.partition, None)
 
@@ -159,50 +174,99 @@ class Worker:
     async def _run(self) -> None:
         assert self._consumer is not None
         s = self.settings
-        last_forget = last_beat = time.monotonic()
+        last_forget = last_beat = last_report = time.monotonic()
+        reported = -1
         while True:
             fetched = await self._consumer.getmany(
                 timeout_ms=s.batch_timeout_ms, max_records=s.batch_max_records
             )
             async with self._lock:
                 batch = {tp: msgs for tp, msgs in fetched.items() if tp.partition in self.states}
-                if batch:
-                    await self._handle(batch)
+                # Prepare this fetch while the previous one is being stored, then finish that
+                # one and start storing this one: the store works while Python decodes.
+                prepared = await self._prepare(batch) if batch else []
+                await self._complete()
+                if prepared:
+                    self._inflight = (prepared, asyncio.create_task(self._store(prepared)))
                 if time.monotonic() - last_beat >= 0.5:
                     await self._heartbeat()
                     last_beat = time.monotonic()
+                if time.monotonic() - last_report >= 10 and self.processed != reported:
+                    marks = {p: st.next_offset for p, st in sorted(self.states.items())}
+                    log.info(
+                        "stored %d events (%d duplicates, %d dead letters); next offsets %s",
+                        self.processed,
+                        self.duplicates,
+                        self.dead_letters,
+                        marks,
+                    )
+                    reported, last_report = self.processed, time.monotonic()
                 if time.monotonic() - last_forget > 60:
-                    cutoff = time.time() - s.dedup_window_s
+                    now = datetime.now(UTC)
                     for state in self.states.values():
-                        state.forget_before(cutoff)
+                        state.expire(now, s.dedup_window_s)
                     last_forget = time.monotonic()
 
-    async def _handle(self, fetched: dict[TopicPartition, list]) -> None:  # type: ignore[type-arg]
-        assert self._consumer is not None and self._producer is not None
+    async def _prepare(self, fetched: dict[TopicPartition, list]) -> Prepared:  # type: ignore[type-arg]
+        """Decode, dedup, price and aggregate a fetch, per partition (pure work)."""
+        assert self._consumer is not None
+        for tp in fetched:
+            high = self._consumer.highwater(tp)
+            mark = self.states[tp.partition].next_offset
+            if high is not None and high < mark:
+                # The log ends before our mark: an empty broker came back. Count it anew.
+                await self._complete()
+                self._log_reset(tp, high, mark)
+                return []
+        started = time.perf_counter()
         now = datetime.now(UTC)
-        results: list[tuple[TopicPartition, BatchResult]] = []
+        pending = {tp.partition: r for tp, r in self._inflight[0]} if self._inflight else {}
+        results: Prepared = []
         for tp, msgs in fetched.items():
             state = self.states[tp.partition]
-            if msgs[0].offset < state.next_offset:
-                # The log restarted below our mark (an empty broker came back): count anew.
-                await self._log_reset(tp, msgs[0].offset, state.next_offset)
-            records = [Record(m.offset, m.value) for m in msgs]
+            before = pending.get(tp.partition)
+            first = before.last_offset + 1 if before else state.next_offset
+            # A fetch may start at the first offset of the record batch holding our mark.
+            records = [Record(m.offset, m.value) for m in msgs if m.offset >= first]
             if records:
-                results.append((tp, process(state, records, self.book, now, self.sink.log_epoch)))
-        if not results:
-            return
+                result = process(state, records, self.pricer, now, self.sink.log_epoch, before)
+                results.append((tp, result))
+        self._time("process", started)
+        return results
+
+    async def _store(self, results: Prepared) -> None:
+        """Dead letters first (so none is lost), then the rows with their offsets."""
+        started = time.perf_counter()
         await self._dead_letters(results)
         rows = [row for _, r in results for row in r.rows]
+        failpoints.hit("worker.before_insert")
         await self.sink.write(rows, {tp.partition: r.last_offset + 1 for tp, r in results})
+        failpoints.hit("worker.after_insert")
+        self._time("store", started)
+
+    async def _complete(self) -> None:
+        """Wait for the batch being stored, then count it and publish its counters."""
+        if self._inflight is None:
+            return
+        assert self._consumer is not None
+        results, task = self._inflight
+        await task
+        self._inflight = None
+        started = time.perf_counter()
         for tp, result in results:
             changed = apply(self.states[tp.partition], result)
             await self._publish(changed)
             self.processed += len(result.rows)
             self.duplicates += result.duplicates
         await self._flush_producer()
+        failpoints.hit("worker.after_publish")
         await self._consumer.commit(
             {tp: OffsetAndMetadata(r.last_offset + 1, "") for tp, r in results}
         )
+        self._time("publish", started)
+
+    def _time(self, phase: str, started: float) -> None:
+        self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - started
 
     async def _dead_letters(self, results: list[tuple[TopicPartition, BatchResult]]) -> None:
         assert self._producer is not None

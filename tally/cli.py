@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import uvicorn
 from pydantic import ValidationError
 
 from tally.config import Settings
@@ -45,8 +48,6 @@ def _logging(settings: Settings) -> None:
 
 
 async def _serve(settings: Settings, *, worker: bool, api: bool) -> None:
-    import uvicorn
-
     from api.app import create_app
     from tally.runtime import Tally
 
@@ -62,7 +63,7 @@ async def _serve(settings: Settings, *, worker: bool, api: bool) -> None:
             config = uvicorn.Config(
                 app, host=s.api_host, port=s.api_port, log_level="warning", lifespan="off"
             )
-            server = uvicorn.Server(config)
+            server = _Server(config)
             typer.echo(
                 f"Tally API on http://{s.api_host}:{s.api_port}  (broker "
                 f"{s.bootstrap_servers}, store {s.store_url})",
@@ -73,6 +74,21 @@ async def _serve(settings: Settings, *, worker: bool, api: bool) -> None:
             await _until_signalled()
     finally:
         await tally.stop()
+
+
+class _Server(uvicorn.Server):
+    """Uvicorn re-raises SIGTERM after its own shutdown, which would kill the process before
+    the worker drains and the store closes; Tally exits by itself once that is done."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        handled = (signal.SIGINT, signal.SIGTERM)
+        originals = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
 
 
 async def _until_signalled() -> None:
@@ -161,6 +177,35 @@ def broker(port: Annotated[int, typer.Option(help="Port to listen on.")] = 9092)
     except BrokerError as exc:
         typer.echo(f"tally: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+@cli.command()
+def bench(
+    events: Annotated[int, typer.Option(help="Backlog size for the drain figures.")] = 200_000,
+    orgs: Annotated[int, typer.Option(help="Orgs in the workload.")] = 50,
+    partitions: Annotated[int, typer.Option(help="Partitions of usage.events.")] = 8,
+    samples: Annotated[int, typer.Option(help="Freshness samples per run.")] = 200,
+    load_rate: Annotated[int, typer.Option(help="Background events/s for freshness.")] = 10_000,
+    http_seconds: Annotated[int, typer.Option(help="Seconds per HTTP load run.")] = 10,
+    connections: Annotated[int, typer.Option(help="Concurrent HTTP clients.")] = 64,
+    memory_keys: Annotated[
+        int, typer.Option(help="Counter keys for the memory figure.")
+    ] = 1_000_000,
+) -> None:
+    """Measure Tally against the machine's ceiling; prints a table, then one JSON line."""
+    from tally.bench.run import main as run_bench
+
+    logging.basicConfig(level=logging.WARNING)
+    run_bench(
+        events=events,
+        orgs=orgs,
+        partitions=partitions,
+        samples=samples,
+        load_rate=load_rate,
+        http_seconds=http_seconds,
+        connections=connections,
+        memory_keys=memory_keys,
+    )
 
 
 schema_cli = typer.Typer(help="Print Tally's contracts.", no_args_is_help=True)

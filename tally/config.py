@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     admin_key: SecretStr | None = Field(None, description="Bearer key for /api/v2/admin.")
     partitions: int = Field(8, ge=1, le=1024, description="Partitions of usage.events.")
     group_id: str = "tally-worker"
+    session_timeout_ms: int = Field(
+        10_000, ge=1_000, description="A worker that stops heartbeating loses its partitions."
+    )
     dedup_window_s: int = Field(86_400, ge=0, description="How long an event_id is remembered.")
     batch_max_records: int = Field(20_000, ge=1)
     batch_timeout_ms: int = Field(50, ge=0)

@@ -15,6 +15,7 @@ billing date needs no recount. Buckets are whole days or minutes since the Unix 
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, date, datetime
 
 from tally.domain.usage import Usage
@@ -64,22 +65,47 @@ def deltas(org_id: str, ts: datetime, usage: Usage) -> list[tuple[CounterKey, in
     day = epoch_day(ts)
     out: list[tuple[CounterKey, int]] = []
     if usage.billable:
-        out.append(((org_id, meter, day), usage.billable))
+        out.append((key(org_id, meter, day), usage.billable))
         if meter == REQUESTS:
-            out.append(((org_id, REQUESTS_MINUTE, epoch_minute(ts)), usage.billable))
+            out.append((key(org_id, REQUESTS_MINUTE, epoch_minute(ts)), usage.billable))
     if usage.cost_micros:
-        out.append(((org_id, COST_PREFIX + usage.line_item, day), usage.cost_micros))
+        out.append((key(org_id, COST_PREFIX + usage.line_item, day), usage.cost_micros))
         if usage.managed:
-            out.append(((org_id, UPSTREAM_COST, day), usage.cost_micros))
+            out.append((key(org_id, UPSTREAM_COST, day), usage.cost_micros))
     if not usage.priced:
-        out.append(((org_id, UNPRICED, day), 1))
+        out.append((key(org_id, UNPRICED, day), 1))
     return out
+
+
+KEEP_DAYS = 70  # longer than any billing window, and the one before it
+KEEP_MINUTES = 120
+
+
+def expired(k: CounterKey, now: datetime) -> bool:
+    """Counters no quota read can need any more: old days and old minutes."""
+    name, bucket = k[1], k[2]
+    if name == SESSIONS:
+        return False
+    if name == REQUESTS_MINUTE:
+        return bucket < epoch_minute(now) - KEEP_MINUTES
+    return bucket < epoch_day(now) - KEEP_DAYS
 
 
 def encode_key(key: CounterKey) -> bytes:
     return f"{key[0]}\x1f{key[1]}\x1f{key[2]}".encode()
 
 
+_buckets: dict[int, int] = {}
+
+
+def key(org_id: str, name: str, bucket: int) -> CounterKey:
+    """A counter key whose org, name and bucket objects are shared with every other key that
+    uses them: a million keys then take about half the memory."""
+    if bucket < 1_000_000:  # days and bucket 0; minutes are too many to keep forever
+        bucket = _buckets.setdefault(bucket, bucket)
+    return sys.intern(org_id), sys.intern(name), bucket
+
+
 def decode_key(raw: bytes) -> CounterKey:
     org, name, bucket = raw.decode().split("\x1f")
-    return org, name, int(bucket)
+    return key(org, name, int(bucket))

@@ -1,14 +1,23 @@
-"""Pricing arithmetic: integer micro-units, rounded half up once per event."""
+"""Pricing arithmetic: integer micro-units, rounded half up once per event.
+
+A `Pricer` indexes a price book once, so that finding the rate in force at an event's time
+is a binary search over that item's effective dates.
+"""
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Generic, TypeVar
 
-from schemas.prices import ConnectorRate, ModelRate, PriceBook, StorageRate, rate_at
+from schemas.prices import ConnectorRate, ModelRate, PriceBook, StorageRate
 
 MTOK = 1_000_000
 GB_MONTH_BYTE_SECONDS = 10**9 * 30 * 86_400
+
+R = TypeVar("R", ModelRate, ConnectorRate, StorageRate)
 
 
 def _div_round(numerator: int, denominator: int) -> int:
@@ -25,35 +34,54 @@ UNPRICED = Price(0, False)
 FREE = Price(0, True)
 
 
-def llm_cost(
-    book: PriceBook,
-    model: str,
-    at: datetime,
-    input_tokens: int,
-    cached_input_tokens: int,
-    output_tokens: int,
-) -> Price:
-    rate = rate_at(book.models.get(model), at)  # type: ignore[arg-type]
-    if not isinstance(rate, ModelRate):
-        return UNPRICED
-    numerator = (
-        (input_tokens - cached_input_tokens) * rate.input_per_mtok
-        + cached_input_tokens * rate.cached_input_per_mtok
-        + output_tokens * rate.output_per_mtok
-    )
-    return Price(_div_round(numerator, MTOK), True)
+class _Schedule(Generic[R]):
+    """One item's rates by effective date."""
+
+    def __init__(self, rates: Sequence[R]) -> None:
+        self.starts = [r.effective_from.timestamp() for r in rates]
+        self.rates: list[R] = list(rates)
+
+    def at(self, t: datetime) -> R | None:
+        i = bisect_right(self.starts, t.timestamp()) - 1
+        return self.rates[i] if i >= 0 else None
 
 
-def tool_call_cost(book: PriceBook, connector: str, at: datetime) -> Price:
-    rates = book.connectors.get(connector) or book.connectors.get("*")
-    rate = rate_at(rates, at)  # type: ignore[arg-type]
-    if not isinstance(rate, ConnectorRate):
-        return UNPRICED
-    return Price(rate.per_call, True)
+class Pricer:
+    def __init__(self, book: PriceBook) -> None:
+        self.version = book.version
+        self._models = {k: _Schedule(v) for k, v in book.models.items()}
+        self._connectors = {k: _Schedule(v) for k, v in book.connectors.items()}
+        self._default_connector = self._connectors.get("*")
+        self._storage = {k: _Schedule(v) for k, v in book.storage.items()}
 
+    def llm(
+        self,
+        model: str,
+        at: datetime,
+        input_tokens: int,
+        cached_input_tokens: int,
+        output_tokens: int,
+    ) -> Price:
+        """Cached input tokens are part of `input_tokens` and priced at the cached rate."""
+        schedule = self._models.get(model)
+        rate = schedule.at(at) if schedule else None
+        if rate is None:
+            return UNPRICED
+        numerator = (
+            (input_tokens - cached_input_tokens) * rate.input_per_mtok
+            + cached_input_tokens * rate.cached_input_per_mtok
+            + output_tokens * rate.output_per_mtok
+        )
+        return Price(_div_round(numerator, MTOK), True)
 
-def storage_cost(book: PriceBook, kind: str, at: datetime, byte_seconds: int) -> Price:
-    rate = rate_at(book.storage.get(kind), at)  # type: ignore[arg-type]
-    if not isinstance(rate, StorageRate):
-        return UNPRICED
-    return Price(_div_round(byte_seconds * rate.per_gb_month, GB_MONTH_BYTE_SECONDS), True)
+    def tool_call(self, connector: str, at: datetime) -> Price:
+        schedule = self._connectors.get(connector, self._default_connector)
+        rate = schedule.at(at) if schedule else None
+        return UNPRICED if rate is None else Price(rate.per_call, True)
+
+    def storage(self, kind: str, at: datetime, byte_seconds: int) -> Price:
+        schedule = self._storage.get(kind)
+        rate = schedule.at(at) if schedule else None
+        if rate is None:
+            return UNPRICED
+        return Price(_div_round(byte_seconds * rate.per_gb_month, GB_MONTH_BYTE_SECONDS), True)

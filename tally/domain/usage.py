@@ -7,11 +7,11 @@ cost 0: they count against nothing and cost nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
-from schemas.events import Event, GatewayRequest, LlmUsage, StorageUsage, ToolCall
-from schemas.prices import PriceBook
-from tally.domain.pricing import FREE, Price, llm_cost, storage_cost, tool_call_cost
+from tally.domain.pricing import FREE, Price, Pricer
 
 LINE_ITEMS = ("llm", "tool_calls", "requests", "storage", "sessions")
 
@@ -27,30 +27,27 @@ class Usage:
     managed: bool = False  # managed mode: the platform pays the upstream provider
 
 
-def measure(event: Event, book: PriceBook) -> Usage:
-    live = event.key_mode == "live"
-    if isinstance(event, LlmUsage):
-        tokens = event.input_tokens + event.output_tokens
-        price = llm_cost(
-            book,
-            event.model,
-            event.ts,
-            event.input_tokens,
-            event.cached_input_tokens,
-            event.output_tokens,
-        )
-        usage = _usage("llm", event.model, tokens, tokens if live else 0, price, live)
-        return replace(usage, managed=event.mode == "managed")
-    if isinstance(event, ToolCall):
-        billed = live and event.success
-        price = tool_call_cost(book, event.connector, event.ts) if billed else FREE
-        return _usage("tool_calls", event.connector, 1, 1 if billed else 0, price, billed)
-    if isinstance(event, GatewayRequest):
-        return _usage("requests", event.model, 1, 1 if live else 0, FREE, live)
-    if isinstance(event, StorageUsage):
-        price = storage_cost(book, event.kind, event.ts, event.byte_seconds)
-        billable = event.byte_seconds if live else 0
-        return _usage("storage", event.kind, event.byte_seconds, billable, price, live)
+def measure(event: Mapping[str, Any], pricer: Pricer) -> Usage:
+    """Price and classify one event, given as the flat dict of `streams.decode`."""
+    kind = event["type"]
+    live = event["key_mode"] == "live"
+    if kind == "llm.usage":
+        inp, out = event["input_tokens"], event["output_tokens"]
+        price = pricer.llm(event["model"], event["ts"], inp, event["cached_input_tokens"], out)
+        billable = inp + out if live else 0
+        cost = price.cost_micros if live else 0
+        managed = event["mode"] == "managed"
+        return Usage("llm", event["model"], inp + out, billable, cost, price.priced, managed)
+    if kind == "tool.call":
+        billed = live and event["success"]
+        price = pricer.tool_call(event["connector"], event["ts"]) if billed else FREE
+        return _usage("tool_calls", event["connector"], 1, 1 if billed else 0, price, billed)
+    if kind == "gateway.request":
+        return _usage("requests", event["model"], 1, 1 if live else 0, FREE, live)
+    if kind == "storage.usage":
+        amount = event["byte_seconds"]
+        price = pricer.storage(event["kind"], event["ts"], amount)
+        return _usage("storage", event["kind"], amount, amount if live else 0, price, live)
     return _usage("sessions", "", 1, 0, FREE, live)
 
 

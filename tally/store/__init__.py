@@ -15,6 +15,8 @@ from typing import Any
 
 import clickhouse_connect
 
+from tally import failpoints
+
 
 class StoreError(RuntimeError):
     """The store could not be opened or a statement failed."""
@@ -81,6 +83,7 @@ class Store:
         columns: Sequence[str],
         settings: dict[str, Any] | None = None,
     ) -> None:
+        failpoints.hit("store.insert")
         if rows:
             await asyncio.to_thread(
                 self._call, "insert", table, rows, column_names=list(columns), settings=settings

@@ -7,9 +7,10 @@ import orjson
 from streams.batch import PartitionState, Record, apply, process
 from tally.catalogue import load_prices
 from tally.domain import counters
+from tally.domain.pricing import Pricer
 from tests.factories import make_event
 
-BOOK = load_prices()
+PRICER = Pricer(load_prices())
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
 DAY = counters.epoch_day(NOW)
 
@@ -22,7 +23,7 @@ def records(*events, start=0):
 
 
 def run(state, *events, start=0):
-    result = process(state, records(*events, start=start), BOOK, NOW, "e")
+    result = process(state, records(*events, start=start), PRICER, NOW, "e")
     return result, apply(state, result)
 
 
@@ -114,3 +115,40 @@ def test_forget_before_drops_only_old_ids():
     state.seen = {"a": 1.0, "b": 2.0, "c": 3.0}
     state.forget_before(2.5)
     assert list(state.seen) == ["c"]
+
+
+def test_expire_keeps_what_quota_reads_need():
+    state = PartitionState(0)
+    minute = counters.epoch_minute(NOW)
+    state.counters = {
+        ("o", counters.TOKENS, DAY): 1,
+        ("o", counters.TOKENS, DAY - 69): 2,
+        ("o", counters.TOKENS, DAY - 71): 3,
+        ("o", counters.REQUESTS_MINUTE, minute - 5): 4,
+        ("o", counters.REQUESTS_MINUTE, minute - 500): 5,
+        ("o", counters.SESSIONS, 0): 6,
+    }
+    state.seen = {"old": NOW.timestamp() - 90_000, "new": NOW.timestamp() - 10}
+    state.expire(NOW, 86_400)
+    assert sorted(state.counters.values()) == [1, 2, 4, 6]
+    assert list(state.seen) == ["new"]
+
+
+def test_a_batch_prepared_while_the_previous_one_is_stored_sees_it():
+    state = PartitionState(0)
+    first = process(
+        state, records(ev(event_id="x"), ev("session.started", session_id="s")), PRICER, NOW, "e"
+    )
+    second = process(
+        state,
+        records(ev(event_id="x"), ev("session.ended", session_id="s"), start=2),
+        PRICER,
+        NOW,
+        "e",
+        pending=first,
+    )
+    assert second.duplicates == 1 and len(second.rows) == 1
+    apply(state, first)
+    changed = apply(state, second)
+    assert changed[("o", counters.SESSIONS, 0)] == 0
+    assert state.sessions == {} and state.next_offset == 4

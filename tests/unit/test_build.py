@@ -120,4 +120,4 @@ def test_the_other_kinds_refuse_their_own_bad_fields():
     with pytest.raises(InvalidEvent, match="^kind: must be 'knowledge_base' or 'traces'$"):
         build.storage_usage("acme", "a1", "disk", 10)
     with pytest.raises(InvalidEvent, match="^byte_seconds: must be less than or equal to"):
-        build.storage_usage("acme", "a1", "traces", 10**18)
+        build.storage_usage("acme", "a1", "traces", 10**18 + 1)

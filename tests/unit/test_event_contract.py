@@ -123,8 +123,8 @@ def refusal(event: dict | bytes) -> str:
         ("storage.usage", {"byte_seconds": -5}, "byte_seconds: must be greater than or equal to 0"),
         (
             "storage.usage",
-            {"byte_seconds": 10**17 + 1},
-            "byte_seconds: must be less than or equal to 100000000000000000",
+            {"byte_seconds": 10**18 + 1},
+            "byte_seconds: must be less than or equal to 1000000000000000000",
         ),
     ],
 )

@@ -1,4 +1,6 @@
 -- Daily rollup by org, agent, line item and item (model, connector or storage kind).
+-- Rollups deduplicate retried insert blocks like the events table does, so that a retried
+-- insert that had in fact succeeded is counted once in both.
 CREATE TABLE IF NOT EXISTS usage_daily (
     org_id String,
     day Date,
@@ -18,7 +20,8 @@ CREATE TABLE IF NOT EXISTS usage_daily (
     cached_input_tokens UInt64
 ) ENGINE = SummingMergeTree
 PARTITION BY toYYYYMM(day)
-ORDER BY (org_id, day, agent_id, line_item, item, key_mode, mode, partition);
+ORDER BY (org_id, day, agent_id, line_item, item, key_mode, mode, partition)
+SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS usage_daily_mv TO usage_daily AS
 SELECT org_id, toDate(ts) AS day, agent_id, line_item, item, key_mode, mode, partition,
@@ -48,7 +51,8 @@ CREATE TABLE IF NOT EXISTS usage_runs (
     output_tokens UInt64,
     cached_input_tokens UInt64
 ) ENGINE = SummingMergeTree
-ORDER BY (org_id, run_id, agent_id, line_item, item, key_mode);
+ORDER BY (org_id, run_id, agent_id, line_item, item, key_mode)
+SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS usage_runs_mv TO usage_runs AS
 SELECT org_id, run_id, agent_id, line_item, item, key_mode,

@@ -1,0 +1,133 @@
+"""Run every measurement in one process, on one embedded broker, and report them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tally.bench import drain, freshness, http
+from tally.bench.workload import generate
+from tally.broker import EmbeddedBroker
+from tally.config import Settings
+from tally.runtime import Tally
+from tally.topics import ensure_topics
+
+GOALS = {
+    "drain_ratio": (">=", 0.5),
+    "freshness_load_p99_ms": ("<=", 200.0),
+    "http_ratio": (">=", 0.5),
+    "http_tally_p99_ms": ("<=", 5.0),
+    "breakdown_p95_ms": ("<=", 50.0),
+    "api_bytes_per_key": ("<=", 200.0),
+    "worker_bytes_per_key": ("<=", 200.0),
+    "emit_us": ("<=", 10.0),
+}
+
+
+async def run(
+    events: int,
+    orgs: int,
+    partitions: int,
+    samples: int,
+    load_rate: int,
+    http_seconds: int,
+    connections: int,
+    memory_keys: int,
+) -> dict[str, Any]:
+    figures: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}",
+        "events": events,
+        "partitions": partitions,
+    }
+    workload = generate(events, orgs=orgs)
+    with tempfile.TemporaryDirectory(prefix="tally-bench-") as tmp:
+        async with EmbeddedBroker() as broker:
+            await ensure_topics(broker.bootstrap_servers, partitions)
+            figures["produce_eps"] = round(await drain.produce(broker.bootstrap_servers, workload))
+            figures["ceiling_eps"] = round(
+                await drain.ceiling(broker.bootstrap_servers, partitions, events)
+            )
+            settings = Settings(
+                data_dir=Path(tmp),
+                bootstrap_servers=broker.bootstrap_servers,
+                partitions=partitions,
+                log_epoch="bench",
+            )
+            tally = Tally(settings)
+            await tally.start()
+            try:
+                figures["tally_drain_eps"] = round(await drain.tally_drain(tally, workload))
+                figures["drain_ratio"] = round(
+                    figures["tally_drain_eps"] / figures["ceiling_eps"], 3
+                )
+                idle = await freshness.freshness(tally, samples, 0)
+                figures["freshness_idle_p50_ms"] = idle["p50_ms"]
+                figures["freshness_idle_p99_ms"] = idle["p99_ms"]
+                loaded = await freshness.freshness(tally, samples, load_rate)
+                figures["freshness_load_rate"] = load_rate
+                figures["freshness_load_p50_ms"] = loaded["p50_ms"]
+                figures["freshness_load_p99_ms"] = loaded["p99_ms"]
+                reads = await http.quota_reads(tally, connections, http_seconds)
+                figures["lookup_us"] = reads["lookup_us"]
+                if "skipped" in reads:
+                    figures["http_skipped"] = reads["skipped"]
+                else:
+                    figures["http_connections"] = connections
+                    for side in ("tally", "bare"):
+                        for k, v in reads[side].items():
+                            figures[f"http_{side}_{k}"] = v
+                    figures["http_ratio"] = reads["ratio"]
+            finally:
+                await tally.stop()
+    figures.update(await memory(memory_keys))
+    return figures
+
+
+async def memory(keys: int) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tally.bench.memory", str(keys), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    data = json.loads(out)
+    return {
+        "memory_keys": keys,
+        "api_bytes_per_key": data["api_bytes_per_key"],
+        "worker_bytes_per_key": data["worker_bytes_per_key"],
+    }
+
+
+def verdicts(figures: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for name, (op, goal) in GOALS.items():
+        if name not in figures:
+            out[name] = "not measured"
+            continue
+        value = figures[name]
+        met = value >= goal if op == ">=" else value <= goal
+        out[name] = f"{'met' if met else 'MISSED'} ({value} {op} {goal})"
+    return out
+
+
+def report(figures: dict[str, Any]) -> str:
+    lines = [f"{'figure':<28} value"]
+    lines += [f"{k:<28} {v}" for k, v in figures.items()]
+    lines.append("")
+    lines += [f"goal {k:<23} {v}" for k, v in verdicts(figures).items()]
+    return "\n".join(lines)
+
+
+def main(**kwargs: Any) -> dict[str, Any]:
+    started = time.perf_counter()
+    figures = asyncio.run(run(**kwargs))
+    figures["bench_seconds"] = round(time.perf_counter() - started, 1)
+    print(report(figures))
+    print(json.dumps(figures))
+    return figures

@@ -1,0 +1,139 @@
+"""The worker against the real broker and chDB: dead letters, outages, sessions, late events."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from tally import failpoints
+from tally.config import DLQ_TOPIC
+from tally.domain import counters
+from tests.conftest import OrgFactory, Send, bearer, eventually
+from tests.factories import make_event
+
+
+async def used(client, key: str) -> int:
+    r = await client.get("/api/v2/quota/tokens", headers=bearer(key))
+    assert r.status_code == 200, r.text
+    return r.json()["used"]
+
+
+async def dead_letters(bootstrap: str, marker: str) -> list[dict]:
+    consumer = AIOKafkaConsumer(
+        DLQ_TOPIC,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        found = []
+        for _ in range(20):
+            batch = await consumer.getmany(timeout_ms=200)
+            for msgs in batch.values():
+                found += [orjson.loads(m.value) for m in msgs if marker.encode() in m.value]
+        return found
+    finally:
+        await consumer.stop()
+
+
+async def test_each_malformed_message_reaches_the_dlq_with_its_reason(stack, send: Send):
+    marker = uuid.uuid4().hex
+    await send(f"not json {marker}".encode(), key=b"k")
+    await send(make_event(org_id=f"o-{marker}", input_tokens=-1))
+    await send(make_event(org_id=f"o-{marker}", ts="2026-11-23T10:00:00"))  # no offset
+    await send(make_event(org_id=f"o-{marker}", type="tool.call", success="maybe"))
+
+    async def all_four() -> list[dict] | None:
+        found = await dead_letters(stack.settings.bootstrap_servers, marker)
+        return found if len(found) == 4 else None
+
+    found = await eventually(all_four, timeout=20)
+    errors = sorted(d["error"] for d in found)
+    assert any(e.startswith("event: Invalid JSON") for e in errors)
+    assert any("input_tokens: Input should be greater than or equal to 0" in e for e in errors)
+    assert any(e.startswith("ts: Input should have timezone info") for e in errors)
+    assert any(e.startswith("success: Input should be a valid boolean") for e in errors)
+    for d in found:
+        assert marker in d["value"] and d["partition"] >= 0 and d["offset"] >= 0
+
+
+async def test_store_outage_loses_nothing_and_quota_reads_keep_answering(
+    client, new_org: OrgFactory, send: Send, stack
+):
+    org, key = await new_org()
+    await send(make_event(org_id=org, input_tokens=100, output_tokens=0))
+    await eventually(lambda: _is(client, key, 100))
+    failpoints.enable("store.insert", "error")
+    try:
+        await send(*[make_event(org_id=org, input_tokens=10, output_tokens=1) for _ in range(50)])
+        for _ in range(10):  # ten seconds of outage: reads answer, the figure does not move
+            await asyncio.sleep(1)
+            assert await used(client, key) == 100
+        assert stack.worker.sink.failures > 0
+    finally:
+        failpoints.disable("store.insert")
+    await eventually(lambda: _is(client, key, 100 + 50 * 11), timeout=20)
+
+
+async def _is(client, key: str, expected: int) -> bool:
+    return await used(client, key) == expected
+
+
+async def test_sessions_are_counted_through_duplicates_and_reordering(
+    new_org: OrgFactory, send: Send, stack
+):
+    org, _ = await new_org()
+    table = stack.services.counters
+    started = {s: make_event("session.started", org_id=org, session_id=s) for s in "abcd"}
+    ended = {s: make_event("session.ended", org_id=org, session_id=s) for s in "abcd"}
+    # d ends before it starts; b's start arrives three times; c is test traffic.
+    started["c"]["key_mode"] = ended["c"]["key_mode"] = "test"
+    await send(ended["d"], started["a"], started["b"], started["b"], started["c"], started["d"])
+    await send(started["b"], ended["a"], ended["a"])
+    marker = make_event(org_id=org, input_tokens=1, output_tokens=0)
+    await send(marker)
+
+    async def active_is_one() -> bool:
+        return (
+            table.get((org, counters.SESSIONS, 0)) == 1
+            and table.get((org, counters.TOKENS, counters.epoch_day(datetime.now(UTC)))) == 1
+        )
+
+    await eventually(active_is_one)
+    await send(ended["b"])
+    await eventually(lambda: _sessions(table, org, 0))
+
+
+async def _sessions(table, org: str, n: int) -> bool:
+    return table.get((org, counters.SESSIONS, 0)) == n
+
+
+async def test_late_events_land_in_the_day_and_window_of_their_ts(
+    client, new_org: OrgFactory, send: Send, stack
+):
+    now = datetime.now(UTC)
+    org, key = await new_org(signup_date=(now - timedelta(days=400)).date().replace(day=1))
+    earlier_this_month = now.replace(day=1, hour=0, minute=0, second=1)
+    last_month = earlier_this_month - timedelta(days=3)
+    await send(
+        make_event(org_id=org, ts=last_month.isoformat(), input_tokens=1000, output_tokens=0)
+    )
+    await send(
+        make_event(org_id=org, ts=earlier_this_month.isoformat(), input_tokens=20, output_tokens=0)
+    )
+    await send(make_event(org_id=org, input_tokens=3, output_tokens=0))
+    await eventually(lambda: _is(client, key, 23))
+    rows = await stack.store.query(
+        "SELECT day, sum(billable) FROM usage_daily WHERE org_id = {o:String} GROUP BY day"
+        " ORDER BY day",
+        {"o": org},
+    )
+    days = {d: int(v) for d, v in rows}
+    assert days[last_month.date()] == 1000
+    assert days[earlier_this_month.date()] + days.get(now.date(), 0) == 23
