@@ -27,7 +27,10 @@ from schemas.events import (
 
 Event = dict[str, Any]
 
-_known: set[str] = set()  # ids and names that passed their check before
+# Ids and names that passed their check before (kept apart: a valid name such as
+# "my model" is not a valid id). Builders look here first, inline, before calling a check.
+_ids: set[str] = set()
+_names: set[str] = set()
 _MAX_KNOWN = 50_000
 _KEY_MODES = frozenset(("live", "test"))
 _MODES = frozenset(("managed", "byok"))
@@ -38,35 +41,32 @@ def _id(value: object) -> bool:
     """1 to 128 printable ASCII characters, no spaces (remembered once seen)."""
     if type(value) is not str:
         return False
-    if value in _known:
+    if value in _ids:
         return True
     if not (0 < len(value) <= MAX_ID_LENGTH and value.isascii() and value.isprintable()):
         return False
     if " " in value:
         return False
-    _remember(value)
+    _remember(_ids, value)
     return True
-
-
-def _opt_id(value: object) -> bool:
-    return value is None or _id(value)
 
 
 def _name(value: object) -> bool:
+    """1 to 128 characters (remembered once seen)."""
     if type(value) is not str:
         return False
-    if value in _known:
+    if value in _names:
         return True
     if not 0 < len(value) <= 128:
         return False
-    _remember(value)
+    _remember(_names, value)
     return True
 
 
-def _remember(value: str) -> None:
-    if len(_known) >= _MAX_KNOWN:
-        _known.clear()
-    _known.add(value)
+def _remember(known: set[str], value: str) -> None:
+    if len(known) >= _MAX_KNOWN:
+        known.clear()
+    known.add(value)
 
 
 def _count(value: object, limit: int = MAX_TOKENS) -> bool:
@@ -74,12 +74,10 @@ def _count(value: object, limit: int = MAX_TOKENS) -> bool:
 
 
 def _times(ts: datetime | str | None, event_id: str | None) -> tuple[Any, Any, bool]:
-    """`(ts, event_id, ok)`: now and a new UUIDv7 unless given; ok is False if either is bad."""
+    """`(ts, event_id, ok)` when either is given (builders call `stamp()` themselves when
+    neither is): now and a new UUIDv7 unless given; ok is False if either is bad."""
     if ts is None:
-        now, new_id = stamp()
-        if event_id is None:
-            return now, new_id, True
-        return now, event_id, _id_once(event_id)
+        return stamp()[0], event_id, _id_once(event_id)
     ok = True
     if event_id is None:
         event_id = stamp()[1]
@@ -137,7 +135,10 @@ def llm_usage(
     ts: datetime | str | None = None,
     event_id: str | None = None,
 ) -> Event:
-    when, eid, ok = _times(ts, event_id)
+    if ts is None and event_id is None:
+        (when, eid), ok = stamp(), True
+    else:
+        when, eid, ok = _times(ts, event_id)
     event = {
         "schema_version": SCHEMA_VERSION,
         "type": "llm.usage",
@@ -157,12 +158,12 @@ def llm_usage(
     try:
         good = (
             ok
-            and _id(org_id)
-            and _id(agent_id)
-            and _opt_id(run_id)
-            and _opt_id(session_id)
+            and (org_id in _ids or _id(org_id))
+            and (agent_id in _ids or _id(agent_id))
+            and (run_id is None or run_id in _ids or _id(run_id))
+            and (session_id is None or session_id in _ids or _id(session_id))
             and key_mode in _KEY_MODES
-            and _name(model)
+            and (model in _names or _name(model))
             and _count(input_tokens)
             and _count(output_tokens)
             and _count(cached_input_tokens)
@@ -188,7 +189,10 @@ def tool_call(
     ts: datetime | str | None = None,
     event_id: str | None = None,
 ) -> Event:
-    when, eid, ok = _times(ts, event_id)
+    if ts is None and event_id is None:
+        (when, eid), ok = stamp(), True
+    else:
+        when, eid, ok = _times(ts, event_id)
     event = {
         "schema_version": SCHEMA_VERSION,
         "type": "tool.call",
@@ -206,13 +210,13 @@ def tool_call(
     try:
         good = (
             ok
-            and _id(org_id)
-            and _id(agent_id)
-            and _opt_id(run_id)
-            and _opt_id(session_id)
+            and (org_id in _ids or _id(org_id))
+            and (agent_id in _ids or _id(agent_id))
+            and (run_id is None or run_id in _ids or _id(run_id))
+            and (session_id is None or session_id in _ids or _id(session_id))
             and key_mode in _KEY_MODES
-            and _name(connector)
-            and _name(tool)
+            and (connector in _names or _name(connector))
+            and (tool in _names or _name(tool))
             and (success is True or success is False)
         )
     except TypeError:  # an unhashable argument
@@ -234,7 +238,10 @@ def gateway_request(
     ts: datetime | str | None = None,
     event_id: str | None = None,
 ) -> Event:
-    when, eid, ok = _times(ts, event_id)
+    if ts is None and event_id is None:
+        (when, eid), ok = stamp(), True
+    else:
+        when, eid, ok = _times(ts, event_id)
     event = {
         "schema_version": SCHEMA_VERSION,
         "type": "gateway.request",
@@ -252,12 +259,12 @@ def gateway_request(
     try:
         good = (
             ok
-            and _id(org_id)
-            and _id(agent_id)
-            and _opt_id(run_id)
-            and _opt_id(session_id)
+            and (org_id in _ids or _id(org_id))
+            and (agent_id in _ids or _id(agent_id))
+            and (run_id is None or run_id in _ids or _id(run_id))
+            and (session_id is None or session_id in _ids or _id(session_id))
             and key_mode in _KEY_MODES
-            and _name(model)
+            and (model in _names or _name(model))
             and (cache_hit is True or cache_hit is False)
             and mode in _MODES
         )
@@ -279,7 +286,10 @@ def session(
     event_id: str | None = None,
 ) -> Event:
     """`session.started` or `session.ended` (`type_`)."""
-    when, eid, ok = _times(ts, event_id)
+    if ts is None and event_id is None:
+        (when, eid), ok = stamp(), True
+    else:
+        when, eid, ok = _times(ts, event_id)
     event = {
         "schema_version": SCHEMA_VERSION,
         "type": type_,
@@ -295,10 +305,10 @@ def session(
         good = (
             ok
             and type_ in ("session.started", "session.ended")
-            and _id(org_id)
-            and _id(agent_id)
-            and _opt_id(run_id)
-            and _id(session_id)
+            and (org_id in _ids or _id(org_id))
+            and (agent_id in _ids or _id(agent_id))
+            and (run_id is None or run_id in _ids or _id(run_id))
+            and (session_id in _ids or _id(session_id))
             and key_mode in _KEY_MODES
         )
     except TypeError:  # an unhashable argument
@@ -319,7 +329,10 @@ def storage_usage(
     ts: datetime | str | None = None,
     event_id: str | None = None,
 ) -> Event:
-    when, eid, ok = _times(ts, event_id)
+    if ts is None and event_id is None:
+        (when, eid), ok = stamp(), True
+    else:
+        when, eid, ok = _times(ts, event_id)
     event = {
         "schema_version": SCHEMA_VERSION,
         "type": "storage.usage",
@@ -336,10 +349,10 @@ def storage_usage(
     try:
         good = (
             ok
-            and _id(org_id)
-            and _id(agent_id)
-            and _opt_id(run_id)
-            and _opt_id(session_id)
+            and (org_id in _ids or _id(org_id))
+            and (agent_id in _ids or _id(agent_id))
+            and (run_id is None or run_id in _ids or _id(run_id))
+            and (session_id is None or session_id in _ids or _id(session_id))
             and key_mode in _KEY_MODES
             and kind in _KINDS
             and _count(byte_seconds, MAX_BYTE_SECONDS)

@@ -121,3 +121,9 @@ def test_the_other_kinds_refuse_their_own_bad_fields():
         build.storage_usage("acme", "a1", "disk", 10)
     with pytest.raises(InvalidEvent, match="^byte_seconds: must be less than or equal to"):
         build.storage_usage("acme", "a1", "traces", 10**18 + 1)
+
+
+def test_a_valid_name_is_not_taken_for_a_valid_id():
+    build.llm_usage("acme", "a1", "my model", 1, 1)  # a name may hold a space
+    with pytest.raises(InvalidEvent, match="^org_id: must be 1 to 128 printable ASCII"):
+        build.llm_usage("my model", "a1", "gpt-4o", 1, 1)
