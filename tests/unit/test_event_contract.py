@@ -198,3 +198,30 @@ def test_the_examples_in_docs_events_md_are_valid_events():
     examples = re.findall(r"```json\n(.*?)```", text, re.S)
     types = [parse_event(example.encode()).type for example in examples]
     assert sorted(types) == sorted(EVENT_TYPES)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "streams/decode.py (the worker's fast path) parses ts with datetime.fromisoformat and "
+        "no range check, so it counts times the contract refuses: no seconds, +hhmm offsets, "
+        "ISO basic form, years outside 2000-2199. Fix: check schemas.events.RFC3339 and "
+        "TS_MIN/TS_MAX there too (streams/ is the lead's)."
+    ),
+)
+def test_the_worker_fast_path_refuses_the_times_the_contract_refuses():
+    from streams.decode import decode
+
+    for ts in (
+        "2026-11-23T10:15Z",
+        "2026-11-23T10:15:00+0200",
+        "20261123T101500Z",
+        "1990-01-01T00:00:00Z",
+        "2250-01-01T00:00:00Z",
+    ):
+        raw = orjson.dumps(make_event(ts=ts))
+        with pytest.raises(InvalidEvent) as contract:
+            parse_event(raw)
+        with pytest.raises(InvalidEvent) as worker:
+            decode(raw)
+        assert worker.value.reason == contract.value.reason
