@@ -118,6 +118,7 @@ class Emitter:
         self._progress: asyncio.Condition | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._accepting = False  # between start() and close()
         self._next_connect = 0.0
         self._backoff = self.backoff_min
         self._last_sync = 0.0
@@ -126,11 +127,13 @@ class Emitter:
 
     async def start(self) -> None:
         """Open the spool and start delivering; works with the broker down (events spool)."""
+        if self._task is not None:
+            return
+        await asyncio.to_thread(self.spool.open)
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._wake = asyncio.Event()
         self._progress = asyncio.Condition()
-        await asyncio.to_thread(self.spool.open)
         self._spooling = not self.spool.empty
         if self._spooling:
             log.info(
@@ -138,6 +141,7 @@ class Emitter:
             )
         await self._connect()
         self._task = asyncio.create_task(self._pump(), name="tally-emitter")
+        self._accepting = True
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until every event emitted so far is delivered or durably spooled."""
@@ -169,6 +173,7 @@ class Emitter:
         """Flush, stop the pump, close the connection and the spool. Safe to call twice."""
         if self._task is None:
             return
+        self._accepting = False
         self._closing = True
         self._poke()
         with contextlib.suppress(asyncio.CancelledError):
@@ -421,8 +426,11 @@ class Emitter:
 
     def _offer(self, key: bytes, value: bytes) -> None:
         """Buffer one encoded event, or spool it (see the backpressure policy above)."""
-        if self._loop is None:
-            raise RuntimeError("start the emitter first: `async with Emitter(...)` or start()")
+        if not self._accepting:
+            raise RuntimeError(
+                "the emitter is not running: `async with Emitter(...)`, or start() before "
+                "emitting and nothing after close()"
+            )
         with self._lock:
             if not self._spooling and len(self._buffer) + self._inflight < self.buffer_events:
                 self._buffer.append((key, value))

@@ -248,3 +248,15 @@ async def test_a_full_spool_refuses_new_events_and_says_so(tmp_path):
         assert (stats.spooled, stats.failed, stats.sent) == (kept, 1, 0)
     with Spool(tmp_path) as spool:  # closed cleanly; what it kept is still there
         assert len(spool.read(10_000)[0]) == kept
+
+
+async def test_an_emitter_refuses_events_before_start_and_after_close(tmp_path, stack):
+    e = Emitter(stack.settings.bootstrap_servers, spool_dir=tmp_path)
+    call = {"org_id": "acme", "agent_id": "a", "model": "m", "input_tokens": 1, "output_tokens": 1}
+    with pytest.raises(RuntimeError, match="the emitter is not running"):
+        e.llm_usage(**call)
+    async with e:
+        e.llm_usage(**call)
+    with pytest.raises(RuntimeError, match="the emitter is not running"):
+        e.llm_usage(**call)
+    assert e.stats().sent == 1
