@@ -152,6 +152,10 @@ class Summary:
         out += [
             f"test-key events   {self.test_events}",
             f"live tokens       {self.live_tokens}",
+        ]
+        if len(self.live_tokens_by_org) <= 10:
+            out += [f"  {o:<16}{n}" for o, n in sorted(self.live_tokens_by_org.items())]
+        out += [
             f"billed tool calls {self.billed_tool_calls} (failed: {self.failed_tool_calls})",
             f"gateway requests  {self.live_gateway_requests} (live)",
             f"storage           {self.live_byte_seconds} byte-seconds (live)",

@@ -72,3 +72,4 @@ def test_the_summary_adds_up_what_tally_would_count():
     assert summary.live_gateway_requests == 1 and summary.live_byte_seconds == 7
     assert summary.by_type["tool.call"] == 3
     assert summary.lines()[0] == "events sent       7"
+    assert "  o               15" in summary.lines()  # per org, for a quota read to compare
