@@ -39,6 +39,8 @@ lint: install
 	$(BIN)/mypy
 
 bench: install
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
+		|| echo "wrk could not be installed: the HTTP figures will be skipped"
 	$(BIN)/tally bench
 
 clean:

@@ -99,15 +99,22 @@ class CounterTable:
         consumer = self._consumer
         assert consumer is not None
         pending = set(tps)
+        next_offset: dict[int, int] = {}
         last_expire = time.monotonic()
         while True:
             if time.monotonic() - last_expire > 60:
                 self.expire(datetime.now(UTC))
                 last_expire = time.monotonic()
             fetched = await consumer.getmany(timeout_ms=100, max_records=50_000)
-            for msgs in fetched.values():
+            for tp, msgs in fetched.items():
+                # A fetch can start at the first offset of a record batch and hand back
+                # messages already applied; an older absolute value must never win.
+                start = next_offset.get(tp.partition, 0)
                 for m in msgs:
-                    self._apply(m.key, m.value)
+                    if m.offset >= start:
+                        self._apply(m.key, m.value)
+                if msgs:
+                    next_offset[tp.partition] = max(start, msgs[-1].offset + 1)
             # Caught up once every partition has answered a fetch and we hold all it has.
             # (The high watermark of a fetch, not ListOffsets: the embedded broker answers
             # ListOffsets with the first offset of the last batch.)

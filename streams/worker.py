@@ -83,6 +83,7 @@ class Worker:
             rebalance_timeout_ms=s.session_timeout_ms,
             max_poll_interval_ms=300_000,
             fetch_max_bytes=64 << 20,
+            fetch_max_wait_ms=20,  # the broker may hold an empty fetch this long
             max_partition_fetch_bytes=8 << 20,
         )
         self._consumer.subscribe([EVENTS_TOPIC], listener=_Rebalance(self))
@@ -177,8 +178,11 @@ class Worker:
         last_forget = last_beat = last_report = time.monotonic()
         reported = -1
         while True:
+            # With a batch being stored, take only what is already fetched: if nothing is,
+            # finish that batch now rather than after a poll timeout (freshness).
             fetched = await self._consumer.getmany(
-                timeout_ms=s.batch_timeout_ms, max_records=s.batch_max_records
+                timeout_ms=0 if self._inflight else s.batch_timeout_ms,
+                max_records=s.batch_max_records,
             )
             async with self._lock:
                 batch = {tp: msgs for tp, msgs in fetched.items() if tp.partition in self.states}

@@ -191,6 +191,9 @@ def bench(
     memory_keys: Annotated[
         int, typer.Option(help="Counter keys for the memory figure.")
     ] = 1_000_000,
+    breakdown_rows: Annotated[
+        int, typer.Option(help="Events pre-loaded for the breakdown figures.")
+    ] = 10_000_000,
 ) -> None:
     """Measure Tally against the machine's ceiling; prints a table, then one JSON line."""
     from tally.bench.run import main as run_bench
@@ -205,6 +208,7 @@ def bench(
         http_seconds=http_seconds,
         connections=connections,
         memory_keys=memory_keys,
+        breakdown_rows=breakdown_rows,
     )
 
 

@@ -47,15 +47,21 @@ async def ceiling(bootstrap: str, partitions: int, total: int) -> float:
     await consumer.seek_to_beginning(*tps)
     tokens: Counter[str] = Counter()
     seen = 0
+    next_offset = dict.fromkeys(range(partitions), 0)
     started = time.perf_counter()
     try:
         while seen < total:
             batch = await consumer.getmany(timeout_ms=200, max_records=20_000)
-            for msgs in batch.values():
+            for tp, msgs in batch.items():
+                start = next_offset[tp.partition]  # a fetch may repeat a batch's head
                 for m in msgs:
+                    if m.offset < start:
+                        continue
                     event = orjson.loads(m.value)
                     tokens[event["org_id"]] += event.get("input_tokens", 0)
-                seen += sum(len(msgs) for msgs in batch.values())
+                    seen += 1
+                if msgs:
+                    next_offset[tp.partition] = max(start, msgs[-1].offset + 1)
     finally:
         elapsed = time.perf_counter() - started
         await consumer.stop()
@@ -80,3 +86,15 @@ async def tally_drain(tally: Tally, workload: Workload, timeout: float = 600) ->
         if time.perf_counter() - started > timeout:
             raise TimeoutError("the counters did not become exact")
         await asyncio.sleep(0.01)
+
+
+async def caught_up(tally: Tally, timeout: float = 600) -> float:
+    """Wait until the worker has stored everything on the broker; returns the seconds."""
+    assert tally.services is not None
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        _, lag = tally.services.counters.freshness()
+        if lag == 0:
+            return round(time.perf_counter() - started, 2)
+        await asyncio.sleep(0.1)
+    raise TimeoutError("the worker did not catch up")

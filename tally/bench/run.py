@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tally.bench import drain, freshness, http
+from tally.bench import drain, freshness, http, queries
 from tally.bench.workload import generate
 from tally.broker import EmbeddedBroker
 from tally.config import Settings
@@ -40,6 +40,7 @@ async def run(
     http_seconds: int,
     connections: int,
     memory_keys: int,
+    breakdown_rows: int,
 ) -> dict[str, Any]:
     figures: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
@@ -72,6 +73,7 @@ async def run(
                 figures["freshness_idle_p50_ms"] = idle["p50_ms"]
                 figures["freshness_idle_p99_ms"] = idle["p99_ms"]
                 loaded = await freshness.freshness(tally, samples, load_rate)
+                figures["backlog_after_load_s"] = await drain.caught_up(tally)
                 figures["freshness_load_rate"] = load_rate
                 figures["freshness_load_p50_ms"] = loaded["p50_ms"]
                 figures["freshness_load_p99_ms"] = loaded["p99_ms"]
@@ -85,6 +87,16 @@ async def run(
                         for k, v in reads[side].items():
                             figures[f"http_{side}_{k}"] = v
                     figures["http_ratio"] = reads["ratio"]
+                figures.update(
+                    await queries.breakdowns(
+                        tally, breakdown_rows, orgs=100, agents=1000, days=30, queries=200
+                    )
+                )
+                figures.update(
+                    await queries.breakdowns(
+                        tally, breakdown_rows, orgs=100, agents=1000, days=30, queries=200
+                    )
+                )
             finally:
                 await tally.stop()
     figures.update(await memory(memory_keys))

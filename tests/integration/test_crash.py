@@ -224,9 +224,26 @@ async def test_sigkill_at_every_stage_keeps_counts_exact(tmp_path: Path):
             try:
                 await eventually(exact, timeout=120, interval=0.5)
             except AssertionError as exc:
-                raise AssertionError(f"(used, expected) per org: {seen}; log: {log}") from exc
+                tally.stop()
+                lines = log.read_text().splitlines()
+                notes = "\n".join(x for x in lines if "WARN" in x or "stored" in x)
+                stored = await stored_totals(tmp_path)
+                raise AssertionError(
+                    f"(used, expected) per org: {seen}\nstored: {stored}\nlog:\n{notes}"
+                ) from exc
         assert tally.stop() == 0
 
+    stored = await stored_totals(tmp_path)
+    for org in ORGS:
+        assert stored[org] == {
+            "rows": rows[org],
+            "distinct": rows[org],
+            "tokens": tokens[org],
+            "cost": cost[org],
+        }, org
+
+
+async def stored_totals(tmp_path: Path) -> dict:
     reader = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
@@ -235,14 +252,7 @@ async def test_sigkill_at_every_stage_keeps_counts_exact(tmp_path: Path):
         stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await reader.communicate()
-    stored = json.loads(out)
-    for org in ORGS:
-        assert stored[org] == {
-            "rows": rows[org],
-            "distinct": rows[org],
-            "tokens": tokens[org],
-            "cost": cost[org],
-        }, org
+    return json.loads(out)
 
 
 STORED_TOTALS = """
@@ -253,5 +263,9 @@ for org, n, d, t, cost in c.query(
     "SELECT org_id, count(), uniqExact(event_id), sumIf(billable, line_item = 'llm'),"
     " sum(cost_micros) FROM events GROUP BY org_id").result_rows:
     out[org] = {"rows": n, "distinct": d, "tokens": int(t), "cost": int(cost)}
+for p, n, lo, hi, epochs in c.query(
+    "SELECT partition, count(), min(offset), max(offset), groupUniqArray(log_epoch)"
+    " FROM events GROUP BY partition").result_rows:
+    out[f"partition {p}"] = {"rows": n, "min": lo, "max": hi, "epochs": epochs}
 print(json.dumps(out))
 """
