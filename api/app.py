@@ -8,7 +8,7 @@ from contextlib import AbstractAsyncContextManager
 from fastapi import FastAPI
 
 from api import errors
-from api.routes import admin, credits, dashboard, health, quota, usage
+from api.routes import admin, credits, dashboard, events, health, quota, usage
 from api.state import Services
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -29,4 +29,5 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
     app.include_router(usage.router)
     app.include_router(credits.router)
     app.include_router(dashboard.router)
+    app.include_router(events.router)
     return app
