@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from api import errors
 from api.metrics import HttpMetrics
-from api.routes import admin, credits, dashboard, health, ops, quota, usage
+from api.routes import admin, credits, dashboard, events, health, ops, quota, usage
 from api.state import Services
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -30,6 +30,7 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
     app.include_router(usage.router)
     app.include_router(credits.router)
     app.include_router(dashboard.router)
+    app.include_router(events.router)
     app.include_router(ops.router)
     app.include_router(ops.admin)
     app.add_middleware(HttpMetrics)
