@@ -54,6 +54,7 @@ class ReconcileFigures(BaseModel):
         description="Stored rows of the requested offset ranges (absent without ranges)."
     )
     stored: list[FigureRow] = Field(description="Every stored row of the window.")
+    rollups: list[FigureRow] = Field(description="The daily rollup of the window.")
     counters: list[FigureRow] = Field(description="The quota counters of the window.")
     counters_since: date = Field(description="Counters older than this day are not kept.")
     counter_staleness_s: float | None

@@ -102,13 +102,13 @@ def reason_class(error: str) -> str:
     """
     if error == "message has no value":
         return "no_value"
-    if error.startswith("event: Invalid JSON") or error.startswith("event: JSON input"):
+    if error.startswith(("event: is not valid JSON", "event: must be a JSON object")):
         return "invalid_json"
-    if error.startswith("type: must be one of") or "Unable to extract tag" in error:
+    if error.startswith("type: must be one of"):
         return "unknown_type"
     if error.startswith("schema_version"):
         return "schema_version"
-    if "Field required" in error:
+    if ": is required" in error:
         return "missing_field"
     return "invalid_field"
 

@@ -58,6 +58,7 @@ async def reconcile(body: ReconcileRequest, svc: Services = Depends(services)) -
         epoch=epoch,
         seen=_rows(seen) if seen is not None else None,
         stored=_rows(stored),
+        rollups=_rows(await _rollups(svc, body)),
         counters=_rows(_counters(svc, body.start, body.end, body.org_id)),
         counters_since=since,
         counter_staleness_s=svc.counters.staleness_s(),
@@ -84,6 +85,14 @@ async def _stored(
     table: rec.Table = {}
     for org, day, line_item, n, ids, billable, cost in await svc.store.query(*query):
         rec.add_stored(table, org, day, line_item, int(n), int(ids), int(billable), int(cost))
+    return table
+
+
+async def _rollups(svc: Services, body: ReconcileRequest) -> rec.Table:
+    table: rec.Table = {}
+    query = sql.rollup_figures(body.start, body.end, body.org_id)
+    for org, day, line_item, events, billable, cost in await svc.store.query(*query):
+        rec.add_rollup(table, org, day, line_item, int(events), int(billable), int(cost))
     return table
 
 

@@ -9,6 +9,8 @@ A *figure table* maps `(org_id, day)` to named integer figures:
 Two comparisons are made, each over what both sides can see:
   broker -> store     the events a broker scan read against the rows stored from those very
                       offsets (events, meters, cost); plus stored rows counted twice
+  store -> rollups    every stored row against the daily rollup that reports, credits and
+                      rebuilt counters read (events, meters, cost)
   store -> counters   every stored row of the day against the quota counters (meters, cost),
                       for the days the counters still keep
 No I/O: the operations command gathers the tables.
@@ -31,7 +33,7 @@ METERS = tuple(METER_OF_LINE_ITEM.values())
 COSTS = tuple(COST_PREFIX + li for li in ("llm", "tool_calls", "storage"))
 MONEY_AND_METERS = METERS + COSTS
 
-Check = Literal["broker/store", "store/counters", "duplicates"]
+Check = Literal["broker/store", "store/rollups", "store/counters", "duplicates"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,14 @@ def add_usage(table: Table, org_id: str, day: date, usage: Usage) -> None:
     if meter is not None and usage.cost_micros:
         name = COST_PREFIX + usage.line_item
         figures[name] = figures.get(name, 0) + usage.cost_micros
+
+
+def add_rollup(
+    table: Table, org_id: str, day: date, line_item: str, events: int, billable: int, cost: int
+) -> None:
+    """Fold one `(org, day, line item)` row of the daily rollup into the table."""
+    add_stored(table, org_id, day, line_item, events, events, billable, cost)
+    table[(org_id, day)].pop("rows")
 
 
 def add_stored(
@@ -103,17 +113,22 @@ def compare(
     stored: Table,
     counters: Table,
     counter_days: set[date] | None = None,
+    rollups: Table | None = None,
 ) -> list[Difference]:
     """Every difference, sorted by org and day.
 
     `broker` and `stored_seen` (the rows of the offsets the broker scan read) are compared
     on events, meters and cost; `stored` (all rows) against `counters` on meters and cost,
-    on `counter_days` only if given (counters forget old days); and any stored row counted
-    twice is a `duplicates` difference.
+    on `counter_days` only if given (counters forget old days); `stored` against `rollups`
+    on events, meters and cost; and any stored row counted twice is a `duplicates`
+    difference.
     """
     out: list[Difference] = []
     if broker is not None and stored_seen is not None:
         out += _diff(broker, stored_seen, ("events",) + MONEY_AND_METERS, "broker/store")
+    if rollups is not None:  # the rollup counts rows, duplicates included
+        as_rows = {k: {**f, "events": f.get("rows", 0)} for k, f in stored.items()}
+        out += _diff(as_rows, rollups, ("events",) + MONEY_AND_METERS, "store/rollups")
     out += _diff(stored, counters, MONEY_AND_METERS, "store/counters", counter_days)
     for (org, day), figures in sorted(stored.items()):
         rows, events = figures.get("rows", 0), figures.get("events", 0)

@@ -46,6 +46,7 @@ class Result:
     epoch: str | None
     stored: rec.Table
     seen: rec.Table
+    rollups: rec.Table
     counters: rec.Table
     counters_since: date
     differences: list[rec.Difference]
@@ -111,15 +112,15 @@ async def reconcile(
         answer = await api.admin("/reconcile", body)
         since = date.fromisoformat(answer["counters_since"])
         stored, seen = _table(answer["stored"]), _table(answer["seen"])
-        counted = _table(answer["counters"])
+        counted, rollups = _table(answer["counters"]), _table(answer["rollups"])
         days = {d for _, d in stored} | {d for _, d in counted}
         differences = rec.compare(
-            scan.figures, seen, stored, counted, {d for d in days if d >= since}
+            scan.figures, seen, stored, counted, {d for d in days if d >= since}, rollups
         )
         if not differences or asyncio.get_running_loop().time() >= deadline:
             break
         await asyncio.sleep(0.5)
-    return Result(scan, answer["epoch"], stored, seen, counted, since, differences, org_id)
+    return Result(scan, answer["epoch"], stored, seen, rollups, counted, since, differences, org_id)
 
 
 def render(result: Result, start: date, end: date) -> str:
@@ -168,6 +169,7 @@ def render(result: Result, start: date, end: date) -> str:
         "",
         "broker/store: expected = distinct valid events on the broker, found = stored rows of"
         " the same offsets (missing: not stored yet or lost; extra: stored twice or changed).",
+        "store/rollups: expected = stored rows, found = the daily rollup (reports, credits).",
         "store/counters: expected = stored rows, found = quota counters.",
         "duplicates: expected = distinct event ids, found = stored rows.",
     ]

@@ -63,3 +63,19 @@ def stored_event_ids(event_ids: Sequence[str], org_ids: Sequence[str] | None = N
         where = "org_id IN {orgs:Array(String)} AND " + where
         params["orgs"] = list(org_ids)
     return f"SELECT DISTINCT event_id FROM events WHERE {where}", params
+
+
+def rollup_figures(start: date, end: date, org_id: str | None = None) -> Query:
+    """The daily rollup's events, billable quantity and cost per org, day and line item (the
+    figures reports, credits and rebuilt counters read)."""
+    where = ["day >= {start:Date}", "day < {end:Date}"]
+    params: dict[str, object] = {"start": start, "end": end}
+    if org_id is not None:
+        where.append("org_id = {org:String}")
+        params["org"] = org_id
+    sql = (
+        "SELECT org_id, day, line_item, sum(events), sum(billable), sum(cost_micros)"
+        f" FROM usage_daily WHERE {' AND '.join(where)}"
+        " GROUP BY org_id, day, line_item ORDER BY org_id, day, line_item"
+    )
+    return sql, params

@@ -122,6 +122,22 @@ def test_reconcile_reports_loss_double_counting_and_counter_drift():
     }
 
 
+def test_reconcile_compares_the_rollup_with_the_rows_duplicates_included():
+    stored: rec.Table = {("acme", DAY): {"events": 2, "rows": 3, "tokens": 300}}
+    rollups: rec.Table = {}
+    rec.add_rollup(rollups, "acme", DAY, "llm", 3, 300, 0)
+    counters: rec.Table = {("acme", DAY): {"tokens": 300}}
+    found = rec.compare(None, None, stored, counters, rollups=rollups)
+    assert [(d.check, d.figure) for d in found] == [("duplicates", "rows")]
+    rec.add_rollup(rollups, "acme", DAY, "llm", 1, 50, 0)  # a rollup row without its event
+    found = rec.compare(None, None, stored, counters, rollups=rollups)
+    assert {(d.check, d.figure, d.expected, d.found) for d in found} == {
+        ("duplicates", "rows", 2, 3),
+        ("store/rollups", "events", 3, 4),
+        ("store/rollups", "tokens", 300, 350),
+    }
+
+
 def test_reconcile_skips_days_the_counters_no_longer_keep():
     stored: rec.Table = {("acme", DAY): {"events": 1, "rows": 1, "tokens": 5}}
     assert rec.compare(None, None, stored, {}, counter_days=set()) == []
