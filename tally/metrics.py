@@ -12,11 +12,20 @@ Quota checks: call `quota_check(code)` once per admission decision (`ok`,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client import generate_latest as _generate
+
+disable_created_metrics()  # no `*_created` series beside every counter and histogram
 
 __all__ = ["CONTENT_TYPE_LATEST", "exposition"]
 
@@ -113,12 +122,16 @@ def reason_class(error: str) -> str:
     return "invalid_field"
 
 
+_lag_partitions: set[str] = set()
+
+
 def partition_lag(lags: Mapping[int, int]) -> None:
     """The worker's lag per owned partition (labels of partitions it no longer owns go)."""
     owned = {str(p) for p in lags}
-    for labels in _label_values(consumer_lag):
-        if labels[0] not in owned:
-            consumer_lag.remove(*labels)
+    for gone in _lag_partitions - owned:
+        consumer_lag.remove(gone)
+    _lag_partitions.clear()
+    _lag_partitions.update(owned)
     for p, lag in lags.items():
         consumer_lag.labels(str(p)).set(lag)
 
@@ -144,7 +157,3 @@ def counter_table(table: _CounterTable) -> None:
 def exposition() -> bytes:
     """The text exposition of every metric of this process."""
     return _generate(REGISTRY)
-
-
-def _label_values(metric: Any) -> Iterable[tuple[str, ...]]:
-    return list(metric._metrics)  # prometheus_client keeps children by label values

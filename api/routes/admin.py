@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Depends
 
 from api.auth import require_admin, services
@@ -9,6 +11,8 @@ from api.errors import ApiError
 from api.registry import Conflict
 from api.state import Services
 from schemas.api import ErrorBody, KeyCreate, KeyCreated, OrgCreate, OrgOut
+
+log = logging.getLogger("tally.admin")
 
 router = APIRouter(
     prefix="/api/v2/admin",
@@ -35,6 +39,7 @@ async def create_org(body: OrgCreate, svc: Services = Depends(services)) -> OrgO
         org = await svc.registry.create_org(body.org_id, body.plan, body.signup_date)
     except Conflict as exc:
         raise ApiError(409, "conflict", str(exc)) from None
+    log.info("org created on plan %s", org.plan, extra={"org": org.org_id})
     return OrgOut(
         org_id=org.org_id, plan=org.plan, signup_date=org.signup_date, created_at=org.created_at
     )
@@ -51,4 +56,5 @@ async def create_key(org_id: str, body: KeyCreate, svc: Services = Depends(servi
     if org_id not in svc.registry.orgs:
         raise ApiError(404, "not_found", f"org {org_id!r} does not exist")
     key, record = await svc.registry.create_key(org_id, body.mode)
+    log.info("%s key %s issued", body.mode, record.key_id, extra={"org": org_id})
     return KeyCreated(key=key, key_id=record.key_id, org_id=org_id, mode=body.mode)

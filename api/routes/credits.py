@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Depends, Response
 
 from api.auth import current_key, require_admin, services
@@ -12,6 +14,8 @@ from api.state import Services
 from schemas.api import ErrorBody
 from schemas.usage import CreditEntry, Credits, TopUpCreate, TopUpOut
 from tally.domain.credits import Account
+
+log = logging.getLogger("tally.credits")
 
 router = APIRouter(
     prefix="/api/v2",
@@ -65,6 +69,13 @@ async def top_up(
         )
     if outcome == "replayed":
         response.status_code = 200
+    log.info(
+        "top-up %s: %d micros under key %s",
+        outcome,
+        topup.amount_micros,
+        topup.idempotency_key,
+        extra={"org": org_id},
+    )
     account = await book.account(org_id)
     return TopUpOut(
         org_id=org_id,

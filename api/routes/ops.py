@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, date, datetime, timedelta
 
 from fastapi import APIRouter, Depends, Response
@@ -20,6 +21,8 @@ from tally import metrics
 from tally.domain import counters
 from tally.domain import reconcile as rec
 from tally.store import ops as sql
+
+log = logging.getLogger("tally.ops")
 
 router = APIRouter(tags=["operations"])
 admin = APIRouter(
@@ -54,6 +57,12 @@ async def reconcile(body: ReconcileRequest, svc: Services = Depends(services)) -
         seen = await _stored(svc, body, epoch, lows, highs)
     stored = await _stored(svc, body)
     since = datetime.now(UTC).date() - timedelta(days=counters.KEEP_DAYS)
+    log.info(
+        "reconcile figures for %s .. %s",
+        body.start,
+        body.end,
+        extra={"org": body.org_id, "epoch": epoch},
+    )
     return ReconcileFigures(
         epoch=epoch,
         seen=_rows(seen) if seen is not None else None,

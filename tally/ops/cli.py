@@ -100,7 +100,7 @@ def status(
     ] = 15.0,
     as_json: AsJson = False,
 ) -> None:
-    """Broker, store, worker, consumer lag per partition, DLQ size and counter staleness.
+    """Broker, store, worker, lag per partition, DLQ size and counter staleness.
 
     Exits 1 when anything is down, behind by more than --max-lag or staler than
     --max-staleness."""
@@ -287,8 +287,9 @@ def reconcile(
     api_url: ApiUrl = None,
     as_json: AsJson = False,
 ) -> None:
-    """Compare, per org and day, the events on the broker, the rows in the store and the
-    counters; exits 1 and lists them when any differ."""
+    """Broker events, stored rows, rollups and counters compared per org and day.
+
+    Exits 1 and lists the differences when any remain after --settle seconds."""
     from tally.catalogue import load_prices
     from tally.domain.pricing import Pricer
     from tally.ops import reconcile as rc

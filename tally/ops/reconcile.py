@@ -153,7 +153,7 @@ def render(result: Result, start: date, end: date) -> str:
     ]
     if not result.differences:
         orgs = len({org for org, _ in result.stored} | {org for org, _ in scan.figures})
-        out.append(f"CLEAN: {orgs} orgs, no difference")
+        out.append(f"CLEAN: no difference ({orgs} org{'' if orgs == 1 else 's'} checked)")
         return "\n".join(out)
     out.append(f"{len(result.differences)} DIFFERENCES")
     out.append(
