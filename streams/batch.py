@@ -7,6 +7,7 @@ A batch that fails to store can therefore be retried as it is.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -73,6 +74,9 @@ class PartitionState:
 
     partition: int
     next_offset: int = 0
+    # (offset, CRC-32) of the message before next_offset, to be read again and compared on
+    # resume: a mismatch means the broker's log is not the one the mark was taken on.
+    check: tuple[int, int] | None = None
     counters: dict[CounterKey, int] = field(default_factory=dict)
     sessions: dict[tuple[str, str], int] = field(default_factory=dict)
     seen: dict[str, float] = field(default_factory=dict)
@@ -98,6 +102,7 @@ class PartitionState:
 class BatchResult:
     partition: int
     last_offset: int
+    last_crc: int = 0  # CRC-32 of the value at last_offset
     rows: list[list[object]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     deltas: dict[CounterKey, int] = field(default_factory=dict)
@@ -123,6 +128,7 @@ def process(
     batch_ids: set[str] = set(pending.event_ids) if pending else set()
     for record in records:
         result.last_offset = record.offset
+        result.last_crc = zlib.crc32(record.value or b"")
         try:
             if record.value is None:
                 raise InvalidEvent("message has no value")

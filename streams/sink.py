@@ -31,14 +31,15 @@ class ClickHouseSink:
         self.dedup_window_s = dedup_window_s
         self.failures = 0
 
-    async def write(self, rows: list[list[object]], marks: dict[int, int]) -> None:
-        """Store rows, then the next offset per partition; retry until both are stored."""
+    async def write(self, rows: list[list[object]], marks: dict[int, tuple[int, int]]) -> None:
+        """Store rows, then per partition the next offset and the CRC-32 of the message
+        before it; retry until both are stored."""
         if not rows and not marks:
             return
         now = datetime.now(UTC)
-        offset_rows = [[self.log_epoch, p, nxt, now] for p, nxt in marks.items()]
+        offset_rows = [[self.log_epoch, p, nxt, crc, now] for p, (nxt, crc) in marks.items()]
         # The same batch retried carries the same token, and ClickHouse stores it once.
-        marks_text = ",".join(f"{p}:{n}" for p, n in sorted(marks.items()))
+        marks_text = ",".join(f"{p}:{n}" for p, (n, _) in sorted(marks.items()))
         token = f"{self.log_epoch}|{marks_text}"
         delay = 0.1
         while True:
@@ -53,7 +54,9 @@ class ClickHouseSink:
                     },
                 )
                 await self.store.insert(
-                    "offsets", offset_rows, ("log_epoch", "partition", "next_offset", "at")
+                    "offsets",
+                    offset_rows,
+                    ("log_epoch", "partition", "next_offset", "last_crc", "at"),
                 )
                 return
             except Exception as exc:  # the store is down or refused: wait, never skip
@@ -90,8 +93,17 @@ class ClickHouseSink:
         """Rebuild one partition's state from what is stored (repairing its rollups first)."""
         await self.repair(partition)
         state = PartitionState(partition)
-        marks = await self.store.query(*q.watermark(self.log_epoch, partition))
-        state.next_offset = max((int(n) for n, seen in marks if seen), default=0)
+        marks = [
+            (int(n), int(crc))
+            for n, crc, seen in await self.store.query(*q.watermark(self.log_epoch, partition))
+            if seen
+        ]
+        if marks:
+            # The furthest mark; its check only when the offsets row (listed first) has it.
+            state.next_offset = max(n for n, _ in marks)
+            crc = next((c for n, c in marks if n == state.next_offset and c), 0)
+            if state.next_offset and crc:
+                state.check = (state.next_offset - 1, crc)
         since = datetime.now(UTC).date() - timedelta(days=COUNTER_HISTORY_DAYS)
         for org, line_item, day, billable, cost, unpriced, upstream in await self.store.query(
             *q.daily_counters(partition, since)

@@ -14,13 +14,14 @@ Query = tuple[str, dict[str, Any]]
 def watermark(log_epoch: str, partition: int) -> Query:
     """Candidates for the next offset to read: from the offsets rows and from the events.
 
-    Each row is `(next_offset, rows_seen)`; a candidate with no rows behind it is no mark.
+    Each row is `(next_offset, crc, rows_seen)`; a candidate with no rows behind it is no
+    mark; `crc` (offsets rows only) is the CRC-32 of the message before the mark.
     """
     sql = (
-        "SELECT max(next_offset), count() FROM offsets"
+        "SELECT max(next_offset), argMax(last_crc, next_offset), count() FROM offsets"
         " WHERE log_epoch = {epoch:String} AND partition = {p:UInt16}"
         " UNION ALL"
-        " SELECT max(offset) + 1, count() FROM events"
+        " SELECT max(offset) + 1, toUInt32(0), count() FROM events"
         " WHERE log_epoch = {epoch:String} AND partition = {p:UInt16}"
     )
     return sql, {"epoch": log_epoch, "p": partition}
