@@ -7,8 +7,18 @@ from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI
 
-from api import errors
-from api.routes import admin, credits, dashboard, health, quota, usage
+from api import errors, openapi
+from api.routes import (
+    admin,
+    admission,
+    credits,
+    dashboard,
+    health,
+    plans,
+    quota,
+    subscriptions,
+    usage,
+)
 from api.state import Services
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -29,4 +39,8 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
     app.include_router(usage.router)
     app.include_router(credits.router)
     app.include_router(dashboard.router)
+    app.include_router(admission.router)
+    app.include_router(plans.router)
+    app.include_router(subscriptions.router)
+    openapi.install(app)
     return app

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from api.counter_table import CounterTable
 from api.registry import Registry
+from api.reservations import SessionReservations
 from schemas.plans import Catalogue
 from tally.config import Settings
 from tally.store import Store
@@ -22,3 +23,7 @@ class Services:
     plans: Catalogue
     checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
     topup_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # credit top-ups, one at a time
+    sessions: SessionReservations = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sessions = SessionReservations(self.settings.session_reservation_ttl_s)
