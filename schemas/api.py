@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -50,7 +50,9 @@ class OrgCreate(BaseModel):
 
     org_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
     plan: str = "free"
-    signup_date: date
+    signup_date: date = Field(
+        ge=date(1970, 1, 1), le=date(2149, 6, 6), description="Free-plan windows start on its day."
+    )
 
 
 class OrgOut(BaseModel):
@@ -280,7 +282,12 @@ class StatusChange(BaseModel):
     )
 
     status: Status
-    trial_ends_at: AwareDatetime | None = Field(None, description="Required for `trial`.")
+    trial_ends_at: AwareDatetime | None = Field(
+        None,
+        ge=datetime(1970, 1, 1, tzinfo=UTC),
+        lt=datetime(2200, 1, 1, tzinfo=UTC),
+        description="Required for `trial`.",
+    )
 
 
 class ChangeOut(BaseModel):

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Limit = int | None
+MAX = 10**18  # far beyond any allowance; keeps every figure a signed 64-bit integer
 
 # The allowances an Enterprise (custom) plan may override per org.
 OVERRIDABLE = (
@@ -47,20 +48,23 @@ class _Allowances(BaseModel):
     """The figures a plan sets; shared by plans and per-org overrides."""
 
     tokens_per_period: Limit = Field(
-        None, ge=0, description="LLM tokens per billing period (input + output, live keys)."
+        None, ge=0, le=MAX, description="LLM tokens per billing period (input + output, live keys)."
     )
-    concurrent_sessions: Limit = Field(None, ge=0, description="Sessions running at once.")
+    concurrent_sessions: Limit = Field(None, ge=0, le=MAX, description="Sessions running at once.")
     tool_calls_per_month: Limit = Field(
-        None, ge=0, description="Successful live tool calls per billing period."
+        None, ge=0, le=MAX, description="Successful live tool calls per billing period."
     )
     requests_per_month: Limit = Field(
-        None, ge=0, description="Live gateway requests per billing period."
+        None, ge=0, le=MAX, description="Live gateway requests per billing period."
     )
-    requests_per_minute: Limit = Field(None, ge=0, description="Burst: requests per UTC minute.")
-    requests_per_day: Limit = Field(None, ge=0, description="Burst: requests per UTC day.")
+    requests_per_minute: Limit = Field(
+        None, ge=0, le=MAX, description="Burst: requests per UTC minute."
+    )
+    requests_per_day: Limit = Field(None, ge=0, le=MAX, description="Burst: requests per UTC day.")
     upstream_cost_micros_per_month: Limit = Field(
         None,
         ge=0,
+        le=MAX,
         description="Fair-use budget for managed-mode upstream cost per period; BYOK is exempt.",
     )
     managed_models: list[str] | None = Field(
@@ -70,13 +74,17 @@ class _Allowances(BaseModel):
         False, description="Bring-your-own-key is offered; it lifts the whitelist and the budget."
     )
     api_keys: Limit = Field(
-        None, ge=0, description="Active API keys per mode (live keys and test keys each)."
+        None, ge=0, le=MAX, description="Active API keys per mode (live keys and test keys each)."
     )
-    log_retention_days: Limit = Field(None, ge=1, description="Days request logs are kept.")
-    cache_ttl_hours: Limit = Field(None, ge=0, description="Response cache time-to-live.")
-    semantic_vector_pool: Limit = Field(None, ge=0, description="Vectors in the semantic cache.")
-    workspaces: Limit = Field(None, ge=0, description="Workspaces per org.")
-    included_credits_micros: int = Field(0, ge=0, description="Credits included each period.")
+    log_retention_days: Limit = Field(None, ge=1, le=MAX, description="Days request logs are kept.")
+    cache_ttl_hours: Limit = Field(None, ge=0, le=MAX, description="Response cache time-to-live.")
+    semantic_vector_pool: Limit = Field(
+        None, ge=0, le=MAX, description="Vectors in the semantic cache."
+    )
+    workspaces: Limit = Field(None, ge=0, le=MAX, description="Workspaces per org.")
+    included_credits_micros: int = Field(
+        0, ge=0, le=MAX, description="Credits included each period."
+    )
 
     @field_validator("managed_models")
     @classmethod
@@ -121,7 +129,10 @@ class Plan(_Allowances):
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
     display_name: str = Field(min_length=1)
     price_micros_per_month: int | None = Field(
-        None, ge=0, description="List price; null when not published (contract or pricing page)."
+        None,
+        ge=0,
+        le=MAX,
+        description="List price; null when not published (contract or pricing page).",
     )
     rank: int = Field(ge=0, description="Orders plans: a higher rank is an upgrade.")
     anchor: Literal["signup", "billing_date"] = Field(

@@ -10,13 +10,13 @@ from api.openapi import errors
 from api.registry import ApiKey, Conflict
 from api.state import Services
 from api.subscriptions import account, now_ms
-from schemas.api import ErrorBody, KeyCreate, KeyCreated, KeyList, KeyOut, OrgCreate, OrgOut
+from schemas.api import KeyCreate, KeyCreated, KeyList, KeyOut, OrgCreate, OrgOut
 
 router = APIRouter(
     prefix="/api/v2/admin",
     tags=["admin"],
     dependencies=[Depends(require_admin)],
-    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}},
+    responses=errors("unauthorized", "forbidden"),
 )
 
 
@@ -24,7 +24,7 @@ router = APIRouter(
     "/orgs",
     status_code=201,
     response_model=OrgOut,
-    responses={409: {"model": ErrorBody}, 400: {"model": ErrorBody}},
+    responses=errors("conflict", "unknown_plan", "invalid_request"),
 )
 async def create_org(body: OrgCreate, svc: Services = Depends(services)) -> OrgOut:
     """Create an org on a plan; its free-plan windows start on `signup_date`'s day."""
@@ -61,7 +61,7 @@ def _key_out(k: ApiKey) -> KeyOut:
     "/orgs/{org_id}/keys",
     status_code=201,
     response_model=KeyCreated,
-    responses=errors("not_found", "plan_limit_error"),
+    responses=errors("not_found", "plan_limit_error", "forbidden"),
 )
 async def create_key(org_id: str, body: KeyCreate, svc: Services = Depends(services)) -> KeyCreated:
     """Issue an API key for an org. The key is in this response only; a hash is stored.

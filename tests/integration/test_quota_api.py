@@ -172,7 +172,7 @@ async def test_per_minute_burst_is_rate_limited_with_retry_after(
             await _sleep_until(continue_at)
             minute = continue_at.replace(second=0)
         await send(*(make_event("gateway.request", org_id=org) for _ in range(10)))
-        await eventually(lambda: _minute_used(client, key, minute, 10), timeout=20)
+        await eventually(lambda m=minute: _minute_used(client, key, m, 10), timeout=20)
         r = await check(client, key, meter="requests", model="gpt-4o-mini")
         if r.status_code == 200 and datetime.now(UTC) >= minute + timedelta(minutes=1):
             continue
