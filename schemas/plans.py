@@ -92,7 +92,27 @@ class _Allowances(BaseModel):
         return _models(v)
 
 
-class Plan(_Allowances):
+class _Identity(BaseModel):
+    """What names and orders a plan; listed first in its JSON."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    display_name: str = Field(min_length=1)
+    price_micros_per_month: int | None = Field(
+        None,
+        ge=0,
+        le=MAX,
+        description="List price; null when not published (contract or pricing page).",
+    )
+    rank: int = Field(ge=0, description="Orders plans: a higher rank is an upgrade.")
+    anchor: Literal["signup", "billing_date"] = Field(
+        description="Monthly windows start on the signup day or on the subscription billing date."
+    )
+    custom: bool = Field(False, description="Allowances are negotiated: per-org overrides apply.")
+
+
+class Plan(_Allowances, _Identity):
+    """One plan: who it is (name, price, rank, anchor), then its allowances."""
+
     model_config = ConfigDict(
         extra="forbid",
         frozen=True,
@@ -126,20 +146,7 @@ class Plan(_Allowances):
         },
     )
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
-    display_name: str = Field(min_length=1)
-    price_micros_per_month: int | None = Field(
-        None,
-        ge=0,
-        le=MAX,
-        description="List price; null when not published (contract or pricing page).",
-    )
-    rank: int = Field(ge=0, description="Orders plans: a higher rank is an upgrade.")
-    anchor: Literal["signup", "billing_date"] = Field(
-        description="Monthly windows start on the signup day or on the subscription billing date."
-    )
     features: list[str] = Field(default_factory=list, description="Included features, by name.")
-    custom: bool = Field(False, description="Allowances are negotiated: per-org overrides apply.")
 
     @property
     def free(self) -> bool:
