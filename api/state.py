@@ -23,7 +23,7 @@ class Services:
     plans: Catalogue
     checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
     topup_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # credit top-ups, one at a time
-    sessions: SessionReservations = field(init=False)
+    reservations: SessionReservations = field(init=False)
 
     def __post_init__(self) -> None:
-        self.sessions = SessionReservations(self.settings.session_reservation_ttl_s)
+        self.reservations = SessionReservations(self.settings.session_reservation_ttl_s)

@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from pydantic import ValidationError
 
 from schemas.plans import Catalogue, Plan, PlanOverrides, apply_overrides
 from tally.domain.subscriptions import Change, Subscription, initial, state_at
@@ -57,6 +58,7 @@ class Accounts:
         self.default_models: dict[str, str | None] = {}
         self._seq = 0
         self._lock: asyncio.Lock | None = None
+        self._effective: dict[str, tuple[Plan, PlanOverrides, Plan]] = {}
 
     @property
     def lock(self) -> asyncio.Lock:
@@ -98,6 +100,21 @@ class Accounts:
         self.overrides = {r[0]: PlanOverrides.model_validate_json(r[1]) for r in overrides}
         self.default_models = {r[0]: r[1] for r in models}
         self._seq = max([self._seq, *(r[2] for r in overrides), *(r[2] for r in models)])
+
+    def effective(self, org_id: str, plan: Plan, overrides: PlanOverrides | None) -> Plan:
+        """`plan` with the org's overrides applied, computed once per plan and overrides."""
+        if overrides is None:
+            return plan
+        cached = self._effective.get(org_id)
+        if cached is not None and cached[0] is plan and cached[1] is overrides:
+            return cached[2]
+        try:
+            result = apply_overrides(plan, overrides)
+        except ValidationError as exc:  # the catalogue changed under stored overrides
+            log.warning("overrides of %r do not fit plan %r, ignored: %s", org_id, plan.name, exc)
+            result = plan
+        self._effective[org_id] = (plan, overrides, result)
+        return result
 
     def subscription(self, org: Org, now: datetime) -> Subscription:
         start = initial(org.plan, org.signup_date)
@@ -180,7 +197,7 @@ def account(registry: Registry, catalogue: Catalogue, org_id: str, now: datetime
     return Account(
         org=org,
         subscription=sub,
-        plan=apply_overrides(base, overrides),
+        plan=accounts.effective(org_id, base, overrides),
         window=sub.window(now),
         default_model=accounts.default_models.get(org_id),
         overridden=tuple(overrides.updates()) if overrides else (),

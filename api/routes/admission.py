@@ -59,7 +59,7 @@ async def check(
     acct = account(svc.registry, svc.plans, org_id, now)
     used = figures.used(svc.counters, org_id, acct.window, now)
     live_sessions = body.meter == "sessions" and key.mode == "live" and used.sessions is not None
-    reserved = svc.sessions.held(org_id, used.sessions or 0) if live_sessions else 0
+    reserved = svc.reservations.held(org_id, used.sessions or 0) if live_sessions else 0
     ask = Ask(
         body.meter, body.amount, body.model, body.mode, "test" if key.mode == "test" else "live"
     )
@@ -74,7 +74,7 @@ async def check(
             headers["Retry-After"] = str(d.retry_after)
         raise ApiError(d.status, d.code, d.message, headers)
     if live_sessions:
-        svc.sessions.reserve(org_id, body.amount, used.sessions or 0)
+        svc.reservations.reserve(org_id, body.amount, used.sessions or 0)
     response.headers.update(headers)
     return CheckAllowed(
         allowed=True,

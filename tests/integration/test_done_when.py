@@ -54,6 +54,11 @@ async def test_free_org_as_a_new_user_sees_it(client, new_org: OrgFactory, send:
     assert "upgrade" in r.json()["error"]["message"]
     tool_calls = (await quota(client, key))["meters"]["tool_calls"]
     assert (tool_calls["used"], tool_calls["remaining"]) == (1000, 0)
+    # A runtime that made the 1,001st call anyway: counted, and still refused.
+    await send(make_event("tool.call", org_id=org))
+    await eventually(lambda: _tool_calls_used(client, key, 1001))
+    r = await check(client, key, meter="tool_calls")
+    assert r.json()["error"]["code"] == "billing_limit_reached"
 
     # The 4th concurrent session gets 429.
     await send(*(make_event("session.started", org_id=org, session_id=f"s{i}") for i in range(3)))
