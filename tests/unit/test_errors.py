@@ -19,5 +19,11 @@ async def test_unexpected_errors_keep_the_error_shape():
         assert r.json()["error"]["code"] == "internal_error"
         r = await c.get("/no/such/path")
         assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
+        r = await c.put(
+            "/api/v2/workspace",
+            content=b"\xff\xfe{",
+            headers={"content-type": "application/json", "authorization": "Bearer x"},
+        )
+        assert (r.status_code, r.json()["error"]["code"]) == (422, "invalid_request")
         r = await c.delete("/api/v2/plans")
         assert (r.status_code, r.json()["error"]["code"]) == (405, "method_not_allowed")
