@@ -114,6 +114,34 @@ def fresh(model: type, description: str = "Successful read") -> dict[int | str, 
     return {200: {"model": model, "description": description, "headers": FRESHNESS}}
 
 
+# The code an error response of each status most likely carries, for routes that document
+# an error without an example of their own.
+_DEFAULT_CODES = {
+    400: "invalid_parameter",
+    401: "unauthorized",
+    402: "payment_required",
+    403: "forbidden",
+    404: "not_found",
+    409: "conflict",
+    422: "invalid_request",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+def _fill_error_examples(op: dict[str, Any]) -> None:
+    for status, response in op.get("responses", {}).items():
+        if not status.isdigit() or int(status) < 400 or status == "422":
+            continue
+        content = response.get("content", {}).get("application/json")
+        if content is None or content.get("examples") or content.get("example"):
+            continue
+        code = _DEFAULT_CODES.get(int(status), "http_error")
+        message = response.get("description") or code
+        content["examples"] = {code: {"value": {"error": {"code": code, "message": message}}}}
+
+
 def install(app: FastAPI) -> None:
     """Document every validation failure with the one error shape."""
 
@@ -132,6 +160,7 @@ def install(app: FastAPI) -> None:
         ref = {"$ref": "#/components/schemas/ErrorBody"}
         for path in doc.get("paths", {}).values():
             for op in path.values():
+                _fill_error_examples(op)
                 invalid = op.get("responses", {}).get("422")
                 if invalid is None:
                     continue
