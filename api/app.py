@@ -13,6 +13,7 @@ from api.routes import (
     admission,
     credits,
     dashboard,
+    events,
     health,
     plans,
     quota,
@@ -39,6 +40,7 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
     app.include_router(usage.router)
     app.include_router(credits.router)
     app.include_router(dashboard.router)
+    app.include_router(events.router)
     app.include_router(admission.router)
     app.include_router(plans.router)
     app.include_router(subscriptions.router)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from api.counter_table import CounterTable
 from api.registry import Registry
@@ -12,6 +13,9 @@ from api.reservations import SessionReservations
 from schemas.plans import Catalogue
 from tally.config import Settings
 from tally.store import Store
+
+if TYPE_CHECKING:
+    from producers.emitter import Emitter
 
 
 @dataclass
@@ -23,6 +27,7 @@ class Services:
     plans: Catalogue
     checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
     topup_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # credit top-ups, one at a time
+    emitter: Emitter | None = None  # HTTP ingestion's way onto usage.events
     reservations: SessionReservations = field(init=False)
 
     def __post_init__(self) -> None:

@@ -388,3 +388,24 @@ class Workspace(BaseModel):
 
 class WorkspaceOut(Workspace):
     org_id: str
+
+
+class EventResult(BaseModel):
+    """What became of one event of an ingestion batch, by its position in the array."""
+
+    index: int
+    status: Literal["accepted", "rejected", "failed"] = Field(
+        description="accepted: durably queued for usage.events; rejected: invalid, do not "
+        "retry as is; failed: could not be queued now, retry later with the same event_id."
+    )
+    event_id: str | None = None
+    error: str | None = Field(default=None, description="`field: rule` for a rejected event.")
+
+
+class IngestResponse(BaseModel):
+    """Per-event results of `POST /api/v2/events`, in the order of the request."""
+
+    accepted: int
+    rejected: int
+    failed: int
+    results: list[EventResult]

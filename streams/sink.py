@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from streams.batch import ENDED, EVENT_COLUMNS, STARTED, PartitionState
 from tally.domain import counters
@@ -73,8 +73,22 @@ class ClickHouseSink:
         self.log_epoch = f"{self.base_epoch}.{uuid.uuid4().hex[:12]}"
         return self.log_epoch
 
+    async def repair(self, partition: int) -> list[date]:
+        """Rebuild the rollups of days where they disagree with the raw events."""
+        days = [row[0] for row in await self.store.query(*q.rollup_gaps(partition))]
+        if days:
+            log.warning(
+                "partition %d: rollups disagree with events on %s; rebuilding them",
+                partition,
+                [d.isoformat() for d in days],
+            )
+            for statement in q.repair_rollups(partition, days):
+                await self.store.command(*statement)
+        return days
+
     async def load(self, partition: int) -> PartitionState:
-        """Rebuild one partition's state from what is stored."""
+        """Rebuild one partition's state from what is stored (repairing its rollups first)."""
+        await self.repair(partition)
         state = PartitionState(partition)
         marks = await self.store.query(*q.watermark(self.log_epoch, partition))
         state.next_offset = max((int(n) for n, seen in marks if seen), default=0)

@@ -259,6 +259,15 @@ class Worker:
         started = time.perf_counter()
         for tp, result in results:
             changed = apply(self.states[tp.partition], result)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "partition %d applied through offset %d: %d rows, %d duplicates, changed %s",
+                    tp.partition,
+                    result.last_offset,
+                    len(result.rows),
+                    result.duplicates,
+                    {k: v for k, v in changed.items() if k[1] == "tokens"},
+                )
             await self._publish(changed)
             self.processed += len(result.rows)
             self.duplicates += result.duplicates

@@ -212,6 +212,81 @@ def bench(
     )
 
 
+schema_cli = typer.Typer(help="Print Tally's contracts.", no_args_is_help=True)
+cli.add_typer(schema_cli, name="schema")
+
+
+@schema_cli.command("events")
+def schema_events() -> None:
+    """The JSON Schema of a usage event (the wire format of usage.events)."""
+    import json
+
+    from schemas.events import event_json_schema
+
+    typer.echo(json.dumps(event_json_schema(), indent=2))
+
+
+@cli.command()
+def simulate(
+    orgs: Annotated[int, typer.Option(min=1, help="Orgs: sim-org-0001, sim-org-0002, ...")] = 5,
+    agents: Annotated[int, typer.Option(min=1, help="Agents per org.")] = 3,
+    rate: Annotated[float, typer.Option(min=0.1, help="Events per second.")] = 200.0,
+    duration: Annotated[float, typer.Option(min=0.1, help="Seconds to run.")] = 10.0,
+    bootstrap_servers: Bootstrap = None,
+    seed: Annotated[int | None, typer.Option(help="Seed, for a reproducible stream.")] = None,
+    spool_dir: Annotated[Path | None, typer.Option(help="Emitter spool directory.")] = None,
+) -> None:
+    """Realistic agent traffic into usage.events, with a progress bar and a summary."""
+    import random
+
+    from producers.simulate import run
+
+    settings = settings_from(bootstrap_servers=bootstrap_servers)
+    servers = settings.bootstrap_servers or f"127.0.0.1:{settings.broker_port}"
+    seed = random.randrange(1 << 30) if seed is None else seed
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    typer.echo(
+        f"simulating {orgs} orgs x {agents} agents, {rate:g} events/s for {duration:g}s "
+        f"into {servers} (seed {seed})",
+        err=True,
+    )
+    with _progress_bar() as progress:
+        summary = asyncio.run(
+            run(
+                servers,
+                orgs=orgs,
+                agents=agents,
+                rate=rate,
+                duration=duration,
+                seed=seed,
+                spool_dir=spool_dir or settings.data_dir / "spool" / "simulate",
+                progress=progress,
+            )
+        )
+    typer.echo("\n".join(summary.lines()))
+
+
+def _progress_bar() -> Any:
+    from contextlib import contextmanager
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    @contextmanager
+    def bar() -> Any:
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            transient=False,
+        ) as p:
+            task = p.add_task("events", total=None)
+            yield lambda done, total: p.update(task, completed=done, total=total)
+
+    return bar()
+
+
 def main() -> None:
     cli()
 

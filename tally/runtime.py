@@ -15,6 +15,7 @@ from typing import Any
 from api.counter_table import CounterTable
 from api.registry import Registry
 from api.state import Services
+from producers.emitter import Emitter
 from streams.sink import ClickHouseSink
 from streams.worker import Worker
 from tally.broker import EmbeddedBroker
@@ -73,6 +74,7 @@ class Tally:
             counters = CounterTable(s.bootstrap_servers)
             await counters.start()
             self.services = Services(s, self.store, registry, counters, plans)
+            self.services.emitter = await self._start_emitter()
             if self.worker is not None:
                 worker = self.worker
 
@@ -81,6 +83,15 @@ class Tally:
 
                 self.services.checks["worker"] = worker_ready
         log.info("tally started: broker %s, store %s", s.bootstrap_servers, s.store_url)
+
+    async def _start_emitter(self) -> Emitter:
+        """The emitter HTTP ingestion hands accepted events to (spool in the data dir)."""
+        assert self.settings.bootstrap_servers is not None
+        emitter = Emitter(
+            self.settings.bootstrap_servers, spool_dir=self.settings.data_dir / "spool" / "api"
+        )
+        await emitter.start()
+        return emitter
 
     async def start_worker(self) -> None:
         """Start the worker under its faust app (after `start()`)."""
@@ -98,6 +109,8 @@ class Tally:
             await self.worker.stop()
         self.faust_app = None
         if self.services is not None:
+            if self.services.emitter is not None:
+                await self.services.emitter.close()
             await self.services.counters.stop()
         if self.store is not None:
             await self.store.stop()

@@ -75,3 +75,67 @@ def recent_event_ids(partition: int, since_epoch_s: int) -> Query:
         " ORDER BY at"
     )
     return sql, {"p": partition, "since": since_epoch_s}
+
+
+# The rollups' SELECTs, as the materialized views in migrations/002_rollups.sql define them;
+# the worker uses them to rebuild a partition's rollups from its raw events.
+_SUMS = (
+    "count() AS events, sum(quantity) AS quantity, sum(billable) AS billable,"
+    " sum(cost_micros) AS cost_micros, sum(1 - priced) AS unpriced,"
+    " sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,"
+    " sum(cached_input_tokens) AS cached_input_tokens"
+)
+DAILY_KEY = "org_id, toDate(ts) AS day, agent_id, line_item, item, key_mode, mode, partition"
+RUNS_KEY = "org_id, run_id, agent_id, line_item, item, key_mode, partition"
+
+
+def rollup_gaps(partition: int) -> Query:
+    """Days whose daily rollup disagrees with the raw events of a partition.
+
+    An insert is not atomic across a table and its materialized views: a process killed
+    in the middle can leave events without their rollup rows.
+    """
+    sql = (
+        "SELECT e.d FROM"
+        " (SELECT toDate(ts) AS d, count() AS n FROM events"
+        "  WHERE partition = {p:UInt16} GROUP BY d) AS e"
+        " LEFT JOIN"
+        " (SELECT day AS d, sum(events) AS n FROM usage_daily"
+        "  WHERE partition = {p:UInt16} GROUP BY d) AS r"
+        " USING d WHERE e.n != r.n ORDER BY e.d"
+    )
+    return sql, {"p": partition}
+
+
+def repair_rollups(partition: int, days: list[date]) -> list[Query]:
+    """Statements that rebuild a partition's rollups for `days` from its raw events."""
+    p = {"p": partition, "days": days}
+    runs = (
+        "SELECT DISTINCT run_id FROM events WHERE partition = {p:UInt16}"
+        " AND toDate(ts) IN {days:Array(Date)} AND run_id != ''"
+    )
+    return [
+        (
+            "ALTER TABLE usage_daily DELETE WHERE partition = {p:UInt16}"
+            " AND day IN {days:Array(Date)} SETTINGS mutations_sync = 2",
+            p,
+        ),
+        (
+            f"INSERT INTO usage_daily SELECT {DAILY_KEY}, {_SUMS} FROM events"
+            " WHERE partition = {p:UInt16} AND toDate(ts) IN {days:Array(Date)}"
+            f" GROUP BY {DAILY_KEY.replace('toDate(ts) AS day', 'day')}"
+            " SETTINGS insert_deduplicate = 0",
+            p,
+        ),
+        (
+            f"ALTER TABLE usage_runs DELETE WHERE partition = {{p:UInt16}} AND run_id IN ({runs})"
+            " SETTINGS mutations_sync = 2",
+            p,
+        ),
+        (
+            f"INSERT INTO usage_runs SELECT {RUNS_KEY}, min(ts) AS first_ts, max(ts) AS last_ts,"
+            f" {_SUMS} FROM events WHERE partition = {{p:UInt16}} AND run_id IN ({runs})"
+            f" GROUP BY {RUNS_KEY} SETTINGS insert_deduplicate = 0",
+            p,
+        ),
+    ]

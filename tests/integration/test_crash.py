@@ -224,23 +224,62 @@ async def test_sigkill_at_every_stage_keeps_counts_exact(tmp_path: Path):
             try:
                 await eventually(exact, timeout=120, interval=0.5)
             except AssertionError as exc:
+                topic = await last_published(broker.bootstrap_servers)
                 tally.stop()
                 lines = log.read_text().splitlines()
-                notes = "\n".join(x for x in lines if "WARN" in x or "stored" in x)
+                notes = "\n".join(
+                    x for x in lines if "WARN" in x or "stored" in x or "acquired" in x
+                )
                 stored = await stored_totals(tmp_path)
                 raise AssertionError(
-                    f"(used, expected) per org: {seen}\nstored: {stored}\nlog:\n{notes}"
+                    f"(used, expected) per org: {seen}\nstored: {stored}\n"
+                    f"last published: {topic}\nlog:\n{notes}"
                 ) from exc
         assert tally.stop() == 0
 
     stored = await stored_totals(tmp_path)
     for org in ORGS:
+        exact = {"rows": rows[org], "tokens": tokens[org], "cost": cost[org]}
         assert stored[org] == {
             "rows": rows[org],
             "distinct": rows[org],
             "tokens": tokens[org],
             "cost": cost[org],
+            "usage_daily": exact,
+            "usage_runs": exact,  # every workload event belongs to a run
         }, org
+
+
+async def last_published(bootstrap: str) -> dict:
+    """Diagnostics: the last token value per org per day on usage.counters."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from tally.domain.counters import decode_key
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    tps = [TopicPartition("usage.counters", p) for p in range(8)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    last: dict = {}
+    nxt = dict.fromkeys(range(8), 0)
+    redelivered = 0
+    for _ in range(30):
+        batch = await consumer.getmany(timeout_ms=300, max_records=100_000)
+        for tp, msgs in batch.items():
+            for m in msgs:
+                if m.offset < nxt[tp.partition]:
+                    redelivered += 1
+                    continue
+                nxt[tp.partition] = m.offset + 1
+                org, name, _ = decode_key(m.key)
+                if name == "tokens":
+                    last[org] = (orjson.loads(m.value)["v"], tp.partition, m.offset)
+    await consumer.stop()
+    last["redelivered"] = redelivered
+    return last
 
 
 async def stored_totals(tmp_path: Path) -> dict:
@@ -263,6 +302,11 @@ for org, n, d, t, cost in c.query(
     "SELECT org_id, count(), uniqExact(event_id), sumIf(billable, line_item = 'llm'),"
     " sum(cost_micros) FROM events GROUP BY org_id").result_rows:
     out[org] = {"rows": n, "distinct": d, "tokens": int(t), "cost": int(cost)}
+for table in ("usage_daily", "usage_runs"):
+    for org, n, t, cost in c.query(
+        "SELECT org_id, sum(events), sumIf(billable, line_item = 'llm'), sum(cost_micros)"
+        " FROM " + table + " GROUP BY org_id").result_rows:
+        out[org][table] = {"rows": int(n), "tokens": int(t), "cost": int(cost)}
 for p, n, lo, hi, epochs in c.query(
     "SELECT partition, count(), min(offset), max(offset), groupUniqArray(log_epoch)"
     " FROM events GROUP BY partition").result_rows:

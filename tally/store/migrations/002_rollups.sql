@@ -1,3 +1,5 @@
+-- Rollups carry the Kafka partition of their events, so that the worker can check and
+-- repair one partition's rollups against its raw events (tally/store/queries.py).
 -- Daily rollup by org, agent, line item and item (model, connector or storage kind).
 -- Rollups deduplicate retried insert blocks like the events table does, so that a retried
 -- insert that had in fact succeeded is counted once in both.
@@ -40,6 +42,7 @@ CREATE TABLE IF NOT EXISTS usage_runs (
     line_item LowCardinality(String),
     item LowCardinality(String),
     key_mode LowCardinality(String),
+    partition UInt16,
     first_ts SimpleAggregateFunction(min, DateTime64(3, 'UTC')),
     last_ts SimpleAggregateFunction(max, DateTime64(3, 'UTC')),
     events UInt64,
@@ -51,11 +54,11 @@ CREATE TABLE IF NOT EXISTS usage_runs (
     output_tokens UInt64,
     cached_input_tokens UInt64
 ) ENGINE = SummingMergeTree
-ORDER BY (org_id, run_id, agent_id, line_item, item, key_mode)
+ORDER BY (org_id, run_id, agent_id, line_item, item, key_mode, partition)
 SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS usage_runs_mv TO usage_runs AS
-SELECT org_id, run_id, agent_id, line_item, item, key_mode,
+SELECT org_id, run_id, agent_id, line_item, item, key_mode, partition,
        min(ts) AS first_ts, max(ts) AS last_ts,
        count() AS events, sum(quantity) AS quantity, sum(billable) AS billable,
        sum(cost_micros) AS cost_micros, sum(1 - priced) AS unpriced,
@@ -63,4 +66,4 @@ SELECT org_id, run_id, agent_id, line_item, item, key_mode,
        sum(cached_input_tokens) AS cached_input_tokens
 FROM events
 WHERE run_id != ''
-GROUP BY org_id, run_id, agent_id, line_item, item, key_mode;
+GROUP BY org_id, run_id, agent_id, line_item, item, key_mode, partition;

@@ -1,0 +1,157 @@
+"""HTTP ingestion for runtimes that cannot reach Kafka: `POST /api/v2/events`.
+
+The body is a JSON array of up to `MAX_EVENTS` events in the wire format (docs/events.md),
+at most `MAX_BODY_BYTES`. The org key decides the org and the mode: an event may leave out
+`org_id` and `key_mode` (they are taken from the key), but one that names another org, or
+the other mode, is rejected. Each event is validated on its own: good events go through
+even when others in the same batch are refused, and the answer lists every event's fate.
+Accepted events are handed to the API process's emitter and flushed (delivered to
+usage.events, or fsynced to its spool) before the answer, so "accepted" survives a crash.
+Status: 200 when every event was accepted, 207 when some were not.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from api.auth import current_key, services
+from api.errors import ApiError
+from api.registry import ApiKey
+from api.state import Services
+from producers.emitter import MAX_EVENT_BYTES
+from producers.spool import SpoolError
+from schemas.api import ErrorBody, EventResult, IngestResponse
+from schemas.events import InvalidEvent, validate_event
+
+MAX_EVENTS = 1000
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+router = APIRouter(
+    prefix="/api/v2",
+    tags=["events"],
+    responses={401: {"model": ErrorBody, "description": "Missing or unknown key"}},
+)
+
+_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "array",
+                    "maxItems": MAX_EVENTS,
+                    "items": {"type": "object", "description": "An event (docs/events.md)."},
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/events",
+    response_model=IngestResponse,
+    responses={
+        207: {"model": IngestResponse, "description": "Some events were not accepted"},
+        400: {"model": ErrorBody},
+        413: {"model": ErrorBody},
+        503: {"model": ErrorBody},
+    },
+    openapi_extra=_BODY_DOC,
+)
+async def ingest(
+    request: Request, key: ApiKey = Depends(current_key), svc: Services = Depends(services)
+) -> JSONResponse:
+    """Accept a batch of usage events for the key's org; answers per event."""
+    if svc.emitter is None:
+        raise ApiError(503, "unavailable", "event ingestion is not enabled in this process")
+    items = _parse(await _read_body(request))
+    results = [_admit(svc, key, i, item) for i, item in enumerate(items)]
+    if any(r.status == "accepted" for r in results):
+        try:
+            await svc.emitter.flush(timeout=svc.emitter.delivery_timeout_ms / 1000 + 5)
+        except TimeoutError:
+            raise ApiError(
+                503, "unavailable", "events could not be queued in time; retry the batch as is"
+            ) from None
+    body = IngestResponse(
+        accepted=sum(r.status == "accepted" for r in results),
+        rejected=sum(r.status == "rejected" for r in results),
+        failed=sum(r.status == "failed" for r in results),
+        results=results,
+    )
+    status = 200 if body.accepted == len(results) else 207
+    return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=status)
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large() -> ApiError:
+    return ApiError(
+        413, "payload_too_large", f"the body is over {MAX_BODY_BYTES} bytes; send smaller batches"
+    )
+
+
+def _parse(body: bytes) -> list[Any]:
+    try:
+        items = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        try:  # orjson refuses integers beyond 64 bits; let the contract refuse that event
+            items = json.loads(body)
+        except (ValueError, RecursionError):
+            raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(items, list):
+        raise ApiError(400, "invalid_request", "the body must be a JSON array of events")
+    if len(items) > MAX_EVENTS:
+        raise ApiError(
+            413,
+            "too_many_events",
+            f"{len(items)} events in one request; the limit is {MAX_EVENTS}: split the batch",
+        )
+    return items
+
+
+def _admit(svc: Services, key: ApiKey, index: int, item: Any) -> EventResult:
+    """Validate one event against the contract and the key, and queue it if good."""
+    assert svc.emitter is not None
+    if not isinstance(item, dict):
+        return EventResult(index=index, status="rejected", error="event: must be a JSON object")
+    item = {"org_id": key.org_id, "key_mode": key.mode, **item}
+    event_id = item.get("event_id") if isinstance(item.get("event_id"), str) else None
+    try:
+        if isinstance(item["org_id"], str) and item["org_id"] != key.org_id:
+            raise InvalidEvent(
+                f"org_id: this key belongs to org {key.org_id!r}; it cannot send events "
+                "for another org"
+            )
+        if item["key_mode"] in ("live", "test") and item["key_mode"] != key.mode:
+            raise InvalidEvent(
+                f"key_mode: this is a {key.mode} key, so its events must say "
+                f'key_mode "{key.mode}" (or leave key_mode out)'
+            )
+        event = validate_event(item)
+        if len(orjson.dumps(item)) > MAX_EVENT_BYTES:
+            raise InvalidEvent(f"event: must be at most {MAX_EVENT_BYTES} bytes of JSON")
+    except InvalidEvent as exc:
+        return EventResult(index=index, status="rejected", event_id=event_id, error=exc.reason)
+    try:
+        svc.emitter.emit_event(event)
+    except SpoolError as exc:
+        return EventResult(index=index, status="failed", event_id=event.event_id, error=str(exc))
+    return EventResult(index=index, status="accepted", event_id=event.event_id)
