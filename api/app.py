@@ -7,8 +7,19 @@ from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI
 
-from api import errors
-from api.routes import admin, credits, dashboard, events, health, quota, usage
+from api import errors, openapi
+from api.routes import (
+    admin,
+    admission,
+    credits,
+    dashboard,
+    events,
+    health,
+    plans,
+    quota,
+    subscriptions,
+    usage,
+)
 from api.state import Services
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -30,4 +41,8 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
     app.include_router(credits.router)
     app.include_router(dashboard.router)
     app.include_router(events.router)
+    app.include_router(admission.router)
+    app.include_router(plans.router)
+    app.include_router(subscriptions.router)
+    openapi.install(app)
     return app

@@ -42,6 +42,12 @@ class Settings(BaseSettings):
         description="Identity of the broker's log; offsets stored under another epoch are ignored.",
     )
     plans_file: Path | None = None
+    session_reservation_ttl_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="How long an admitted session check holds a slot before the counters show it.",
+    )
     prices_file: Path | None = None
     log_level: str = "INFO"
 
