@@ -14,6 +14,7 @@ from typing import Any
 
 from api.counter_table import CounterTable
 from api.registry import Registry
+from api.retention import RetentionSweeper
 from api.state import Services
 from producers.emitter import Emitter
 from streams.sink import ClickHouseSink
@@ -46,6 +47,7 @@ class Tally:
         self.faust_app: Any = None
         self._exit = AsyncExitStack()
         self.services: Services | None = None
+        self.retention: RetentionSweeper | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -75,6 +77,8 @@ class Tally:
             await counters.start()
             self.services = Services(s, self.store, registry, counters, plans)
             self.services.emitter = await self._start_emitter()
+            self.retention = RetentionSweeper(self.services, s.retention_interval_s)
+            await self.retention.start()
             if self.worker is not None:
                 worker = self.worker
 
@@ -108,6 +112,8 @@ class Tally:
         if self.faust_app is None and self.worker is not None:
             await self.worker.stop()
         self.faust_app = None
+        if self.retention is not None:
+            await self.retention.stop()
         if self.services is not None:
             if self.services.emitter is not None:
                 await self.services.emitter.close()
