@@ -43,7 +43,9 @@ class Store:
             if self.embedded:
                 from pathlib import Path
 
-                Path(self.url.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
+                # `chdb:///dir?database=name` opens another database of the same engine.
+                path = self.url.removeprefix("chdb://").split("?", 1)[0]
+                Path(path).mkdir(parents=True, exist_ok=True)
                 return clickhouse_connect.get_client(dsn=self.url)
             return clickhouse_connect.get_client(dsn=self.url, compress=False)
         except Exception as exc:
