@@ -21,7 +21,7 @@ from streams.worker import Worker
 from tally.broker import EmbeddedBroker
 from tally.catalogue import load_plans, load_prices
 from tally.config import Settings
-from tally.store import Store
+from tally.store import Store, redact
 from tally.topics import ensure_topics
 
 log = logging.getLogger("tally")
@@ -82,7 +82,7 @@ class Tally:
                     return worker.ready.is_set()
 
                 self.services.checks["worker"] = worker_ready
-        log.info("tally started: broker %s, store %s", s.bootstrap_servers, s.store_url)
+        log.info("tally started: broker %s, store %s", s.bootstrap_servers, redact(s.store_url))
 
     async def _start_emitter(self) -> Emitter:
         """The emitter HTTP ingestion hands accepted events to (spool in the data dir)."""
