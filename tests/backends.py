@@ -13,10 +13,12 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from tally.broker import EmbeddedBroker
 from tally.store import Store
 
 CLICKHOUSE_IMAGE = os.environ.get(
@@ -90,3 +92,29 @@ async def fresh_database(admin: Store, prefix: str) -> str:
 async def drop_database(admin: Store, url: str) -> None:
     name = url.rsplit("database=", 1)[-1] if url.startswith("chdb://") else urlsplit(url).path[1:]
     await admin.command(f"DROP DATABASE IF EXISTS {name}")
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A broker and a store for Tally processes to share, as the compose services do."""
+
+    bootstrap: str
+    admin_url: str  # the store's default database; tests work in a fresh one beside it
+    session_timeout_ms: int
+
+
+# The embedded parts always; Kafka and a ClickHouse server where Docker is.
+TOPOLOGIES = ["embedded", pytest.param("containers", marks=pytest.mark.docker)]
+
+
+@contextmanager
+def topology(kind: str, chdb_url: str) -> Iterator[Topology]:
+    """`embedded`: a broker of our own (its groups are ours alone) and the session's chDB
+    engine at `chdb_url`; `containers`: Kafka and a ClickHouse server in Docker."""
+    if kind == "embedded":
+        with EmbeddedBroker() as broker:
+            yield Topology(broker.bootstrap_servers, chdb_url, 3_000)
+    else:
+        # Kafka refuses session timeouts under its group.min.session.timeout.ms (6 s).
+        with clickhouse_container() as store_url, kafka_container() as bootstrap:
+            yield Topology(bootstrap, store_url, 6_000)

@@ -20,7 +20,6 @@ import random
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -32,7 +31,6 @@ from streams.batch import ENDED, SESSION_BITS, STARTED
 from streams.decode import decode
 from streams.sink import ClickHouseSink
 from streams.worker import Worker
-from tally.broker import EmbeddedBroker
 from tally.catalogue import load_prices
 from tally.config import EVENTS_TOPIC, Settings
 from tally.domain import counters
@@ -41,12 +39,7 @@ from tally.domain.pricing import Pricer
 from tally.domain.usage import measure
 from tally.store import Store
 from tally.topics import ensure_topics
-from tests.backends import (
-    clickhouse_container,
-    drop_database,
-    fresh_database,
-    kafka_container,
-)
+from tests.backends import TOPOLOGIES, Topology, drop_database, fresh_database, topology
 from tests.conftest import eventually
 from tests.factories import make_event, wire
 
@@ -57,24 +50,11 @@ ALL = set(range(PARTITIONS))
 BOOK = load_prices()
 
 
-@dataclass
-class Parts:
-    bootstrap: str
-    admin_url: str  # the store's default database; the test works in a fresh one beside it
-    session_timeout_ms: int
-
-
-@pytest.fixture(params=["embedded", pytest.param("containers", marks=pytest.mark.docker)])
-def parts(request: pytest.FixtureRequest) -> Iterator[Parts]:
-    if request.param == "embedded":
-        # A broker of our own (its group is ours alone) and the session's chDB engine.
-        store_url = request.getfixturevalue("stack").store.url
-        with EmbeddedBroker() as broker:
-            yield Parts(broker.bootstrap_servers, store_url, 3_000)
-    else:
-        # Kafka refuses session timeouts under its group.min.session.timeout.ms (6 s).
-        with clickhouse_container() as store_url, kafka_container() as bootstrap:
-            yield Parts(bootstrap, store_url, 6_000)
+@pytest.fixture(params=TOPOLOGIES)
+def parts(request: pytest.FixtureRequest) -> Iterator[Topology]:
+    chdb_url = request.getfixturevalue("stack").store.url if request.param == "embedded" else ""
+    with topology(request.param, chdb_url) as t:
+        yield t
 
 
 def orgs_covering_every_partition(per_partition: int) -> list[str]:
@@ -200,7 +180,7 @@ async def states_match_the_store(worker: Worker, store: Store) -> bool:
     return True
 
 
-async def test_partitions_move_between_workers_and_counters_stay_exact(parts: Parts):
+async def test_partitions_move_between_workers_and_counters_stay_exact(parts: Topology):
     orgs = orgs_covering_every_partition(per_partition=4)
     await ensure_topics(parts.bootstrap, PARTITIONS)
     admin = Store(parts.admin_url)
