@@ -20,6 +20,7 @@ import random
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -27,7 +28,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 from api.counter_table import CounterTable
-from streams.batch import ENDED, SESSION_BITS, STARTED
+from streams.batch import ENDED, SESSION_BITS, STARTED, Record, apply, process
 from streams.decode import decode
 from streams.sink import ClickHouseSink
 from streams.worker import Worker
@@ -276,3 +277,120 @@ async def until(predicate: Callable[[], bool], timeout: float) -> None:
         return predicate()
 
     await eventually(check, timeout=timeout)
+
+
+async def test_partitions_gained_while_the_store_is_down_are_counted_once_it_is_back(
+    parts: Topology,
+):
+    """A rebalance can come while ClickHouse is briefly unreachable (a restart, a deploy).
+    The worker then cannot rebuild the partitions it gains; once the store answers again,
+    every event on them must still be stored and counted."""
+    orgs = orgs_covering_every_partition(per_partition=2)
+    await ensure_topics(parts.bootstrap, PARTITIONS)
+    admin = Store(parts.admin_url)
+    await admin.start()
+    store_url = await fresh_database(admin, "outage")
+    settings = Settings(
+        bootstrap_servers=parts.bootstrap,
+        clickhouse_url=store_url,
+        group_id=f"outage-{uuid.uuid4().hex[:8]}",
+        log_epoch=f"outage-{uuid.uuid4().hex[:8]}",
+        session_timeout_ms=parts.session_timeout_ms,
+        batch_timeout_ms=20,
+    )
+    stores = [Store(store_url) for _ in range(3)]  # one per worker, one to check
+    for s in stores:
+        await s.start()
+    check = stores[2]
+    a, b = (
+        Worker(settings, ClickHouseSink(s, settings.log_epoch, settings.dedup_window_s), BOOK)
+        for s in stores[:2]
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=parts.bootstrap, acks="all")
+    await producer.start()
+    try:
+        await a.start()
+        await until(lambda: owned(a) == ALL == set(a.states), timeout=40)
+        await stores[0].stop()  # A's store becomes unreachable
+        await b.start()  # B joins: A gives up every partition and gains some back
+        await until(lambda: bool(owned(a)) and bool(owned(b)), timeout=40)
+        await until(lambda: set(b.states) == owned(b), timeout=20)
+        await stores[0].start()  # the store is back
+        sent = [make_event(org_id=org, input_tokens=10, output_tokens=1) for org in orgs]
+        for e in sent:
+            await producer.send(EVENTS_TOPIC, wire(e), key=e["org_id"].encode())
+        await producer.flush()
+
+        async def all_stored() -> list[tuple[Any, ...]]:
+            rows = await check.query(
+                "SELECT org_id, count() FROM events WHERE org_id IN {orgs:Array(String)}"
+                " GROUP BY org_id ORDER BY org_id",
+                {"orgs": orgs},
+            )
+            return rows if rows == [(org, 1) for org in sorted(orgs)] else []
+
+        try:
+            await eventually(all_stored, timeout=20)
+        except AssertionError:
+            missing = sorted(owned(a) - set(a.states))
+            raise AssertionError(
+                f"events on partitions {missing} were not stored: worker A owns "
+                f"{sorted(owned(a))} but holds state for {sorted(a.states)} only (its "
+                "rebuild failed while the store was down and was never retried)"
+            ) from None
+        assert set(a.states) == owned(a)
+    finally:
+        await producer.stop()
+        for w in (a, b):
+            await w.stop()
+        for s in stores:
+            await s.stop()
+        await drop_database(admin, store_url)
+        await admin.stop()
+
+
+async def test_a_broker_reset_seen_by_two_workers_is_read_once(stack):
+    """Kafka rebuilt empty while ClickHouse keeps its data: every worker finds its partitions'
+    logs behind the stored marks and reads the new log from its start under a new log epoch
+    (`Worker._log_reset`). With two workers, a partition that moves from one to the other
+    after that must go on from where the first left it, not be read again from offset 0.
+
+    No broker is needed to show it: each worker's sink does what `_log_reset` makes it do.
+    A stored the new log's events two days ago, beyond the one-day dedup window, as happens
+    once the rebuilt cluster has run for a while: a re-read counts them again."""
+    admin = Store(stack.store.url)
+    await admin.start()
+    store_url = await fresh_database(admin, "reset")
+    store = Store(store_url)
+    await store.start()
+    base, p, pricer = f"reset-{uuid.uuid4().hex[:8]}", 2, Pricer(BOOK)
+    org = f"reset-{uuid.uuid4().hex[:8]}"
+    log = [Record(i, wire(make_event(org_id=org))) for i in range(10)]  # the new log
+    try:
+        a, b = ClickHouseSink(store, base, 86_400), ClickHouseSink(store, base, 86_400)
+        a.new_epoch()  # worker A found its partitions reset
+        b.new_epoch()  # so did worker B, for its own partitions
+
+        state = await a.load(p)  # A owns p and reads the new log from its start
+        two_days_ago = datetime.now(UTC) - timedelta(days=2)
+        result = process(state, log, pricer, two_days_ago, a.log_epoch)
+        await a.write(result.rows, {p: result.last_offset + 1})
+        apply(state, result)
+
+        state = await b.load(p)  # a rebalance gives p to B, which goes on from its mark
+        todo = [r for r in log if r.offset >= state.next_offset]
+        result = process(state, todo, pricer, datetime.now(UTC), b.log_epoch)
+        await b.write(result.rows, {p: result.last_offset + 1})
+
+        rows = await store.query(
+            "SELECT count(), uniqExact(event_id) FROM events WHERE org_id = {o:String}", {"o": org}
+        )
+        assert rows == [(10, 10)], (
+            f"stored {rows[0][0]} rows for 10 events: worker B read partition {p} again "
+            f"from offset {state.next_offset} under its own epoch {b.log_epoch!r}, blind to "
+            f"the marks worker A stored under {a.log_epoch!r}"
+        )
+    finally:
+        await store.stop()
+        await drop_database(admin, store_url)
+        await admin.stop()
