@@ -247,7 +247,7 @@ async def test_partitions_move_between_workers_and_counters_stay_exact(parts: To
         async def stored_exactly() -> bool:
             got = await check.query(
                 "SELECT org_id, count(), uniqExact(event_id), sum(billable) FROM events"
-                " WHERE org_id IN {orgs:Array(String)} GROUP BY org_id",
+                " WHERE has({orgs:Array(String)}, org_id) GROUP BY org_id",
                 {"orgs": orgs},
             )
             return {r[0]: (r[1], r[2], r[3]) for r in got} == {
@@ -323,7 +323,7 @@ async def test_partitions_gained_while_the_store_is_down_are_counted_once_it_is_
 
         async def all_stored() -> list[tuple[Any, ...]]:
             rows = await check.query(
-                "SELECT org_id, count() FROM events WHERE org_id IN {orgs:Array(String)}"
+                "SELECT org_id, count() FROM events WHERE has({orgs:Array(String)}, org_id)"
                 " GROUP BY org_id ORDER BY org_id",
                 {"orgs": orgs},
             )

@@ -205,7 +205,7 @@ async def test_insert_and_query_with_bound_parameters(backend: Backend):
     found = await store.query(
         "SELECT event_id, ts, billable FROM events WHERE org_id = {o:String}"
         " AND toDate(ts) = {d:Date} AND partition IN ({p1:UInt16}, {p2:UInt32})"
-        " AND billable >= {min:Int64} AND event_id IN {ids:Array(String)} ORDER BY billable",
+        " AND billable >= {min:Int64} AND has({ids:Array(String)}, event_id) ORDER BY billable",
         {
             "o": org,
             "d": date(2026, 3, 14),
@@ -242,7 +242,7 @@ async def test_materialized_views_agree_with_the_events(backend: Backend):
     from_events = await backend.store.query(
         f"SELECT {daily_keys}, count(), sum(quantity), sum(billable), sum(cost_micros),"
         " sum(1 - priced), sum(input_tokens), sum(output_tokens), sum(cached_input_tokens)"
-        f" FROM events WHERE org_id IN {{orgs:Array(String)}} GROUP BY {daily_keys}"
+        f" FROM events WHERE has({{orgs:Array(String)}}, org_id) GROUP BY {daily_keys}"
         f" ORDER BY {daily_keys}",
         params,
     )
@@ -250,7 +250,7 @@ async def test_materialized_views_agree_with_the_events(backend: Backend):
     from_daily = await backend.store.query(
         f"SELECT {daily}, sum(events), sum(quantity), sum(billable), sum(cost_micros),"
         " sum(unpriced), sum(input_tokens), sum(output_tokens), sum(cached_input_tokens)"
-        f" FROM usage_daily WHERE org_id IN {{orgs:Array(String)}} GROUP BY {daily}"
+        f" FROM usage_daily WHERE has({{orgs:Array(String)}}, org_id) GROUP BY {daily}"
         f" ORDER BY {daily}",
         params,
     )
@@ -260,14 +260,14 @@ async def test_materialized_views_agree_with_the_events(backend: Backend):
     run_events = await backend.store.query(
         f"SELECT {runs}, min(ts), max(ts), count(), sum(quantity), sum(billable),"
         " sum(cost_micros), sum(1 - priced) FROM events"
-        f" WHERE org_id IN {{orgs:Array(String)}} AND run_id != '' GROUP BY {runs}"
+        f" WHERE has({{orgs:Array(String)}}, org_id) AND run_id != '' GROUP BY {runs}"
         f" ORDER BY {runs}",
         params,
     )
     run_rollup = await backend.store.query(
         f"SELECT {runs}, min(first_ts), max(last_ts), sum(events), sum(quantity),"
         f" sum(billable), sum(cost_micros), sum(unpriced) FROM usage_runs"
-        f" WHERE org_id IN {{orgs:Array(String)}} GROUP BY {runs} ORDER BY {runs}",
+        f" WHERE has({{orgs:Array(String)}}, org_id) GROUP BY {runs} ORDER BY {runs}",
         params,
     )
     assert len(run_events) > 10 and run_rollup == run_events
