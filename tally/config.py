@@ -41,9 +41,6 @@ class Settings(BaseSettings):
         "default",
         description="Identity of the broker's log; offsets stored under another epoch are ignored.",
     )
-    registry_refresh_s: float = Field(
-        5.0, ge=0.1, description="How often an API on a ClickHouse server reloads orgs and keys."
-    )
     plans_file: Path | None = None
     prices_file: Path | None = None
     log_level: str = "INFO"

@@ -7,8 +7,6 @@ ClickHouse server. Test fixtures use the same class.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
 from contextlib import AsyncExitStack
@@ -48,7 +46,6 @@ class Tally:
         self.faust_app: Any = None
         self._exit = AsyncExitStack()
         self.services: Services | None = None
-        self._refresher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -74,11 +71,6 @@ class Tally:
         if self.want_api:
             registry = Registry(self.store)
             await registry.refresh()
-            if not self.store.embedded or not self.want_worker:
-                # API replicas share the store: pick up the orgs and keys the others wrote.
-                self._refresher = asyncio.create_task(
-                    _refresh(registry, s.registry_refresh_s), name="tally-registry-refresh"
-                )
             counters = CounterTable(s.bootstrap_servers)
             await counters.start()
             self.services = Services(s, self.store, registry, counters, plans)
@@ -115,11 +107,6 @@ class Tally:
         await self._exit.enter_async_context(faust_app_running(self.faust_app, stop_timeout=30))
 
     async def stop(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
-            self._refresher = None
         await self._exit.aclose()
         if self.faust_app is None and self.worker is not None:
             await self.worker.stop()
@@ -132,13 +119,3 @@ class Tally:
             await self.store.stop()
         if self.broker is not None and self._own_broker:
             await self.broker.__aexit__()
-
-
-async def _refresh(registry: Registry, every_s: float) -> None:
-    """Reload orgs and keys from the store every `every_s` seconds, for as long as we run."""
-    while True:
-        await asyncio.sleep(every_s)
-        try:
-            await registry.refresh()
-        except Exception as exc:  # the store is down: keep serving what we know
-            log.warning("registry refresh failed (%s); retrying in %.1fs", exc, every_s)

@@ -1,11 +1,11 @@
-"""The compose topology end to end: two `tally worker`s and two `tally api`s, exactly.
+"""The compose topology end to end: two `tally worker`s and a `tally api`, exactly.
 
 Each part is a `Tally` built the way `tally worker` (worker only, under its faust host) and
 `tally api` (API only) build it, all sharing one broker and one store as the compose services
-share Kafka and ClickHouse. An org and its key are created through one API replica and used
-through the other; events flow while a worker leaves; both replicas must answer the exact
-quota. Backends: the embedded broker with a fresh chDB database (always), and Kafka with a
-ClickHouse server in Docker (marker `docker`; skips where Docker is missing).
+share Kafka and ClickHouse. Events flow while a worker leaves; the API, which counts nothing
+itself, must answer the exact quota from what the workers publish. Backends: the embedded
+broker with a fresh chDB database (always), and Kafka with a ClickHouse server in Docker
+(marker `docker`; skips where Docker is missing).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def parts(request: pytest.FixtureRequest) -> Iterator[Topology]:
 
 
 class Deployment:
-    """Two worker processes and two API replicas, as docker-compose.yml runs them."""
+    """Two worker processes and an API process, as docker-compose.yml runs them."""
 
     def __init__(self, settings: Settings, data_dir: Path) -> None:
         def part(name: str, worker: bool) -> Tally:
@@ -49,7 +49,7 @@ class Deployment:
             return Tally(s, worker=worker, api=not worker)
 
         self.workers = [part("worker-1", True), part("worker-2", True)]
-        self.apis = [part("api-1", False), part("api-2", False)]
+        self.apis = [part("api", False)]
         self.clients: list[httpx.AsyncClient] = []
         self._exit = AsyncExitStack()
 
@@ -108,7 +108,7 @@ async def send(producer: AIOKafkaProducer, events: list[dict[str, Any]]) -> None
     await producer.flush()
 
 
-async def test_two_workers_and_two_api_replicas_answer_the_exact_quota(
+async def test_two_workers_and_an_api_process_answer_the_exact_quota(
     parts: Topology, producer: AIOKafkaProducer, tmp_path: Path
 ):
     admin = Store(parts.admin_url)
@@ -124,7 +124,6 @@ async def test_two_workers_and_two_api_replicas_answer_the_exact_quota(
         log_epoch=f"topology-{run}",
         session_timeout_ms=parts.session_timeout_ms,
         batch_timeout_ms=20,
-        registry_refresh_s=0.5,
     )
     try:
         async with Deployment(settings, tmp_path) as d:
@@ -136,19 +135,8 @@ async def test_two_workers_and_two_api_replicas_answer_the_exact_quota(
 
             await eventually(split, timeout=60)
 
-            # Orgs and keys made on one replica work on the other once it has refreshed.
             org_a, key_a = await create_org(d.clients[0])
-            org_b, key_b = await create_org(d.clients[1])
-
-            async def known_everywhere() -> bool:
-                codes = [
-                    (await get(c, "/api/v2/quota/tokens", k)).status_code
-                    for c in d.clients
-                    for k in (key_a, key_b)
-                ]
-                return codes == [200] * 4
-
-            await eventually(known_everywhere, timeout=15)
+            org_b, key_b = await create_org(d.clients[0])
 
             sent: list[dict[str, Any]] = []
             for i in range(40):

@@ -183,7 +183,7 @@ def test_every_tally_process_gets_valid_settings_and_a_real_command(services):
         assert services[name]["command"][0] in commands
     api = Settings(api_host=services["api"]["environment"]["TALLY_API_HOST"])
     assert api.api_host == "0.0.0.0"
-    assert services["api"]["ports"] == ["8080-8081:8080"]
+    assert services["api"]["ports"] == ["8080:8080"]
 
 
 def dockerfile() -> list[tuple[str, str]]:
