@@ -330,7 +330,7 @@ async def test_partitions_gained_while_the_store_is_down_are_counted_once_it_is_
             return rows if rows == [(org, 1) for org in sorted(orgs)] else []
 
         try:
-            await eventually(all_stored, timeout=20)
+            await eventually(all_stored, timeout=12)
         except AssertionError:
             missing = sorted(owned(a) - set(a.states))
             raise AssertionError(
