@@ -22,7 +22,7 @@ from streams.worker import Worker
 from tally.broker import EmbeddedBroker
 from tally.catalogue import load_plans, load_prices
 from tally.config import Settings
-from tally.store import Store
+from tally.store import Store, redact
 from tally.topics import ensure_topics
 
 log = logging.getLogger("tally")
@@ -86,7 +86,7 @@ class Tally:
                     return worker.ready.is_set()
 
                 self.services.checks["worker"] = worker_ready
-        log.info("tally started: broker %s, store %s", s.bootstrap_servers, s.store_url)
+        log.info("tally started: broker %s, store %s", s.bootstrap_servers, redact(s.store_url))
 
     async def _start_emitter(self) -> Emitter:
         """The emitter HTTP ingestion hands accepted events to (spool in the data dir)."""
@@ -104,6 +104,9 @@ class Tally:
         from streams.app import create_faust_app
 
         assert self.worker is not None
+        # Faust keeps its files in the data directory; with a ClickHouse server nothing else
+        # has created it.
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.faust_app = create_faust_app(self.settings, self.worker)
         await self._exit.enter_async_context(faust_app_running(self.faust_app, stop_timeout=30))
 
