@@ -27,20 +27,19 @@ MINUTE_HISTORY_S = 3_600
 class ClickHouseSink:
     def __init__(self, store: Store, log_epoch: str, dedup_window_s: int) -> None:
         self.store = store
-        self.base_epoch = self.log_epoch = log_epoch
+        self.base_epoch = log_epoch
         self.dedup_window_s = dedup_window_s
         self.failures = 0
 
-    async def write(self, rows: list[list[object]], marks: dict[int, tuple[int, int]]) -> None:
+    async def write(self, rows: list[list[object]], marks: dict[int, tuple[str, int, int]]) -> None:
         """Store rows, then per partition the next offset and the CRC-32 of the message
         before it; retry until both are stored."""
         if not rows and not marks:
             return
         now = datetime.now(UTC)
-        offset_rows = [[self.log_epoch, p, nxt, crc, now] for p, (nxt, crc) in marks.items()]
+        offset_rows = [[e, p, nxt, crc, now] for p, (e, nxt, crc) in marks.items()]
         # The same batch retried carries the same token, and ClickHouse stores it once.
-        marks_text = ",".join(f"{p}:{n}" for p, (n, _) in sorted(marks.items()))
-        token = f"{self.log_epoch}|{marks_text}"
+        token = ",".join(f"{e}|{p}:{n}" for p, (e, n, _) in sorted(marks.items()))
         delay = 0.1
         while True:
             try:
@@ -65,16 +64,9 @@ class ClickHouseSink:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def resume_epoch(self) -> str:
-        """Continue the most recent epoch of our base (a reset may have started a new one)."""
-        rows = await self.store.query(*q.latest_epoch(self.base_epoch))
-        if rows and rows[0][0]:
-            self.log_epoch = rows[0][0]
-        return self.log_epoch
-
     def new_epoch(self) -> str:
-        self.log_epoch = f"{self.base_epoch}.{uuid.uuid4().hex[:12]}"
-        return self.log_epoch
+        """A fresh epoch, for a broker log that is not the one the stored marks belong to."""
+        return f"{self.base_epoch}.{uuid.uuid4().hex[:12]}"
 
     async def repair(self, partition: int) -> list[date]:
         """Rebuild the rollups of days where they disagree with the raw events."""
@@ -92,10 +84,12 @@ class ClickHouseSink:
     async def load(self, partition: int) -> PartitionState:
         """Rebuild one partition's state from what is stored (repairing its rollups first)."""
         await self.repair(partition)
-        state = PartitionState(partition)
+        rows = await self.store.query(*q.latest_epoch(self.base_epoch, partition))
+        epoch = rows[0][0] if rows and rows[0][0] else self.base_epoch
+        state = PartitionState(partition, epoch=epoch)
         marks = [
             (int(n), int(crc))
-            for n, crc, seen in await self.store.query(*q.watermark(self.log_epoch, partition))
+            for n, crc, seen in await self.store.query(*q.watermark(epoch, partition))
             if seen
         ]
         if marks:

@@ -129,10 +129,8 @@ class Worker:
         async with self._lock:
             assert self._consumer is not None
             await self._complete()
-            if not self.states and not self.ready.is_set():
-                await self.sink.resume_epoch()
             for tp in sorted(assigned):
-                state = await self.sink.load(tp.partition)
+                state = await self._load(tp.partition)
                 self.states[tp.partition] = state
                 # Read the message before the mark again, to check it is the same log.
                 self._consumer.seek(tp, state.check[0] if state.check else state.next_offset)
@@ -145,6 +143,23 @@ class Worker:
                 )
             await self._flush_producer()
             self.ready.set()
+
+    async def _load(self, partition: int) -> PartitionState:
+        """Load a gained partition's state, waiting out a store outage: a partition must
+        never be owned without its state."""
+        delay = 0.1
+        while True:
+            try:
+                return await self.sink.load(partition)
+            except Exception as exc:
+                log.warning(
+                    "partition %d: cannot load its state (%s); retrying in %.1fs",
+                    partition,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _log_reset(self, tp: TopicPartition, found: int, mark: int) -> None:
         """The broker's log ends before the stored mark: it is a new log, read it from its start.
@@ -164,6 +179,7 @@ class Worker:
         )
         for partition, state in self.states.items():
             state.next_offset = 0
+            state.epoch = epoch
             state.check = None
             self._consumer.seek(TopicPartition(tp.topic, partition), 0)
             await self._publish(state.counters)  # the new broker's counters topic is empty
@@ -260,7 +276,7 @@ class Worker:
             # A fetch may start at the first offset of the record batch holding our mark.
             records = [Record(m.offset, m.value) for m in msgs if m.offset >= first]
             if records:
-                result = process(state, records, self.pricer, now, self.sink.log_epoch, before)
+                result = process(state, records, self.pricer, now, state.epoch, before)
                 results.append((tp, result))
         self._time("process", started)
         return results
@@ -272,7 +288,7 @@ class Worker:
         rows = [row for _, r in results for row in r.rows]
         failpoints.hit("worker.before_insert")
         await self.sink.write(
-            rows, {tp.partition: (r.last_offset + 1, r.last_crc) for tp, r in results}
+            rows, {tp.partition: (r.epoch, r.last_offset + 1, r.last_crc) for tp, r in results}
         )
         failpoints.hit("worker.after_insert")
         self._time("store", started)

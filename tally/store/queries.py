@@ -27,14 +27,15 @@ def watermark(log_epoch: str, partition: int) -> Query:
     return sql, {"epoch": log_epoch, "p": partition}
 
 
-def latest_epoch(base: str) -> Query:
-    """The most recently written epoch that is `base` or a reset of it (`base.<id>`)."""
+def latest_epoch(base: str, partition: int) -> Query:
+    """A partition's most recently written epoch that is `base` or a reset of it
+    (`base.<id>`): whichever worker wrote it, the next owner continues it."""
     sql = (
-        "SELECT argMax(log_epoch, at) FROM offsets"
-        " WHERE log_epoch = {base:String} OR startsWith(log_epoch, {prefix:String})"
+        "SELECT argMax(log_epoch, at) FROM offsets WHERE partition = {p:UInt16}"
+        " AND (log_epoch = {base:String} OR startsWith(log_epoch, {prefix:String}))"
         " HAVING count() > 0"
     )
-    return sql, {"base": base, "prefix": base + "."}
+    return sql, {"base": base, "prefix": base + ".", "p": partition}
 
 
 def daily_counters(partition: int, since: date) -> Query:

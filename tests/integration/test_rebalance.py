@@ -167,7 +167,7 @@ def owned(worker: Worker) -> set[int]:
 
 async def states_match_the_store(worker: Worker, store: Store) -> bool:
     """Each owned partition's live state is what the store rebuilds for it."""
-    sink = ClickHouseSink(store, worker.sink.log_epoch, worker.settings.dedup_window_s)
+    sink = ClickHouseSink(store, worker.sink.base_epoch, worker.settings.dedup_window_s)
     for partition, state in list(worker.states.items()):
         loaded = await sink.load(partition)
         live = {k: v for k, v in state.counters.items() if v}
@@ -368,27 +368,28 @@ async def test_a_broker_reset_seen_by_two_workers_is_read_once(stack):
     log = [Record(i, wire(make_event(org_id=org))) for i in range(10)]  # the new log
     try:
         a, b = ClickHouseSink(store, base, 86_400), ClickHouseSink(store, base, 86_400)
-        a.new_epoch()  # worker A found its partitions reset
-        b.new_epoch()  # so did worker B, for its own partitions
+        epoch_a = a.new_epoch()  # worker A found its partitions reset
+        epoch_b = b.new_epoch()  # so did worker B, for its own partitions
 
         state = await a.load(p)  # A owns p and reads the new log from its start
+        state.epoch, state.next_offset = epoch_a, 0  # what `_log_reset` does
         two_days_ago = datetime.now(UTC) - timedelta(days=2)
-        result = process(state, log, pricer, two_days_ago, a.log_epoch)
-        await a.write(result.rows, {p: result.last_offset + 1})
+        result = process(state, log, pricer, two_days_ago, state.epoch)
+        await a.write(result.rows, {p: (result.epoch, result.last_offset + 1, result.last_crc)})
         apply(state, result)
 
         state = await b.load(p)  # a rebalance gives p to B, which goes on from its mark
         todo = [r for r in log if r.offset >= state.next_offset]
-        result = process(state, todo, pricer, datetime.now(UTC), b.log_epoch)
-        await b.write(result.rows, {p: result.last_offset + 1})
+        result = process(state, todo, pricer, datetime.now(UTC), state.epoch)
+        await b.write(result.rows, {p: (result.epoch, result.last_offset + 1, result.last_crc)})
 
         rows = await store.query(
             "SELECT count(), uniqExact(event_id) FROM events WHERE org_id = {o:String}", {"o": org}
         )
         assert rows == [(10, 10)], (
             f"stored {rows[0][0]} rows for 10 events: worker B read partition {p} again "
-            f"from offset {state.next_offset} under its own epoch {b.log_epoch!r}, blind to "
-            f"the marks worker A stored under {a.log_epoch!r}"
+            f"from offset {state.next_offset} under epoch {state.epoch!r} (its own reset was "
+            f"{epoch_b!r}), blind to the marks worker A stored under {epoch_a!r}"
         )
     finally:
         await store.stop()

@@ -103,13 +103,19 @@ def varied_workload(org: str, now: datetime) -> list[dict[str, Any]]:
     ]
 
 
+def mark(result: BatchResult) -> tuple[str, int, int]:
+    """What the worker stores with a batch: epoch, next offset, CRC of the last message."""
+    return result.epoch, result.last_offset + 1, result.last_crc
+
+
 async def run_batch(
     sink: ClickHouseSink, state: PartitionState, values: list[bytes], first_offset: int
 ) -> BatchResult:
     """What the worker does with one fetch: process, store with the mark, then apply."""
     records = [Record(first_offset + i, v) for i, v in enumerate(values)]
-    result = process(state, records, PRICER, datetime.now(UTC), sink.log_epoch)
-    await sink.write(result.rows, {state.partition: result.last_offset + 1})
+    state.epoch = state.epoch or sink.base_epoch
+    result = process(state, records, PRICER, datetime.now(UTC), state.epoch)
+    await sink.write(result.rows, {state.partition: mark(result)})
     apply(state, result)
     return result
 
@@ -298,9 +304,9 @@ async def test_a_retried_insert_is_stored_once_in_events_and_in_the_rollups(back
         [Record(i, v) for i, v in enumerate(values)],
         PRICER,
         datetime.now(UTC),
-        sink.log_epoch,
+        sink.base_epoch,
     )
-    marks = {state.partition: result.last_offset + 1}
+    marks = {state.partition: mark(result)}
     # The insert succeeded but its acknowledgement was lost: the sink sends it again, and
     # the same batch always carries the same deduplication token.
     await sink.write(result.rows, marks)
@@ -331,14 +337,14 @@ async def test_watermark_queries_return_the_stored_marks(backend: Backend):
     p = 21
     sink = ClickHouseSink(store, base, 86_400)
     assert (await sink.load(p)).next_offset == 0
-    assert [seen for _, seen in await store.query(*q.watermark(base, p))] == [0, 0]
+    assert [seen for _, _, seen in await store.query(*q.watermark(base, p))] == [0, 0]
 
     org = f"wm-{uuid.uuid4().hex[:8]}"
     state = PartitionState(p)
     await run_batch(sink, state, [wire(make_event(org_id=org)) for _ in range(10)], 0)
     assert (await sink.load(p)).next_offset == 10
     # A fetch of nothing but duplicates and dead letters stores no rows, yet moves the mark.
-    await sink.write([], {p: 15})
+    await sink.write([], {p: (base, 15, 0)})
     assert (await sink.load(p)).next_offset == 15
     # Rows stored but the offsets row lost (a crash between the two inserts): the rows are
     # their own watermark.
@@ -346,21 +352,22 @@ async def test_watermark_queries_return_the_stored_marks(backend: Backend):
     await store.insert("events", rows, EVENT_COLUMNS)
     assert (await sink.load(p)).next_offset == 20
     marks = await store.query(*q.watermark(base, p))
-    assert max(int(n) for n, seen in marks if seen) == 20
+    assert max(int(n) for n, _, seen in marks if seen) == 20
     # Marks are per partition and per epoch: neither leaks into another.
     assert (await sink.load(p + 1)).next_offset == 0
     other = ClickHouseSink(store, f"{base}-other", 86_400)
-    await other.write([], {p: 1_000})
+    await other.write([], {p: (f"{base}-other", 1_000, 0)})
     assert (await sink.load(p)).next_offset == 20
 
-    # After a broker reset the worker writes under `base.<id>`; a restart resumes that epoch.
-    assert await ClickHouseSink(store, base, 86_400).resume_epoch() == base
+    # After a broker reset the worker writes under `base.<id>`; whoever loads the partition
+    # next continues that epoch, and other partitions keep theirs.
+    assert (await sink.load(p)).epoch == base
     reset = sink.new_epoch()
-    await sink.write([], {p: 3})
-    resumed = ClickHouseSink(store, base, 86_400)
-    assert await resumed.resume_epoch() == reset
-    assert (await resumed.load(p)).next_offset == 3
-    assert (await store.query(*q.latest_epoch(f"{base}-oth"))) == []
+    await sink.write([], {p: (reset, 3, 0)})
+    resumed = await ClickHouseSink(store, base, 86_400).load(p)
+    assert (resumed.epoch, resumed.next_offset) == (reset, 3)
+    assert (await sink.load(p + 1)).epoch == base
+    assert (await store.query(*q.latest_epoch(f"{base}-oth", p))) == []
 
 
 async def test_load_rebuilds_exactly_the_state_the_worker_computed(backend: Backend):
@@ -378,7 +385,7 @@ async def test_load_rebuilds_exactly_the_state_the_worker_computed(backend: Back
     result = await run_batch(sink, state, second, 20)
     assert result.duplicates == 5 and len(result.dead) == 1
 
-    loaded = await ClickHouseSink(backend.store, sink.log_epoch, 86_400).load(state.partition)
+    loaded = await ClickHouseSink(backend.store, sink.base_epoch, 86_400).load(state.partition)
     assert loaded.next_offset == state.next_offset == 20 + len(second)
     # A counter that went back to zero (a session that ended) is kept by the worker and not
     # rebuilt; both mean zero.
