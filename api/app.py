@@ -7,9 +7,21 @@ from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI
 
-from api import errors
+from api import errors, openapi
 from api.metrics import HttpMetrics
-from api.routes import admin, credits, dashboard, events, health, ops, quota, usage
+from api.routes import (
+    admin,
+    admission,
+    credits,
+    dashboard,
+    events,
+    health,
+    ops,
+    plans,
+    quota,
+    subscriptions,
+    usage,
+)
 from api.state import Services
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -31,7 +43,11 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
     app.include_router(credits.router)
     app.include_router(dashboard.router)
     app.include_router(events.router)
+    app.include_router(admission.router)
+    app.include_router(plans.router)
+    app.include_router(subscriptions.router)
     app.include_router(ops.router)
     app.include_router(ops.admin)
     app.add_middleware(HttpMetrics)
+    openapi.install(app)
     return app

@@ -11,10 +11,12 @@ from api.errors import ApiError
 from api.registry import ApiKey
 from api.state import Services
 
+# The dependencies are coroutines on purpose: they never block (a hash and dict lookups),
+# and FastAPI would run plain functions in a thread pool, adding a thread hop to every call.
 bearer = HTTPBearer(auto_error=False, description="An org key, or the admin key for /admin.")
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
     svc: Services = request.app.state.services
     return svc
 
@@ -25,7 +27,7 @@ def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
     return credentials.credentials
 
 
-def current_key(
+async def current_key(
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
     svc: Services = Depends(services),
 ) -> ApiKey:
@@ -36,7 +38,7 @@ def current_key(
     return record
 
 
-def require_admin(
+async def require_admin(
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
     svc: Services = Depends(services),
 ) -> None:

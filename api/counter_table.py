@@ -106,10 +106,24 @@ class CounterTable:
                 self.expire(datetime.now(UTC))
                 last_expire = time.monotonic()
             fetched = await consumer.getmany(timeout_ms=100, max_records=50_000)
+            for tp in tps:
+                high = consumer.highwater(tp)
+                if high is not None and high < next_offset.get(tp.partition, 0):
+                    # The log ends before what we applied: an empty broker came back (it
+                    # answers such a fetch with nothing), and the worker republishes every
+                    # counter on it. Read it from its start.
+                    log.warning(
+                        "usage.counters/%d restarted (log ends at %d, we were at %d)",
+                        tp.partition,
+                        high,
+                        next_offset[tp.partition],
+                    )
+                    next_offset[tp.partition] = 0
+                    consumer.seek(tp, 0)
             for tp, msgs in fetched.items():
+                start = next_offset.get(tp.partition, 0)
                 # A fetch can start at the first offset of a record batch and hand back
                 # messages already applied; an older absolute value must never win.
-                start = next_offset.get(tp.partition, 0)
                 for m in msgs:
                     if m.offset >= start:
                         self._apply(m.key, m.value)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("tally.api")
 
 
 class ApiError(Exception):
@@ -49,7 +53,15 @@ def install(app: FastAPI) -> None:
             parts.append(f"{loc}: {e.get('msg')}")
         return error_response(422, "invalid_request", "; ".join(parts))
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette still re-raises after this answer, so the server logs the traceback too.
+        log.error("unexpected error on %s %s: %r", request.method, request.url.path, exc)
+        return error_response(500, "internal_error", "unexpected error: retry, or report it")
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI could not read the body (not UTF-8 JSON)
+            return error_response(422, "invalid_request", f"{exc.detail}: send a UTF-8 JSON body")
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail))

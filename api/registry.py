@@ -6,15 +6,19 @@ and then to memory. `refresh()` reloads from the store, for API replicas that sh
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 
+from api.subscriptions import Accounts
 from tally.domain.keys import hash_key, key_id_of, matches, new_key
 from tally.store import Store
 
 
 @dataclass(frozen=True, slots=True)
 class Org:
+    """`plan` is the plan the org was created on; the plan in force at a time comes from
+    `Registry.accounts` (see `api.subscriptions.account`)."""
+
     org_id: str
     plan: str
     signup_date: date
@@ -40,6 +44,7 @@ class Registry:
         self.store = store
         self.orgs: dict[str, Org] = {}
         self.keys: dict[str, ApiKey] = {}
+        self.accounts = Accounts(store)  # subscriptions, overrides, workspace settings
 
     async def refresh(self) -> None:
         orgs = await self.store.query(
@@ -55,6 +60,7 @@ class Registry:
         self.keys = {
             r[0]: ApiKey(r[0], r[1], r[2], r[3], r[4].replace(tzinfo=UTC), bool(r[5])) for r in keys
         }
+        await self.accounts.refresh()
 
     async def create_org(self, org_id: str, plan: str, signup_date: date) -> Org:
         if org_id in self.orgs:
@@ -76,6 +82,22 @@ class Registry:
         await self._save_key(record, now)
         self.keys[key_id] = record
         return key, record
+
+    def keys_of(self, org_id: str) -> list[ApiKey]:
+        """The org's keys, revoked ones included, oldest first."""
+        return sorted(
+            (k for k in self.keys.values() if k.org_id == org_id), key=lambda k: k.created_at
+        )
+
+    def active_keys(self, org_id: str, mode: str) -> int:
+        return sum(1 for k in self.keys_of(org_id) if k.mode == mode and not k.revoked)
+
+    async def revoke_key(self, key_id: str) -> ApiKey:
+        """Revoke a key for good: it stops authenticating at once."""
+        record = replace(self.keys[key_id], revoked=True)
+        await self._save_key(record, datetime.now(UTC))
+        self.keys[key_id] = record
+        return record
 
     async def _save_key(self, k: ApiKey, now: datetime) -> None:
         await self.store.insert(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
-from typing import Literal
+from datetime import UTC, date, datetime
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from schemas.plans import Plan, PlanOverrides
 
 
 class ErrorDetail(BaseModel):
@@ -48,7 +50,9 @@ class OrgCreate(BaseModel):
 
     org_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
     plan: str = "free"
-    signup_date: date
+    signup_date: date = Field(
+        ge=date(1970, 1, 1), le=date(2149, 6, 6), description="Free-plan windows start on its day."
+    )
 
 
 class OrgOut(BaseModel):
@@ -74,6 +78,316 @@ class KeyCreated(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "starting"]
     checks: dict[str, bool] = {}
+
+
+def _example(**values: Any) -> ConfigDict:
+    return ConfigDict(json_schema_extra={"examples": [values]})
+
+
+_MONTH = {"window_start": "2026-06-01T00:00:00Z", "window_end": "2026-07-01T00:00:00Z"}
+
+
+class MeterQuota(BaseModel):
+    """One meter over one window; `null` limit means unlimited, `null` used unavailable."""
+
+    model_config = _example(limit=1000, used=420, remaining=580, **_MONTH)
+
+    limit: int | None = Field(description="Allowed in the window; null means unlimited.")
+    used: int | None = Field(description="Used so far; null if momentarily unavailable.")
+    remaining: int | None = Field(description="max(limit - used, 0); null if either is.")
+    window_start: datetime
+    window_end: datetime | None
+
+
+_MINUTE = {
+    "limit": 10,
+    "used": 2,
+    "remaining": 8,
+    "window_start": "2026-06-10T12:34:00Z",
+    "window_end": "2026-06-10T12:35:00Z",
+}
+_DAY = {
+    "limit": 500,
+    "used": 31,
+    "remaining": 469,
+    "window_start": "2026-06-10T00:00:00Z",
+    "window_end": "2026-06-11T00:00:00Z",
+}
+
+
+class RequestQuota(MeterQuota):
+    """Monthly gateway requests, with the per-minute and per-day burst windows."""
+
+    model_config = _example(
+        limit=10000, used=1200, remaining=8800, **_MONTH, minute=_MINUTE, day=_DAY
+    )
+
+    minute: MeterQuota = Field(description="The current UTC minute.")
+    day: MeterQuota = Field(description="The current UTC day.")
+
+
+class SessionQuota(BaseModel):
+    """Concurrent sessions: running now against the plan's limit."""
+
+    model_config = _example(limit=3, active=1, remaining=2)
+
+    limit: int | None = Field(description="Sessions allowed at once; null means unlimited.")
+    active: int | None = Field(description="Sessions running now; null if unavailable.")
+    remaining: int | None
+
+
+class QuotaMeters(BaseModel):
+    tokens: MeterQuota
+    tool_calls: MeterQuota
+    requests: RequestQuota
+    upstream_cost_micros: MeterQuota = Field(
+        description="Managed-mode upstream cost against the fair-use budget, in micro-USD."
+    )
+    sessions: SessionQuota
+
+
+class PendingChange(BaseModel):
+    """A downgrade or cancellation waiting for the end of the period."""
+
+    model_config = _example(plan="free", effective_at="2026-07-01T00:00:00Z")
+
+    plan: str
+    effective_at: datetime
+
+
+Status = Literal["active", "trial", "past_due"]
+
+
+class QuotaOverview(BaseModel):
+    """Every meter of the calling org in every window, in one read."""
+
+    model_config = _example(
+        org_id="acme",
+        plan="free",
+        status="active",
+        trial_ends_at=None,
+        pending_change=None,
+        **_MONTH,
+        meters={
+            "tokens": {"limit": 15000000, "used": 4200000, "remaining": 10800000, **_MONTH},
+            "tool_calls": {"limit": 1000, "used": 420, "remaining": 580, **_MONTH},
+            "requests": {
+                "limit": 10000,
+                "used": 1200,
+                "remaining": 8800,
+                **_MONTH,
+                "minute": _MINUTE,
+                "day": _DAY,
+            },
+            "upstream_cost_micros": {
+                "limit": 5000000,
+                "used": 1250000,
+                "remaining": 3750000,
+                **_MONTH,
+            },
+            "sessions": {"limit": 3, "active": 1, "remaining": 2},
+        },
+    )
+
+    org_id: str
+    plan: str = Field(description="The plan in force now.")
+    status: Status
+    trial_ends_at: datetime | None
+    pending_change: PendingChange | None
+    window_start: datetime = Field(description="Start of the current billing period (UTC).")
+    window_end: datetime
+    meters: QuotaMeters
+
+
+class CheckRequest(BaseModel):
+    """What the caller is about to do."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"meter": "requests", "amount": 1, "model": "gpt-4o-mini", "mode": "managed"},
+                {"meter": "sessions"},
+                {"meter": "tool_calls", "amount": 1},
+            ]
+        },
+    )
+
+    meter: Literal["tokens", "tool_calls", "requests", "sessions"]
+    amount: int = Field(1, ge=1, le=10**12, description="How much is about to be used.")
+    model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="The model of an LLM call; when absent the workspace default model counts.",
+    )
+    mode: Literal["managed", "byok"] = Field(
+        "managed", description="`byok`: the org's own provider key (lifts the whitelist)."
+    )
+
+
+class CheckAllowed(BaseModel):
+    """The org may go on; the figures are those of the meter asked about, before `amount`."""
+
+    model_config = _example(
+        allowed=True,
+        meter="tool_calls",
+        amount=1,
+        limit=1000,
+        used=420,
+        remaining=580,
+        reset_at="2026-07-01T00:00:00Z",
+    )
+
+    allowed: Literal[True]
+    meter: Literal["tokens", "tool_calls", "requests", "sessions"]
+    amount: int
+    limit: int | None
+    used: int | None = Field(description="For sessions: running plus admitted, not yet started.")
+    remaining: int | None
+    reset_at: datetime | None = Field(description="When the window ends; null for sessions.")
+
+
+class LimitsOut(BaseModel):
+    """The calling org's live limits: read these rather than hard-coding plan figures."""
+
+    org_id: str
+    plan: str
+    status: Status
+    trial_ends_at: datetime | None
+    pending_change: PendingChange | None
+    billing_anchor: date = Field(description="Monthly windows start on this date's day.")
+    window_start: datetime
+    window_end: datetime
+    overridden: list[str] = Field(description="Fields set for this org by its contract.")
+    limits: Plan = Field(description="The plan in force, with the org's overrides applied.")
+
+
+class SubscriptionChange(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"plan": "pro"}]})
+
+    plan: str = Field(min_length=1, max_length=32)
+
+
+class StatusChange(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"status": "trial", "trial_ends_at": "2026-07-15T00:00:00Z"},
+                {"status": "past_due"},
+                {"status": "active"},
+            ]
+        },
+    )
+
+    status: Status
+    trial_ends_at: AwareDatetime | None = Field(
+        None,
+        ge=datetime(1970, 1, 1, tzinfo=UTC),
+        lt=datetime(2200, 1, 1, tzinfo=UTC),
+        description="Required for `trial`.",
+    )
+
+
+class ChangeOut(BaseModel):
+    """One recorded change, with when it was recorded and when it takes effect."""
+
+    model_config = _example(
+        kind="cancel",
+        plan="free",
+        status="active",
+        trial_ends_at=None,
+        recorded_at="2026-06-20T09:30:00Z",
+        effective_at="2026-07-01T00:00:00Z",
+    )
+
+    kind: Literal["upgrade", "downgrade", "cancel", "resume", "status"]
+    plan: str | None
+    status: Status | None
+    trial_ends_at: datetime | None
+    recorded_at: datetime
+    effective_at: datetime
+
+
+class SubscriptionOut(BaseModel):
+    model_config = _example(
+        org_id="acme",
+        plan="developer",
+        status="active",
+        trial_ends_at=None,
+        billing_anchor="2026-06-01",
+        **_MONTH,
+        pending_change={"plan": "free", "effective_at": "2026-07-01T00:00:00Z"},
+        change={
+            "kind": "cancel",
+            "plan": "free",
+            "status": "active",
+            "trial_ends_at": None,
+            "recorded_at": "2026-06-20T09:30:00Z",
+            "effective_at": "2026-07-01T00:00:00Z",
+        },
+    )
+
+    org_id: str
+    plan: str = Field(description="The plan in force now.")
+    status: Status
+    trial_ends_at: datetime | None
+    billing_anchor: date
+    window_start: datetime
+    window_end: datetime
+    pending_change: PendingChange | None
+    change: ChangeOut | None = Field(
+        None, description="What this request recorded; null when nothing changed."
+    )
+
+
+class SubscriptionDetail(SubscriptionOut):
+    history: list[ChangeOut] = Field(description="Every change, in the order recorded.")
+
+
+class OverridesOut(BaseModel):
+    org_id: str
+    plan: str
+    overrides: PlanOverrides
+    limits: Plan
+
+
+class KeyOut(BaseModel):
+    model_config = _example(
+        key_id="3f9a0c1b2d4e",
+        org_id="acme",
+        mode="live",
+        created_at="2026-06-01T10:00:00Z",
+        revoked=False,
+    )
+
+    key_id: str
+    org_id: str
+    mode: Literal["live", "test"]
+    created_at: datetime
+    revoked: bool
+
+
+class KeyList(BaseModel):
+    keys: list[KeyOut]
+
+
+class Workspace(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"default_model": "gpt-4o-mini"}]}
+    )
+
+    default_model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="Used when a request names no model; checked against the plan's whitelist.",
+    )
+
+
+class WorkspaceOut(Workspace):
+    org_id: str
 
 
 class EventResult(BaseModel):

@@ -25,10 +25,9 @@ class ReconcileRequest(BaseModel):
     end: date = Field(alias="to", description="Last UTC day (exclusive).")
     org_id: str | None = None
     ranges: list[OffsetRange] | None = Field(
-        None, description="What a broker scan read; rows of these offsets are reported apart."
-    )
-    epoch: str | None = Field(
-        None, description="Log epoch of those offsets; by default the one written last."
+        None,
+        description="What a broker scan read; the rows stored from these offsets (of each"
+        " partition's latest log epoch) are reported apart.",
     )
 
     @model_validator(mode="after")
@@ -49,7 +48,9 @@ class FigureRow(BaseModel):
 class ReconcileFigures(BaseModel):
     """The store's and the counters' side of a reconciliation."""
 
-    epoch: str | None = Field(description="The log epoch the `seen` rows were read from.")
+    epochs: dict[int, str] = Field(
+        description="Per partition, the log epoch the `seen` rows were read from."
+    )
     seen: list[FigureRow] | None = Field(
         description="Stored rows of the requested offset ranges (absent without ranges)."
     )

@@ -7,6 +7,7 @@ A batch that fails to store can therefore be retried as it is.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -73,6 +74,10 @@ class PartitionState:
 
     partition: int
     next_offset: int = 0
+    epoch: str = ""  # the broker log the offsets belong to (see streams/sink.py)
+    # (offset, CRC-32) of the message before next_offset, to be read again and compared on
+    # resume: a mismatch means the broker's log is not the one the mark was taken on.
+    check: tuple[int, int] | None = None
     counters: dict[CounterKey, int] = field(default_factory=dict)
     sessions: dict[tuple[str, str], int] = field(default_factory=dict)
     seen: dict[str, float] = field(default_factory=dict)
@@ -98,6 +103,8 @@ class PartitionState:
 class BatchResult:
     partition: int
     last_offset: int
+    last_crc: int = 0  # CRC-32 of the value at last_offset
+    epoch: str = ""
     rows: list[list[object]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     deltas: dict[CounterKey, int] = field(default_factory=dict)
@@ -120,10 +127,13 @@ def process(
     applied (`pending`: the worker prepares a batch while the previous one is stored)."""
     ingested = now.astimezone(UTC)
     first = pending.last_offset + 1 if pending else state.next_offset
-    result = BatchResult(state.partition, first - 1, ingested_at=ingested.timestamp())
+    result = BatchResult(
+        state.partition, first - 1, epoch=log_epoch, ingested_at=ingested.timestamp()
+    )
     batch_ids: set[str] = set(pending.event_ids) if pending else set()
     for record in records:
         result.last_offset = record.offset
+        result.last_crc = zlib.crc32(record.value or b"")
         try:
             if record.value is None:
                 raise InvalidEvent("message has no value")

@@ -14,7 +14,16 @@ from typing import Any
 
 import orjson
 
-from schemas.events import MAX_BYTE_SECONDS, MAX_TOKENS, SCHEMA_VERSION, Event, parse_event
+from schemas.events import (
+    MAX_BYTE_SECONDS,
+    MAX_TOKENS,
+    RFC3339,
+    SCHEMA_VERSION,
+    TS_MAX,
+    TS_MIN,
+    Event,
+    parse_event,
+)
 
 _COUNTS = {
     "llm.usage": ("input_tokens", "output_tokens", "cached_input_tokens"),
@@ -85,13 +94,13 @@ def _fast(raw: bytes) -> dict[str, Any]:
     if defaults is None or data.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
         raise _Slow
     ts = data.get("ts")
-    if type(ts) is not str or not 10 <= len(ts) <= 40:
+    if type(ts) is not str or not RFC3339.match(ts):
         raise _Slow
     try:
         when = datetime.fromisoformat(ts)
     except ValueError:
         raise _Slow from None
-    if when.tzinfo is None or data.get("key_mode") not in ("live", "test"):
+    if not TS_MIN <= when < TS_MAX or data.get("key_mode") not in ("live", "test"):
         raise _Slow
     out = {
         "event_id": _id(data.get("event_id")),

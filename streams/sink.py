@@ -27,19 +27,19 @@ MINUTE_HISTORY_S = 3_600
 class ClickHouseSink:
     def __init__(self, store: Store, log_epoch: str, dedup_window_s: int) -> None:
         self.store = store
-        self.base_epoch = self.log_epoch = log_epoch
+        self.base_epoch = log_epoch
         self.dedup_window_s = dedup_window_s
         self.failures = 0
 
-    async def write(self, rows: list[list[object]], marks: dict[int, int]) -> None:
-        """Store rows, then the next offset per partition; retry until both are stored."""
+    async def write(self, rows: list[list[object]], marks: dict[int, tuple[str, int, int]]) -> None:
+        """Store rows, then per partition the next offset and the CRC-32 of the message
+        before it; retry until both are stored."""
         if not rows and not marks:
             return
         now = datetime.now(UTC)
-        offset_rows = [[self.log_epoch, p, nxt, now] for p, nxt in marks.items()]
+        offset_rows = [[e, p, nxt, crc, now] for p, (e, nxt, crc) in marks.items()]
         # The same batch retried carries the same token, and ClickHouse stores it once.
-        marks_text = ",".join(f"{p}:{n}" for p, n in sorted(marks.items()))
-        token = f"{self.log_epoch}|{marks_text}"
+        token = ",".join(f"{e}|{p}:{n}" for p, (e, n, _) in sorted(marks.items()))
         delay = 0.1
         while True:
             try:
@@ -53,7 +53,9 @@ class ClickHouseSink:
                     },
                 )
                 await self.store.insert(
-                    "offsets", offset_rows, ("log_epoch", "partition", "next_offset", "at")
+                    "offsets",
+                    offset_rows,
+                    ("log_epoch", "partition", "next_offset", "last_crc", "at"),
                 )
                 return
             except Exception as exc:  # the store is down or refused: wait, never skip
@@ -62,16 +64,9 @@ class ClickHouseSink:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def resume_epoch(self) -> str:
-        """Continue the most recent epoch of our base (a reset may have started a new one)."""
-        rows = await self.store.query(*q.latest_epoch(self.base_epoch))
-        if rows and rows[0][0]:
-            self.log_epoch = rows[0][0]
-        return self.log_epoch
-
     def new_epoch(self) -> str:
-        self.log_epoch = f"{self.base_epoch}.{uuid.uuid4().hex[:12]}"
-        return self.log_epoch
+        """A fresh epoch, for a broker log that is not the one the stored marks belong to."""
+        return f"{self.base_epoch}.{uuid.uuid4().hex[:12]}"
 
     async def repair(self, partition: int) -> list[date]:
         """Rebuild the rollups of days where they disagree with the raw events."""
@@ -89,9 +84,20 @@ class ClickHouseSink:
     async def load(self, partition: int) -> PartitionState:
         """Rebuild one partition's state from what is stored (repairing its rollups first)."""
         await self.repair(partition)
-        state = PartitionState(partition)
-        marks = await self.store.query(*q.watermark(self.log_epoch, partition))
-        state.next_offset = max((int(n) for n, seen in marks if seen), default=0)
+        rows = await self.store.query(*q.latest_epoch(self.base_epoch, partition))
+        epoch = rows[0][0] if rows and rows[0][0] else self.base_epoch
+        state = PartitionState(partition, epoch=epoch)
+        marks = [
+            (int(n), int(crc))
+            for n, crc, seen in await self.store.query(*q.watermark(epoch, partition))
+            if seen
+        ]
+        if marks:
+            # The furthest mark; its check only when the offsets row (listed first) has it.
+            state.next_offset = max(n for n, _ in marks)
+            crc = next((c for n, c in marks if n == state.next_offset and c), 0)
+            if state.next_offset and crc:
+                state.check = (state.next_offset - 1, crc)
         since = datetime.now(UTC).date() - timedelta(days=COUNTER_HISTORY_DAYS)
         for org, line_item, day, billable, cost, unpriced, upstream in await self.store.query(
             *q.daily_counters(partition, since)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import zlib
 from datetime import UTC, datetime
 
 import orjson
@@ -128,12 +129,11 @@ class Worker:
         async with self._lock:
             assert self._consumer is not None
             await self._complete()
-            if not self.states and not self.ready.is_set():
-                await self.sink.resume_epoch()
             for tp in sorted(assigned):
-                state = await self.sink.load(tp.partition)
+                state = await self._load(tp.partition)
                 self.states[tp.partition] = state
-                self._consumer.seek(tp, state.next_offset)
+                # Read the message before the mark again, to check it is the same log.
+                self._consumer.seek(tp, state.check[0] if state.check else state.next_offset)
                 await self._publish(state.counters)
                 log.info(
                     "partition %d acquired at offset %d with %d counters",
@@ -145,7 +145,24 @@ class Worker:
             await self._flush_producer()
             self.ready.set()
 
-    def _log_reset(self, tp: TopicPartition, found: int, mark: int) -> None:
+    async def _load(self, partition: int) -> PartitionState:
+        """Load a gained partition's state, waiting out a store outage: a partition must
+        never be owned without its state."""
+        delay = 0.1
+        while True:
+            try:
+                return await self.sink.load(partition)
+            except Exception as exc:
+                log.warning(
+                    "partition %d: cannot load its state (%s); retrying in %.1fs",
+                    partition,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _log_reset(self, tp: TopicPartition, found: int, mark: int) -> None:
         """The broker's log ends before the stored mark: it is a new log, read it from its start.
 
         Every owned partition moves to a new log epoch at offset 0; counters and the dedup
@@ -154,8 +171,8 @@ class Worker:
         assert self._consumer is not None
         epoch = self.sink.new_epoch()
         log.warning(
-            "partition %d: broker log at offset %d is behind the stored mark %d; reading the "
-            "new log from the start under epoch %s",
+            "partition %d: the broker's log (offset %d) is not the one of the stored mark %d; "
+            "reading the new log from its start under epoch %s",
             tp.partition,
             found,
             mark,
@@ -164,7 +181,11 @@ class Worker:
         )
         for partition, state in self.states.items():
             state.next_offset = 0
+            state.epoch = epoch
+            state.check = None
             self._consumer.seek(TopicPartition(tp.topic, partition), 0)
+            await self._publish(state.counters)  # the new broker's counters topic is empty
+        await self._flush_producer()
 
     async def release(self, revoked: set[TopicPartition]) -> None:
         async with self._lock:
@@ -191,6 +212,8 @@ class Worker:
                 # Prepare this fetch while the previous one is being stored, then finish that
                 # one and start storing this one: the store works while Python decodes.
                 prepared = await self._prepare(batch) if batch else []
+                if not prepared:
+                    await self._check_logs()
                 await self._complete()
                 if prepared:
                     self._inflight = (prepared, asyncio.create_task(self._store(prepared)))
@@ -214,16 +237,36 @@ class Worker:
                         state.expire(now, s.dedup_window_s)
                     last_forget = time.monotonic()
 
+    async def _check_logs(self) -> None:
+        """An owned partition whose log ends before our mark belongs to an empty broker that
+        came back (it answers our fetches with nothing): read that log from its start."""
+        assert self._consumer is not None
+        for partition, state in list(self.states.items()):
+            tp = TopicPartition(EVENTS_TOPIC, partition)
+            high = self._consumer.highwater(tp)
+            if high is not None and high < state.next_offset:
+                await self._complete()
+                await self._log_reset(tp, high, state.next_offset)
+                return
+
     async def _prepare(self, fetched: dict[TopicPartition, list]) -> Prepared:  # type: ignore[type-arg]
         """Decode, dedup, price and aggregate a fetch, per partition (pure work)."""
         assert self._consumer is not None
-        for tp in fetched:
+        for tp, msgs in fetched.items():
+            state = self.states[tp.partition]
             high = self._consumer.highwater(tp)
-            mark = self.states[tp.partition].next_offset
-            if high is not None and high < mark:
-                # The log ends before our mark: an empty broker came back. Count it anew.
+            # The log ends before our mark, or the message before the mark is another one:
+            # an empty broker came back. Count its log anew.
+            new_log = high is not None and high < state.next_offset
+            if state.check and msgs and not new_log:
+                at, crc = state.check
+                before = next((m for m in msgs if m.offset == at), None)
+                if before is not None or msgs[0].offset > at:
+                    new_log = before is None or zlib.crc32(before.value or b"") != crc
+                    state.check = None
+            if new_log:
                 await self._complete()
-                self._log_reset(tp, high, mark)
+                await self._log_reset(tp, msgs[0].offset, state.next_offset)
                 return []
         started = time.perf_counter()
         now = datetime.now(UTC)
@@ -236,7 +279,7 @@ class Worker:
             # A fetch may start at the first offset of the record batch holding our mark.
             records = [Record(m.offset, m.value) for m in msgs if m.offset >= first]
             if records:
-                result = process(state, records, self.pricer, now, self.sink.log_epoch, before)
+                result = process(state, records, self.pricer, now, state.epoch, before)
                 results.append((tp, result))
         self._time("process", started)
         return results
@@ -247,7 +290,9 @@ class Worker:
         await self._dead_letters(results)
         rows = [row for _, r in results for row in r.rows]
         failpoints.hit("worker.before_insert")
-        await self.sink.write(rows, {tp.partition: r.last_offset + 1 for tp, r in results})
+        await self.sink.write(
+            rows, {tp.partition: (r.epoch, r.last_offset + 1, r.last_crc) for tp, r in results}
+        )
         failpoints.hit("worker.after_insert")
         self._time("store", started)
 

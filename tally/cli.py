@@ -49,6 +49,7 @@ def _logging(settings: Settings) -> None:
 async def _serve(settings: Settings, *, worker: bool, api: bool) -> None:
     from api.app import create_app
     from tally.runtime import Tally
+    from tally.store import redact
 
     tally = Tally(settings, worker=worker, api=api)
     metrics_server = None
@@ -80,7 +81,7 @@ async def _serve(settings: Settings, *, worker: bool, api: bool) -> None:
                 "Tally API on %s (broker %s, store %s)",
                 url,
                 s.bootstrap_servers,
-                s.store_url,
+                redact(s.store_url),
                 extra={"url": url},
             )
             await server.serve()
@@ -175,6 +176,27 @@ def api(
     _require_external(settings)
     _logging(settings)
     asyncio.run(_serve(settings, worker=False, api=True))
+
+
+@cli.command()
+def migrate(clickhouse_url: ClickHouseUrl = None, data_dir: DataDir = None) -> None:
+    """Apply the store's migrations and exit: run it once before the workers and API replicas."""
+    from tally.store import Store, StoreError
+
+    settings = settings_from(clickhouse_url=clickhouse_url, data_dir=data_dir)
+    _logging(settings)
+
+    async def run() -> list[str]:
+        async with Store(settings.store_url) as store:  # starting a store migrates it
+            rows = await store.query("SELECT DISTINCT name FROM schema_migrations ORDER BY name")
+            return [str(r[0]) for r in rows]
+
+    try:
+        names = asyncio.run(run())
+    except StoreError as exc:
+        typer.echo(f"tally: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"store migrated: {', '.join(names)}")
 
 
 def _require_external(settings: Settings) -> None:

@@ -42,7 +42,16 @@ class Settings(BaseSettings):
         "default",
         description="Identity of the broker's log; offsets stored under another epoch are ignored.",
     )
+    retention_interval_s: float = Field(
+        3_600, gt=0, description="How often raw events past their plan's retention are deleted."
+    )
     plans_file: Path | None = None
+    session_reservation_ttl_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="How long an admitted session check holds a slot before the counters show it.",
+    )
     prices_file: Path | None = None
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = Field(

@@ -6,7 +6,7 @@ when the state is read: the worker's lag at each heartbeat, the counter table's 
 at each scrape. `tally up` runs worker and API in one process, so its `/metrics` shows
 both halves; `tally worker --metrics-port` serves the worker's alone.
 
-Quota checks: call `quota_check(code)` once per admission decision (`ok`,
+Quota checks: `quota_check(meter, code)` once per admission decision (`ok`,
 `billing_limit_reached`, `rate_limited`, `plan_limit_error`, ...).
 """
 
@@ -76,7 +76,7 @@ counter_table_ready = Gauge(
     "tally_counter_table_ready", "API: 1 once the counter table has caught up."
 )
 quota_checks = Counter(
-    "tally_quota_checks", "Quota admission decisions, by outcome code.", ["code"]
+    "tally_quota_checks", "Quota admission decisions, by meter and outcome code.", ["meter", "code"]
 )
 http_seconds = Histogram(
     "tally_http_request_seconds",
@@ -86,9 +86,9 @@ http_seconds = Histogram(
 )
 
 
-def quota_check(code: str) -> None:
+def quota_check(meter: str, code: str) -> None:
     """Count one quota admission decision (`ok` or the error code it answered with)."""
-    quota_checks.labels(code).inc()
+    quota_checks.labels(meter, code).inc()
 
 
 def batch_done(types: Mapping[str, int], duplicate_count: int) -> None:

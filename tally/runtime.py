@@ -14,6 +14,7 @@ from typing import Any
 
 from api.counter_table import CounterTable
 from api.registry import Registry
+from api.retention import RetentionSweeper
 from api.state import Services
 from producers.emitter import Emitter
 from streams.sink import ClickHouseSink
@@ -21,7 +22,7 @@ from streams.worker import Worker
 from tally.broker import EmbeddedBroker
 from tally.catalogue import load_plans, load_prices
 from tally.config import Settings
-from tally.store import Store
+from tally.store import Store, redact
 from tally.topics import ensure_topics
 
 log = logging.getLogger("tally")
@@ -46,6 +47,7 @@ class Tally:
         self.faust_app: Any = None
         self._exit = AsyncExitStack()
         self.services: Services | None = None
+        self.retention: RetentionSweeper | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -75,6 +77,8 @@ class Tally:
             await counters.start()
             self.services = Services(s, self.store, registry, counters, plans)
             self.services.emitter = await self._start_emitter()
+            self.retention = RetentionSweeper(self.services, s.retention_interval_s)
+            await self.retention.start()
             if self.worker is not None:
                 worker = self.worker
 
@@ -82,7 +86,7 @@ class Tally:
                     return worker.ready.is_set()
 
                 self.services.checks["worker"] = worker_ready
-        log.info("tally started: broker %s, store %s", s.bootstrap_servers, s.store_url)
+        log.info("tally started: broker %s, store %s", s.bootstrap_servers, redact(s.store_url))
 
     async def _start_emitter(self) -> Emitter:
         """The emitter HTTP ingestion hands accepted events to (spool in the data dir)."""
@@ -100,7 +104,8 @@ class Tally:
         from streams.app import create_faust_app
 
         assert self.worker is not None
-        # faust creates its directory without parents: `tally worker` in a fresh directory.
+        # Faust keeps its files in the data directory; with a ClickHouse server nothing else
+        # has created it.
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.faust_app = create_faust_app(self.settings, self.worker)
         await self._exit.enter_async_context(faust_app_running(self.faust_app, stop_timeout=30))
@@ -110,6 +115,8 @@ class Tally:
         if self.faust_app is None and self.worker is not None:
             await self.worker.stop()
         self.faust_app = None
+        if self.retention is not None:
+            await self.retention.stop()
         if self.services is not None:
             if self.services.emitter is not None:
                 await self.services.emitter.close()

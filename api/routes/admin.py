@@ -8,9 +8,11 @@ from fastapi import APIRouter, Depends
 
 from api.auth import require_admin, services
 from api.errors import ApiError
-from api.registry import Conflict
+from api.openapi import errors
+from api.registry import ApiKey, Conflict
 from api.state import Services
-from schemas.api import ErrorBody, KeyCreate, KeyCreated, OrgCreate, OrgOut
+from api.subscriptions import account, now_ms
+from schemas.api import KeyCreate, KeyCreated, KeyList, KeyOut, OrgCreate, OrgOut
 
 log = logging.getLogger("tally.admin")
 
@@ -18,7 +20,7 @@ router = APIRouter(
     prefix="/api/v2/admin",
     tags=["admin"],
     dependencies=[Depends(require_admin)],
-    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}},
+    responses=errors("unauthorized", "forbidden"),
 )
 
 
@@ -26,7 +28,7 @@ router = APIRouter(
     "/orgs",
     status_code=201,
     response_model=OrgOut,
-    responses={409: {"model": ErrorBody}, 400: {"model": ErrorBody}},
+    responses=errors("conflict", "unknown_plan", "invalid_request"),
 )
 async def create_org(body: OrgCreate, svc: Services = Depends(services)) -> OrgOut:
     """Create an org on a plan; its free-plan windows start on `signup_date`'s day."""
@@ -45,16 +47,63 @@ async def create_org(body: OrgCreate, svc: Services = Depends(services)) -> OrgO
     )
 
 
+def _known(svc: Services, org_id: str) -> None:
+    if org_id not in svc.registry.orgs:
+        raise ApiError(404, "not_found", f"org {org_id!r} does not exist")
+
+
+def _key_out(k: ApiKey) -> KeyOut:
+    return KeyOut(
+        key_id=k.key_id,
+        org_id=k.org_id,
+        mode="test" if k.mode == "test" else "live",
+        created_at=k.created_at,
+        revoked=k.revoked,
+    )
+
+
 @router.post(
     "/orgs/{org_id}/keys",
     status_code=201,
     response_model=KeyCreated,
-    responses={404: {"model": ErrorBody}},
+    responses=errors("not_found", "plan_limit_error", "forbidden"),
 )
 async def create_key(org_id: str, body: KeyCreate, svc: Services = Depends(services)) -> KeyCreated:
-    """Issue an API key for an org. The key is in this response only."""
-    if org_id not in svc.registry.orgs:
-        raise ApiError(404, "not_found", f"org {org_id!r} does not exist")
-    key, record = await svc.registry.create_key(org_id, body.mode)
-    log.info("%s key %s issued", body.mode, record.key_id, extra={"org": org_id})
+    """Issue an API key for an org. The key is in this response only; a hash is stored.
+
+    The plan's `api_keys` caps the active keys of each mode (live and test).
+    """
+    _known(svc, org_id)
+    async with svc.registry.accounts.lock:
+        plan = account(svc.registry, svc.plans, org_id, now_ms()).plan
+        active = svc.registry.active_keys(org_id, body.mode)
+        if plan.api_keys is not None and active >= plan.api_keys:
+            raise ApiError(
+                403,
+                "plan_limit_error",
+                f"the {plan.display_name} plan allows {plan.api_keys} active {body.mode} "
+                f"key(s) and org {org_id!r} has {active}: revoke one "
+                f"(DELETE /api/v2/admin/orgs/{org_id}/keys/<key_id>) or upgrade",
+            )
+        key, record = await svc.registry.create_key(org_id, body.mode)
+        log.info("%s key %s issued", body.mode, record.key_id, extra={"org": org_id})
     return KeyCreated(key=key, key_id=record.key_id, org_id=org_id, mode=body.mode)
+
+
+@router.get("/orgs/{org_id}/keys", response_model=KeyList, responses=errors("not_found"))
+async def list_keys(org_id: str, svc: Services = Depends(services)) -> KeyList:
+    """The org's keys, revoked ones included; never the keys themselves."""
+    _known(svc, org_id)
+    return KeyList(keys=[_key_out(k) for k in svc.registry.keys_of(org_id)])
+
+
+@router.delete("/orgs/{org_id}/keys/{key_id}", response_model=KeyOut, responses=errors("not_found"))
+async def revoke_key(org_id: str, key_id: str, svc: Services = Depends(services)) -> KeyOut:
+    """Revoke one of the org's keys; it stops authenticating at once. Idempotent."""
+    _known(svc, org_id)
+    record = svc.registry.keys.get(key_id)
+    if record is None or record.org_id != org_id:
+        raise ApiError(404, "not_found", f"org {org_id!r} has no key {key_id!r}")
+    if not record.revoked:
+        record = await svc.registry.revoke_key(key_id)
+    return _key_out(record)

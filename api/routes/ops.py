@@ -44,27 +44,26 @@ async def prometheus(svc: Services = Depends(services)) -> Response:
 async def reconcile(body: ReconcileRequest, svc: Services = Depends(services)) -> ReconcileFigures:
     """The store's and the counters' figures per org and day, to compare with a broker scan
     (`tally reconcile` does the scan and the comparison)."""
-    epoch = body.epoch
+    epochs: dict[int, str] = {}
     seen = None
     if body.ranges is not None:
-        if epoch is None:
-            rows = await svc.store.query(*sql.current_epoch())
-            epoch = str(rows[0][0]) if rows else ""
+        epochs = {int(p): str(e) for p, e in await svc.store.query(*sql.current_epochs())}
         size = max((r.partition for r in body.ranges), default=-1) + 1
         lows, highs = [0] * size, [0] * size
         for r in body.ranges:
             lows[r.partition], highs[r.partition] = r.low, r.high
-        seen = await _stored(svc, body, epoch, lows, highs)
+        names = [epochs.get(p, "") for p in range(size)]
+        seen = await _stored(svc, body, names, lows, highs)
     stored = await _stored(svc, body)
     since = datetime.now(UTC).date() - timedelta(days=counters.KEEP_DAYS)
     log.info(
         "reconcile figures for %s .. %s",
         body.start,
         body.end,
-        extra={"org": body.org_id, "epoch": epoch},
+        extra={"org": body.org_id},
     )
     return ReconcileFigures(
-        epoch=epoch,
+        epochs=epochs,
         seen=_rows(seen) if seen is not None else None,
         stored=_rows(stored),
         rollups=_rows(await _rollups(svc, body)),
@@ -86,11 +85,11 @@ async def stored_events(body: StoredLookup, svc: Services = Depends(services)) -
 async def _stored(
     svc: Services,
     body: ReconcileRequest,
-    epoch: str | None = None,
+    epochs: list[str] | None = None,
     lows: list[int] | None = None,
     highs: list[int] | None = None,
 ) -> rec.Table:
-    query = sql.reconcile_figures(body.start, body.end, body.org_id, epoch, lows, highs)
+    query = sql.reconcile_figures(body.start, body.end, body.org_id, epochs, lows, highs)
     table: rec.Table = {}
     for org, day, line_item, n, ids, billable, cost in await svc.store.query(*query):
         rec.add_stored(table, org, day, line_item, int(n), int(ids), int(billable), int(cost))

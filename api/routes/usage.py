@@ -14,6 +14,7 @@ from api.auth import current_key, services
 from api.errors import ApiError
 from api.registry import ApiKey
 from api.state import Services
+from api.subscriptions import account
 from schemas.api import ErrorBody
 from schemas.usage import (
     AgentRuns,
@@ -27,7 +28,6 @@ from schemas.usage import (
     RunUsage,
 )
 from tally.domain import reports
-from tally.domain.quota import billing_window
 from tally.domain.reports import DayRange, InvalidParameter
 from tally.store import reports as sql
 
@@ -49,8 +49,7 @@ KEY_MODE = Query(None, description="live (default: what is billed), test or all.
 
 def current_period(svc: Services, org_id: str, now: datetime | None = None) -> DayRange:
     """The org's current billing period, as days: the default range of every report."""
-    org = svc.registry.orgs[org_id]
-    window = billing_window(org.signup_date, now or datetime.now(UTC))
+    window = account(svc.registry, svc.plans, org_id, now or datetime.now(UTC)).window
     return DayRange(window.start.date(), window.end.date())
 
 

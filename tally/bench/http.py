@@ -19,9 +19,10 @@ import httpx
 import uvicorn
 
 from api.app import create_app
+from api.subscriptions import account
 from tally.broker import free_port
 from tally.domain import counters
-from tally.domain.quota import billing_window, day_buckets
+from tally.domain.quota import day_buckets
 from tally.runtime import Tally
 
 PATH = "/api/v2/quota/tokens"
@@ -117,7 +118,6 @@ def lookup_us(tally: Tally, key: str, n: int = 100_000) -> float:
     for _ in range(n):
         record = svc.registry.authenticate(key)
         assert record is not None
-        org = svc.registry.orgs[record.org_id]
-        window = billing_window(org.signup_date, datetime.now(UTC))
-        svc.counters.total(org.org_id, counters.TOKENS, day_buckets(window))
+        window = account(svc.registry, svc.plans, record.org_id, datetime.now(UTC)).window
+        svc.counters.total(record.org_id, counters.TOKENS, day_buckets(window))
     return round((time.perf_counter() - started) / n * 1e6, 2)

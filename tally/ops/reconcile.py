@@ -43,7 +43,7 @@ class BrokerScan:
 @dataclass
 class Result:
     scan: BrokerScan
-    epoch: str | None
+    epochs: dict[str, str]
     stored: rec.Table
     seen: rec.Table
     rollups: rec.Table
@@ -120,7 +120,9 @@ async def reconcile(
         if not differences or asyncio.get_running_loop().time() >= deadline:
             break
         await asyncio.sleep(0.5)
-    return Result(scan, answer["epoch"], stored, seen, rollups, counted, since, differences, org_id)
+    return Result(
+        scan, answer["epochs"], stored, seen, rollups, counted, since, differences, org_id
+    )
 
 
 def render(result: Result, start: date, end: date) -> str:
@@ -134,8 +136,9 @@ def render(result: Result, start: date, end: date) -> str:
     out = [
         f"window {start} .. {end} (UTC days, end exclusive); broker: {scan.messages} messages"
         f"{' of this org' if result.org_id else ''} read ({scan.invalid} invalid,"
-        f" {scan.duplicates} duplicate event ids); store epoch"
-        f" {result.epoch or '-'}; counters kept from {result.counters_since}",
+        f" {scan.duplicates} duplicate event ids); store epochs"
+        f" {', '.join(sorted(set(result.epochs.values()))) or '-'};"
+        f" counters kept from {result.counters_since}",
         "",
         table(
             ["figure", "broker", "stored", "counters"],
@@ -179,7 +182,7 @@ def render(result: Result, start: date, end: date) -> str:
 def as_dict(result: Result) -> dict[str, Any]:
     return {
         "clean": not result.differences,
-        "epoch": result.epoch,
+        "epochs": result.epochs,
         "broker": {
             "messages": result.scan.messages,
             "invalid": result.scan.invalid,

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import clickhouse_connect
 
@@ -21,6 +22,15 @@ from tally import failpoints, metrics
 
 class StoreError(RuntimeError):
     """The store could not be opened or a statement failed."""
+
+
+def redact(url: str) -> str:
+    """The store URL without its password, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class Store:
@@ -44,11 +54,15 @@ class Store:
             if self.embedded:
                 from pathlib import Path
 
-                Path(self.url.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
+                # `chdb:///dir?database=name` opens another database of the same engine.
+                path = self.url.removeprefix("chdb://").split("?", 1)[0]
+                Path(path).mkdir(parents=True, exist_ok=True)
                 return clickhouse_connect.get_client(dsn=self.url)
             return clickhouse_connect.get_client(dsn=self.url, compress=False)
         except Exception as exc:
-            raise StoreError(f"cannot open the store at {self.url}: {exc}") from exc
+            # The driver's message may quote the URL: keep the password out of it.
+            detail = str(exc).replace(self.url, redact(self.url))
+            raise StoreError(f"cannot open the store at {redact(self.url)}: {detail}") from exc
 
     async def stop(self) -> None:
         client, self._client = self._client, None

@@ -13,37 +13,38 @@ from tally.store.queries import Query
 MAX_LOOKUP = 10_000  # event ids per stored-events look-up
 
 
-def current_epoch() -> Query:
-    """The log epoch the worker wrote last: the one the broker's current log belongs to."""
-    return "SELECT argMax(log_epoch, at) FROM offsets HAVING count() > 0", {}
+def current_epochs() -> Query:
+    """Per partition, the log epoch written last: the one the broker's current log belongs
+    to (each partition has its own since a reset is detected per partition)."""
+    return "SELECT partition, argMax(log_epoch, at) FROM offsets GROUP BY partition", {}
 
 
 def reconcile_figures(
     start: date,
     end: date,
     org_id: str | None = None,
-    epoch: str | None = None,
+    epochs: Sequence[str] | None = None,
     lows: Sequence[int] | None = None,
     highs: Sequence[int] | None = None,
 ) -> Query:
     """Per org, day and line item: rows, distinct event ids, billable quantity and cost.
 
     Days are the UTC days of the events' `ts`, from `start` to `end` (exclusive). With
-    `epoch`, `lows` and `highs` (indexed by partition), only the rows read from offsets
-    `lows[p] <= offset < highs[p]` of that log epoch count: the part a broker scan saw.
+    `epochs`, `lows` and `highs` (indexed by partition), only the rows read from offsets
+    `lows[p] <= offset < highs[p]` of epoch `epochs[p]` count: the part a broker scan saw.
     """
     where = ["toDate(ts) >= {start:Date}", "toDate(ts) < {end:Date}"]
     params: dict[str, object] = {"start": start, "end": end}
     if org_id is not None:
         where.append("org_id = {org:String}")
         params["org"] = org_id
-    if epoch is not None:
+    if epochs is not None:
         where += [
-            "log_epoch = {epoch:String}",
+            "log_epoch = arrayElement({epochs:Array(String)}, partition + 1)",
             "offset >= arrayElement({lows:Array(UInt64)}, partition + 1)",
             "offset < arrayElement({highs:Array(UInt64)}, partition + 1)",
         ]
-        params.update(epoch=epoch, lows=list(lows or []), highs=list(highs or []))
+        params.update(epochs=list(epochs), lows=list(lows or []), highs=list(highs or []))
     sql = (
         "SELECT org_id, toDate(ts) AS day, line_item, count(), uniqExact(event_id),"
         " sum(billable), sum(cost_micros) FROM events"

@@ -14,26 +14,28 @@ Query = tuple[str, dict[str, Any]]
 def watermark(log_epoch: str, partition: int) -> Query:
     """Candidates for the next offset to read: from the offsets rows and from the events.
 
-    Each row is `(next_offset, rows_seen)`; a candidate with no rows behind it is no mark.
+    Each row is `(next_offset, crc, rows_seen)`; a candidate with no rows behind it is no
+    mark; `crc` (offsets rows only) is the CRC-32 of the message before the mark.
     """
     sql = (
-        "SELECT max(next_offset), count() FROM offsets"
+        "SELECT max(next_offset), argMax(last_crc, next_offset), count() FROM offsets"
         " WHERE log_epoch = {epoch:String} AND partition = {p:UInt16}"
         " UNION ALL"
-        " SELECT max(offset) + 1, count() FROM events"
+        " SELECT max(offset) + 1, toUInt32(0), count() FROM events"
         " WHERE log_epoch = {epoch:String} AND partition = {p:UInt16}"
     )
     return sql, {"epoch": log_epoch, "p": partition}
 
 
-def latest_epoch(base: str) -> Query:
-    """The most recently written epoch that is `base` or a reset of it (`base.<id>`)."""
+def latest_epoch(base: str, partition: int) -> Query:
+    """A partition's most recently written epoch that is `base` or a reset of it
+    (`base.<id>`): whichever worker wrote it, the next owner continues it."""
     sql = (
-        "SELECT argMax(log_epoch, at) FROM offsets"
-        " WHERE log_epoch = {base:String} OR startsWith(log_epoch, {prefix:String})"
+        "SELECT argMax(log_epoch, at) FROM offsets WHERE partition = {p:UInt16}"
+        " AND (log_epoch = {base:String} OR startsWith(log_epoch, {prefix:String}))"
         " HAVING count() > 0"
     )
-    return sql, {"base": base, "prefix": base + "."}
+    return sql, {"base": base, "prefix": base + ".", "p": partition}
 
 
 def daily_counters(partition: int, since: date) -> Query:
@@ -93,7 +95,9 @@ def rollup_gaps(partition: int) -> Query:
     """Days whose daily rollup disagrees with the raw events of a partition.
 
     An insert is not atomic across a table and its materialized views: a process killed
-    in the middle can leave events without their rollup rows.
+    in the middle can leave events without their rollup rows. Only days with more events
+    than rollup rows count: fewer means raw events were deleted (retention), and the
+    rollups are then the only record left.
     """
     sql = (
         "SELECT e.d FROM"
@@ -102,7 +106,7 @@ def rollup_gaps(partition: int) -> Query:
         " LEFT JOIN"
         " (SELECT day AS d, sum(events) AS n FROM usage_daily"
         "  WHERE partition = {p:UInt16} GROUP BY d) AS r"
-        " USING d WHERE e.n != r.n ORDER BY e.d"
+        " USING d WHERE e.n > r.n ORDER BY e.d"
     )
     return sql, {"p": partition}
 

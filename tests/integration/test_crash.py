@@ -152,90 +152,95 @@ async def test_sigkill_at_every_stage_keeps_counts_exact(tmp_path: Path):
     with EmbeddedBroker() as broker:
         tally = Process(tmp_path / "data", broker.bootstrap_servers, port, log)
         tally.start()
-        async with httpx.AsyncClient(base_url=base, timeout=5) as client:
+        try:
+            async with httpx.AsyncClient(base_url=base, timeout=5) as client:
 
-            async def ready() -> bool:
-                try:
-                    return (await client.get("/readyz")).status_code == 200
-                except httpx.HTTPError:
-                    return False
+                async def ready() -> bool:
+                    try:
+                        return (await client.get("/readyz")).status_code == 200
+                    except httpx.HTTPError:
+                        return False
 
-            await eventually(ready, timeout=90, interval=0.2)
-            keys = {}
-            for org in ORGS:
-                r = await client.post(
-                    "/api/v2/admin/orgs",
-                    headers=bearer(ADMIN_KEY),
-                    json={"org_id": org, "signup_date": "2026-01-01"},
-                )
-                assert r.status_code == 201, r.text
-                r = await client.post(
-                    f"/api/v2/admin/orgs/{org}/keys",
-                    headers=bearer(ADMIN_KEY),
-                    json={"mode": "live"},
-                )
-                keys[org] = r.json()["key"]
-
-            producer = AIOKafkaProducer(
-                bootstrap_servers=broker.bootstrap_servers, acks="all", linger_ms=5
-            )
-            await producer.start()
-
-            async def produce() -> None:
-                stream = events + duplicates
-                for start in range(0, len(stream), 1000):
-                    for e in stream[start : start + 1000]:
-                        await producer.send(EVENTS_TOPIC, orjson.dumps(e), key=e["org_id"].encode())
-                    await producer.flush()
-                    await asyncio.sleep(0.2)
-
-            producing = asyncio.create_task(produce())
-            try:
-                tally.kill()
-                for point in (
-                    "worker.before_insert",
-                    "worker.after_insert",
-                    "worker.after_publish",
-                ):
-                    tally.start(f"{point}=crash@3")
-                    code = await tally.wait_exit(timeout=120)
-                    assert code == -signal.SIGKILL, f"{point}: exited with {code}, see {log}"
-                for _ in range(3):
-                    tally.start()
-                    await eventually(ready, timeout=90, interval=0.2)
-                    await asyncio.sleep(rng.uniform(0.2, 3.0))
-                    tally.kill()
-                await producing
-            finally:
-                producing.cancel()
-                await producer.stop()
-
-            tally.start()
-            await eventually(ready, timeout=90, interval=0.2)
-
-            seen: dict[str, tuple[int, int]] = {}
-
-            async def exact() -> bool:
+                await eventually(ready, timeout=90, interval=0.2)
+                keys = {}
                 for org in ORGS:
-                    r = await client.get("/api/v2/quota/tokens", headers=bearer(keys[org]))
-                    seen[org] = (r.json()["used"], tokens[org])
-                return all(a == b for a, b in seen.values())
+                    r = await client.post(
+                        "/api/v2/admin/orgs",
+                        headers=bearer(ADMIN_KEY),
+                        json={"org_id": org, "signup_date": "2026-01-01"},
+                    )
+                    assert r.status_code == 201, r.text
+                    r = await client.post(
+                        f"/api/v2/admin/orgs/{org}/keys",
+                        headers=bearer(ADMIN_KEY),
+                        json={"mode": "live"},
+                    )
+                    keys[org] = r.json()["key"]
 
-            try:
-                await eventually(exact, timeout=120, interval=0.5)
-            except AssertionError as exc:
-                topic = await last_published(broker.bootstrap_servers)
-                tally.stop()
-                lines = log.read_text().splitlines()
-                notes = "\n".join(
-                    x for x in lines if "WARN" in x or "stored" in x or "acquired" in x
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=broker.bootstrap_servers, acks="all", linger_ms=5
                 )
-                stored = await stored_totals(tmp_path)
-                raise AssertionError(
-                    f"(used, expected) per org: {seen}\nstored: {stored}\n"
-                    f"last published: {topic}\nlog:\n{notes}"
-                ) from exc
-        assert tally.stop() == 0
+                await producer.start()
+
+                async def produce() -> None:
+                    stream = events + duplicates
+                    for start in range(0, len(stream), 1000):
+                        for e in stream[start : start + 1000]:
+                            await producer.send(
+                                EVENTS_TOPIC, orjson.dumps(e), key=e["org_id"].encode()
+                            )
+                        await producer.flush()
+                        await asyncio.sleep(0.2)
+
+                producing = asyncio.create_task(produce())
+                try:
+                    tally.kill()
+                    for point in (
+                        "worker.before_insert",
+                        "worker.after_insert",
+                        "worker.after_publish",
+                    ):
+                        tally.start(f"{point}=crash@3")
+                        code = await tally.wait_exit(timeout=120)
+                        assert code == -signal.SIGKILL, f"{point}: exited with {code}, see {log}"
+                    for _ in range(3):
+                        tally.start()
+                        await eventually(ready, timeout=90, interval=0.2)
+                        await asyncio.sleep(rng.uniform(0.2, 3.0))
+                        tally.kill()
+                    await producing
+                finally:
+                    producing.cancel()
+                    await producer.stop()
+
+                tally.start()
+                await eventually(ready, timeout=90, interval=0.2)
+
+                seen: dict[str, tuple[int, int]] = {}
+
+                async def exact() -> bool:
+                    for org in ORGS:
+                        r = await client.get("/api/v2/quota/tokens", headers=bearer(keys[org]))
+                        seen[org] = (r.json()["used"], tokens[org])
+                    return all(a == b for a, b in seen.values())
+
+                try:
+                    await eventually(exact, timeout=120, interval=0.5)
+                except AssertionError as exc:
+                    topic = await last_published(broker.bootstrap_servers)
+                    tally.stop()
+                    lines = log.read_text().splitlines()
+                    notes = "\n".join(
+                        x for x in lines if "WARN" in x or "stored" in x or "acquired" in x
+                    )
+                    stored = await stored_totals(tmp_path)
+                    raise AssertionError(
+                        f"(used, expected) per org: {seen}\nstored: {stored}\n"
+                        f"last published: {topic}\nlog:\n{notes}"
+                    ) from exc
+            assert tally.stop() == 0
+        finally:
+            tally.kill()  # never leave a `tally up` behind, whatever failed
 
     stored = await stored_totals(tmp_path)
     for org in ORGS:

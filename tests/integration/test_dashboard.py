@@ -409,7 +409,8 @@ async def test_dashboard_renders_every_meter_and_the_account_banners(
             for el in d.find_elements(By.CSS_SELECTOR, ".meter"):
                 used = el.find_element(By.CSS_SELECTOR, ".used").get_attribute("data-value")
                 limit = el.find_element(By.CSS_SELECTOR, ".limit").get_attribute("data-value")
-                meters[el.get_attribute("data-meter")] = (int(used), int(limit), el.text)
+                limit = None if limit is None else int(limit)  # Pro sets no token allowance
+                meters[el.get_attribute("data-meter")] = (int(used), limit, el.text)
             banner = d.find_element(By.ID, "banner")
             return {
                 "meters": meters,

@@ -8,7 +8,7 @@ broker is empty; the topics are made again at once (as `tally up` does at start)
 
 The scenario runs once (a module fixture) and two tests read it: the emitter's guarantee
 (every event reached the broker, before or after the restart) and the end-to-end one
-(Tally counts each exactly once), which the worker does not meet yet: see the xfail reason.
+(Tally counts each exactly once).
 """
 
 from __future__ import annotations
@@ -209,25 +209,21 @@ async def test_every_event_reaches_the_broker_across_its_restart(restart: Restar
     assert len(restart.on_new_log) - len(set(restart.on_new_log)) < 5_000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "streams/worker.py (README, Known limits): after an embedded broker restarts empty, "
-        "the worker rejoins the group and seeks to the stored watermark of the old log; a "
-        "spooling emitter replays within a second, so the new log is already past that "
-        "offset, `_log_reset` is not triggered and the head of the new log is skipped "
-        "(seen: partitions re-acquired at offsets 850-2100 of a 3500-event new log). The "
-        "counter table also kept its pre-restart values. The emitter side is the test above."
-    ),
-)
 async def test_tally_counts_each_event_exactly_once_across_the_restart(restart: Restart):
     for org, key in restart.orgs:
         sent = restart.tokens[org]
 
-        async def exact(org: str = org, key: str = key, sent: int = sent) -> bool:
+        async def exact(org: str = org, key: str = key, sent: int = sent) -> tuple[int, int]:
             r = await restart.client.get("/api/v2/quota/tokens", headers=bearer(key))
             used = r.json()["used"]
             assert used is not None and used <= sent, f"{org}: {used} tokens counted, sent {sent}"
+            return used, sent
+
+        async def counted(exact=exact) -> bool:  # type: ignore[no-untyped-def]
+            used, sent = await exact()
             return used == sent
 
-        await eventually(exact, timeout=15)
+        try:
+            await eventually(counted, timeout=15)
+        except AssertionError as exc:
+            raise AssertionError(f"{org}: (used, sent) = {await exact()}") from exc

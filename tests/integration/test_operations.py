@@ -56,6 +56,10 @@ async def test_metrics_move_when_events_flow(client, new_org: OrgFactory, send: 
     await send(f"garbage {uuid.uuid4()}".encode(), key=org.encode())
     await send(make_event(org_id=org) | {"type": "no.such.type"})
     await eventually(lambda: _used_is(client, key, 70))
+    r = await client.post(
+        "/api/v2/quota/check", json={"meter": "tokens", "amount": 1}, headers=bearer(key)
+    )
+    assert r.status_code == 200, r.text
 
     async def moved() -> dict | None:
         now = await scrape(client)
@@ -77,8 +81,9 @@ async def test_metrics_move_when_events_flow(client, new_org: OrgFactory, send: 
                 method="GET",
                 status="200",
             ),
+            "check": delta("tally_quota_checks_total", meter="tokens", code="ok"),
         }
-        wanted = {"llm": 7, "tool": 3, "json": 1, "type": 1}
+        wanted = {"llm": 7, "tool": 3, "json": 1, "type": 1, "check": 1}
         ok = all(figures[k] >= v for k, v in wanted.items()) and all(
             figures[k] >= 1 for k in ("store", "process", "insert", "quota")
         )

@@ -175,3 +175,45 @@ async def test_rollups_missing_after_a_partial_insert_are_rebuilt_from_events(
     )
     assert daily == [(420, 4)] and runs == [(420, 4)]
     assert await stack.worker.sink.repair(partition) == []  # nothing left to repair
+
+
+async def test_raw_events_past_the_plan_retention_go_and_the_rollups_stay(
+    client, new_org: OrgFactory, send: Send, stack
+):
+    org, key = await new_org(plan="free")  # free keeps raw events 7 days
+    now = datetime.now(UTC)
+    old = make_event(
+        org_id=org, ts=(now - timedelta(days=9)).isoformat(), input_tokens=40, output_tokens=0
+    )
+    recent = make_event(org_id=org, input_tokens=2, output_tokens=0)
+    await send(old, recent)
+    await eventually(lambda: _is(client, key, 42))  # both in the current billing window
+    await eventually(lambda: _rows(stack, org, 2))
+
+    from api.retention import RetentionSweeper
+
+    assert await RetentionSweeper(stack.services, 3600).sweep() >= 1
+
+    kept = await stack.store.query(
+        "SELECT event_id FROM events WHERE org_id = {o:String}", {"o": org}
+    )
+    assert kept == [(recent["event_id"],)]
+    daily = await stack.store.query(
+        "SELECT sum(billable) FROM usage_daily WHERE org_id = {o:String}", {"o": org}
+    )
+    assert daily == [(42,)]
+    # A reload of the partition's state does not mistake the deletion for a lost rollup.
+    partition = (
+        await stack.store.query(
+            "SELECT any(partition) FROM usage_daily WHERE org_id = {o:String}", {"o": org}
+        )
+    )[0][0]
+    assert await stack.worker.sink.repair(partition) == []
+    assert await used(client, key) == 42  # quotas and bills are built from what stays
+
+
+async def _rows(stack, org: str, n: int) -> bool:
+    rows = await stack.store.query(
+        "SELECT count() FROM events WHERE org_id = {o:String}", {"o": org}
+    )
+    return rows[0][0] == n

@@ -64,3 +64,30 @@ def test_figures():
     assert figures(100, 130).remaining == 0
     assert figures(None, 30).remaining is None
     assert figures(100, None).remaining is None
+
+
+@pytest.mark.parametrize("anchor", range(1, 32))
+@pytest.mark.parametrize("year", [2026, 2027, 2028, 2100, 2000])
+def test_every_anchor_day_tiles_the_year(anchor, year):
+    """Windows for every anchor day chain without gaps, clamp to short months, and return."""
+    import calendar
+
+    t = at(year, 1, 1)
+    w = monthly_window(anchor, t)
+    for _ in range(14):
+        assert w.contains(t)
+        last = calendar.monthrange(w.start.year, w.start.month)[1]
+        assert w.start.day == min(anchor, last)
+        assert w.start.hour == 0 and w.start.tzinfo == UTC
+        nxt = monthly_window(anchor, w.end)
+        assert nxt.start == w.end  # no gap, no overlap
+        assert 28 <= (w.end - w.start).days <= 31
+        t, w = w.end, nxt
+
+
+def test_leap_day_anchor():
+    # Signed up on Feb 29: Feb 29 in leap years, Feb 28 otherwise, the 29th elsewhere.
+    w = billing_window(date(2028, 2, 29), at(2029, 2, 28, 12))
+    assert (w.start, w.end) == (at(2029, 2, 28), at(2029, 3, 29))
+    w = billing_window(date(2028, 2, 29), at(2032, 2, 29))
+    assert (w.start, w.end) == (at(2032, 2, 29), at(2032, 3, 29))

@@ -1,0 +1,58 @@
+"""Deletes raw events past each org's plan log retention, in the API process (which knows
+every org's plan in force). Rollups are kept: quotas, breakdowns and bills do not change."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
+
+from api.state import Services
+from api.subscriptions import account
+from tally.domain.retention import cutoffs
+
+log = logging.getLogger("tally.retention")
+
+DELETE = (
+    "DELETE FROM events WHERE org_id IN {orgs:Array(String)} AND ts < {cutoff:DateTime64(3, 'UTC')}"
+)
+
+
+class RetentionSweeper:
+    def __init__(self, services: Services, interval_s: float) -> None:
+        self.services = services
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def sweep(self, now: datetime | None = None) -> int:
+        """Delete what has expired; returns how many orgs had a retention to apply."""
+        svc = self.services
+        now = now or datetime.now(UTC)
+        retention = {
+            org_id: account(svc.registry, svc.plans, org_id, now).plan.log_retention_days
+            for org_id in list(svc.registry.orgs)
+        }
+        groups = cutoffs(retention, now)
+        for cutoff, orgs in groups.items():
+            await svc.store.command(DELETE, {"orgs": orgs, "cutoff": cutoff})
+        return sum(len(orgs) for orgs in groups.values())
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="tally-retention")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                swept = await self.sweep()
+                log.info("retention applied to %d orgs", swept)
+            except Exception as exc:  # the store may be down: try again next time
+                log.warning("retention sweep failed: %s", exc)
+            await asyncio.sleep(self.interval_s)

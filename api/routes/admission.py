@@ -1,0 +1,89 @@
+"""Admission: `POST /api/v2/quota/check`, in the hot path of every agent call.
+
+The route only gathers inputs from memory (plan in force, subscription, counter figures,
+session reservations) and renders the pure decision of `tally.domain.admission`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, Depends, Response
+
+from api import figures
+from api.auth import current_key, services
+from api.errors import ApiError
+from api.openapi import errors, fresh
+from api.registry import ApiKey
+from api.routes.quota import freshness
+from api.state import Services
+from api.subscriptions import account
+from schemas.api import CheckAllowed, CheckRequest
+from tally import metrics
+from tally.domain.admission import Ask, Context, decide
+
+router = APIRouter(prefix="/api/v2", tags=["admission"], responses=errors("unauthorized"))
+
+
+@router.post(
+    "/quota/check",
+    response_model=CheckAllowed,
+    responses={
+        **fresh(CheckAllowed, "Allowed: go on"),
+        **errors(
+            "invalid_request",
+            "payment_required",
+            "plan_limit_error",
+            "billing_limit_reached",
+            "rate_limited",
+            "concurrency_limit",
+            "quota_unavailable",
+        ),
+    },
+)
+async def check(
+    body: CheckRequest,
+    response: Response,
+    key: ApiKey = Depends(current_key),
+    svc: Services = Depends(services),
+) -> CheckAllowed:
+    """May the calling org go on? 200 to go ahead; otherwise the error says why and what to do.
+
+    An admitted `sessions` check holds its slots in this process until the
+    `session.started` event shows up in the counters, or for
+    `TALLY_SESSION_RESERVATION_TTL_S` seconds, so concurrent checks never admit more
+    sessions than the plan allows. Test keys are never limited by a cap (their traffic
+    never counts) but obey the plan's model rules and the payment status.
+    """
+    now = datetime.now(UTC)
+    org_id = key.org_id
+    acct = account(svc.registry, svc.plans, org_id, now)
+    used = figures.used(svc.counters, org_id, acct.window, now)
+    live_sessions = body.meter == "sessions" and key.mode == "live" and used.sessions is not None
+    reserved = svc.reservations.held(org_id, used.sessions or 0) if live_sessions else 0
+    ask = Ask(
+        body.meter, body.amount, body.model, body.mode, "test" if key.mode == "test" else "live"
+    )
+    ctx = Context(
+        acct.plan, acct.subscription, acct.window, used, now, reserved, acct.default_model
+    )
+    d = decide(ask, ctx)
+    metrics.quota_check(body.meter, d.code or "ok")
+    headers = freshness(svc)
+    if not d.allowed:
+        assert d.code is not None
+        if d.retry_after is not None:
+            headers["Retry-After"] = str(d.retry_after)
+        raise ApiError(d.status, d.code, d.message, headers)
+    if live_sessions:
+        svc.reservations.reserve(org_id, body.amount, used.sessions or 0)
+    response.headers.update(headers)
+    return CheckAllowed(
+        allowed=True,
+        meter=body.meter,
+        amount=body.amount,
+        limit=d.limit,
+        used=d.used,
+        remaining=d.remaining,
+        reset_at=d.reset_at,
+    )

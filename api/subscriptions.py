@@ -1,0 +1,204 @@
+"""Subscriptions, Enterprise overrides and workspace settings: kept in the store, served from
+memory, like orgs and keys in `api.registry`.
+
+Writes go to the store first and then to memory; reads never wait on the store. The rules
+(which plan is in force, when a change applies) are in `tally.domain.subscriptions`; this
+module only records changes and answers from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from pydantic import ValidationError
+
+from schemas.plans import Catalogue, Plan, PlanOverrides, apply_overrides
+from tally.domain.subscriptions import Change, Subscription, initial, state_at
+from tally.domain.windows import Window
+from tally.store import Store
+
+if TYPE_CHECKING:
+    from api.registry import Org, Registry
+
+log = logging.getLogger("tally.subscriptions")
+
+_CHANGE_COLUMNS = (
+    "org_id",
+    "seq",
+    "kind",
+    "recorded_at",
+    "effective_at",
+    "plan",
+    "anchor",
+    "status",
+    "trial_ends_at",
+)
+
+
+def now_ms() -> datetime:
+    """Now in UTC, to the millisecond the store keeps, so memory and store agree."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def _utc(t: datetime | None) -> datetime | None:
+    return None if t is None else t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+class Accounts:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.changes: dict[str, list[Change]] = {}
+        self.overrides: dict[str, PlanOverrides] = {}
+        self.default_models: dict[str, str | None] = {}
+        self._seq = 0
+        self._lock: asyncio.Lock | None = None
+        self._effective: dict[str, tuple[Plan, PlanOverrides, Plan]] = {}
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        """Serialises admin writes, so each decides from the state the previous one left."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    def _next_seq(self, now: datetime) -> int:
+        self._seq = max(self._seq + 1, int(now.timestamp() * 1_000_000))
+        return self._seq
+
+    async def refresh(self) -> None:
+        rows = await self.store.query(
+            f"SELECT {', '.join(_CHANGE_COLUMNS)} FROM subscription_changes ORDER BY org_id, seq"
+        )
+        changes: dict[str, list[Change]] = {}
+        for org_id, seq, kind, rec, eff, plan, anchor, status, trial in rows:
+            changes.setdefault(org_id, []).append(
+                Change(
+                    kind=kind,
+                    recorded_at=_utc(rec),  # type: ignore[arg-type]
+                    effective_at=_utc(eff),  # type: ignore[arg-type]
+                    plan=plan or None,
+                    anchor=anchor,
+                    status=status or None,
+                    trial_ends_at=_utc(trial),
+                )
+            )
+            self._seq = max(self._seq, seq)
+        overrides = await self.store.query(
+            "SELECT org_id, argMax(overrides, seq), max(seq) FROM plan_overrides GROUP BY org_id"
+        )
+        models = await self.store.query(
+            "SELECT org_id, argMax(default_model, seq), max(seq) FROM workspace_settings"
+            " GROUP BY org_id"
+        )
+        self.changes = changes
+        self.overrides = {r[0]: PlanOverrides.model_validate_json(r[1]) for r in overrides}
+        self.default_models = {r[0]: r[1] for r in models}
+        self._seq = max([self._seq, *(r[2] for r in overrides), *(r[2] for r in models)])
+
+    def effective(self, org_id: str, plan: Plan, overrides: PlanOverrides | None) -> Plan:
+        """`plan` with the org's overrides applied, computed once per plan and overrides."""
+        if overrides is None:
+            return plan
+        cached = self._effective.get(org_id)
+        if cached is not None and cached[0] is plan and cached[1] is overrides:
+            return cached[2]
+        try:
+            result = apply_overrides(plan, overrides)
+        except ValidationError as exc:  # the catalogue changed under stored overrides
+            log.warning("overrides of %r do not fit plan %r, ignored: %s", org_id, plan.name, exc)
+            result = plan
+        self._effective[org_id] = (plan, overrides, result)
+        return result
+
+    def subscription(self, org: Org, now: datetime) -> Subscription:
+        start = initial(org.plan, org.signup_date)
+        return state_at(start, self.changes.get(org.org_id, ()), now)
+
+    def history(self, org_id: str) -> list[Change]:
+        return list(self.changes.get(org_id, ()))
+
+    async def record(self, org_id: str, c: Change) -> None:
+        row: list[Any] = [
+            org_id,
+            self._next_seq(c.recorded_at),
+            c.kind,
+            c.recorded_at,
+            c.effective_at,
+            c.plan or "",
+            c.anchor,
+            c.status or "",
+            c.trial_ends_at,
+        ]
+        await self.store.insert("subscription_changes", [row], _CHANGE_COLUMNS)
+        self.changes.setdefault(org_id, []).append(c)
+
+    async def set_overrides(self, org_id: str, overrides: PlanOverrides, now: datetime) -> None:
+        body = orjson.dumps(overrides.updates()).decode()
+        await self.store.insert(
+            "plan_overrides",
+            [[org_id, self._next_seq(now), now, body]],
+            ("org_id", "seq", "recorded_at", "overrides"),
+        )
+        self.overrides[org_id] = overrides
+
+    async def set_default_model(self, org_id: str, model: str | None, now: datetime) -> None:
+        await self.store.insert(
+            "workspace_settings",
+            [[org_id, self._next_seq(now), now, model]],
+            ("org_id", "seq", "recorded_at", "default_model"),
+        )
+        self.default_models[org_id] = model
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """An org as the quota API sees it at one moment."""
+
+    org: Org
+    subscription: Subscription
+    plan: Plan  # the plan in force, Enterprise overrides applied
+    window: Window
+    default_model: str | None
+    overridden: tuple[str, ...]
+
+    @property
+    def anchor(self) -> date:
+        return self.subscription.anchor
+
+
+_missing_warned: set[str] = set()
+
+
+def plan_in_force(catalogue: Catalogue, name: str) -> Plan:
+    """The catalogue's plan; an org on a plan removed from the catalogue gets the default."""
+    plan = catalogue.get(name)
+    if plan is not None:
+        return plan
+    if name not in _missing_warned:
+        _missing_warned.add(name)
+        log.warning(
+            "plan %r is not in the catalogue: its orgs get %r", name, catalogue.default_plan
+        )
+    return catalogue.default
+
+
+def account(registry: Registry, catalogue: Catalogue, org_id: str, now: datetime) -> Account:
+    org = registry.orgs[org_id]
+    accounts = registry.accounts
+    sub = accounts.subscription(org, now)
+    base = plan_in_force(catalogue, sub.plan)
+    overrides = accounts.overrides.get(org_id) if base.custom else None
+    return Account(
+        org=org,
+        subscription=sub,
+        plan=accounts.effective(org_id, base, overrides),
+        window=sub.window(now),
+        default_model=accounts.default_models.get(org_id),
+        overridden=tuple(overrides.updates()) if overrides else (),
+    )

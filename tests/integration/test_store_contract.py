@@ -1,0 +1,409 @@
+"""The store contract: what Tally needs from ClickHouse, checked on every transport.
+
+One suite, two backends: chDB (always; a fresh database in the session's engine, since one
+process opens one chDB directory) and a ClickHouse server in Docker (marker `docker`; it
+skips, saying Docker is missing, where no Docker engine answers). Each backend gets an empty
+database, so every figure below is exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from aiokafka.partitioner import DefaultPartitioner
+
+from streams.batch import EVENT_COLUMNS, BatchResult, PartitionState, Record, apply, process
+from streams.sink import ClickHouseSink
+from tally.catalogue import load_prices
+from tally.domain.pricing import Pricer
+from tally.store import Store, migrations
+from tally.store import queries as q
+from tests.backends import clickhouse_container, drop_database, fresh_database
+from tests.factories import make_event, wire
+
+pytestmark = pytest.mark.slow
+
+PRICER = Pricer(load_prices())
+
+
+@dataclass
+class Backend:
+    name: str
+    admin: Store  # a store on the engine or server, used to create and drop databases
+    store: Store  # migrated, on a database of its own
+
+    async def fresh_url(self) -> str:
+        return await fresh_database(self.admin, "contract")
+
+
+@pytest.fixture(scope="module", params=["chdb", pytest.param("server", marks=pytest.mark.docker)])
+def engine(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """(backend name, URL of its default database): the session's chDB engine, or a server."""
+    if request.param == "chdb":
+        yield "chdb", request.getfixturevalue("stack").store.url
+    else:
+        with clickhouse_container() as url:
+            yield "server", url
+
+
+@pytest_asyncio.fixture(scope="module")
+async def backend(engine: tuple[str, str]) -> AsyncIterator[Backend]:
+    name, admin_url = engine
+    admin = Store(admin_url)
+    await admin.start()
+    url = await fresh_database(admin, "contract")
+    store = Store(url)
+    await store.start()
+    try:
+        yield Backend(name, admin, store)
+    finally:
+        await store.stop()
+        await drop_database(admin, url)
+        await admin.stop()
+
+
+def iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def utc(value: datetime) -> datetime:
+    """Transports may return naive UTC or aware datetimes; compare them as aware UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def varied_workload(org: str, now: datetime) -> list[dict[str, Any]]:
+    """Every kind of event and every rule that touches a counter, for one org."""
+    ago = lambda **delta: iso(now - timedelta(**delta))  # noqa: E731
+    return [
+        make_event(org_id=org, input_tokens=1200, output_tokens=300, ts=ago(minutes=5)),
+        make_event(org_id=org, agent_id="agent-2", model="gpt-4o-mini", ts=ago(hours=2)),
+        make_event(org_id=org, mode="byok", input_tokens=700, cached_input_tokens=200),
+        make_event(org_id=org, model="no-such-model", input_tokens=10),  # unpriced
+        make_event(org_id=org, key_mode="test", input_tokens=5000),  # recorded, free
+        make_event(org_id=org, run_id="run-late", ts=ago(days=3)),  # late: an older day
+        make_event("tool.call", org_id=org, connector="slack"),
+        make_event("tool.call", org_id=org, success=False),  # failed: never billed
+        make_event("tool.call", org_id=org, key_mode="test"),
+        make_event("gateway.request", org_id=org, ts=ago(minutes=10)),
+        make_event("gateway.request", org_id=org, ts=ago(minutes=10)),
+        make_event("gateway.request", org_id=org, ts=ago(minutes=3), key_mode="test"),
+        make_event("storage.usage", org_id=org, kind="traces", byte_seconds=10**12),
+        make_event("session.started", org_id=org, session_id="open"),
+        make_event("session.started", org_id=org, session_id="closed"),
+        make_event("session.ended", org_id=org, session_id="closed"),
+        make_event("session.ended", org_id=org, session_id="only-ended"),
+        make_event("session.started", org_id=org, session_id="test-key", key_mode="test"),
+    ]
+
+
+def mark(result: BatchResult) -> tuple[str, int, int]:
+    """What the worker stores with a batch: epoch, next offset, CRC of the last message."""
+    return result.epoch, result.last_offset + 1, result.last_crc
+
+
+async def run_batch(
+    sink: ClickHouseSink, state: PartitionState, values: list[bytes], first_offset: int
+) -> BatchResult:
+    """What the worker does with one fetch: process, store with the mark, then apply."""
+    records = [Record(first_offset + i, v) for i, v in enumerate(values)]
+    state.epoch = state.epoch or sink.base_epoch
+    result = process(state, records, PRICER, datetime.now(UTC), state.epoch)
+    await sink.write(result.rows, {state.partition: mark(result)})
+    apply(state, result)
+    return result
+
+
+def event_row(**overrides: Any) -> list[Any]:
+    now = datetime.now(UTC)
+    row: dict[str, Any] = {
+        "org_id": "org",
+        "event_id": str(uuid.uuid4()),
+        "type": "llm.usage",
+        "ts": now,
+        "agent_id": "agent-1",
+        "run_id": "run-1",
+        "session_id": "sess-1",
+        "key_mode": "live",
+        "line_item": "llm",
+        "item": "gpt-4o",
+        "quantity": 150,
+        "billable": 150,
+        "cost_micros": 1234,
+        "priced": 1,
+        "input_tokens": 100,
+        "output_tokens": 50,
+        "cached_input_tokens": 0,
+        "mode": "managed",
+        "tool": "",
+        "success": 1,
+        "cache_hit": 0,
+        "partition": 0,
+        "offset": 0,
+        "ingested_at": now,
+        "log_epoch": "contract",
+    }
+    row.update(overrides)
+    return [row[c] for c in EVENT_COLUMNS]
+
+
+async def table_schema(store: Store) -> dict[str, list[tuple[Any, ...]]]:
+    """Tables with their engines and keys, and every column with its type."""
+    tables = await store.query(
+        "SELECT name, engine, partition_key, sorting_key FROM system.tables"
+        " WHERE database = currentDatabase() AND name != 'schema_migrations' ORDER BY name"
+    )
+    columns = await store.query(
+        "SELECT table, name, type FROM system.columns WHERE database = currentDatabase()"
+        " AND table != 'schema_migrations' ORDER BY table, position"
+    )
+    return {"tables": tables, "columns": columns}
+
+
+# -- migrations --------------------------------------------------------------------------
+
+
+async def test_migrations_run_twice_and_concurrently_leave_one_schema(backend: Backend):
+    assert await backend.store.migrate() == []  # applied at start: nothing left to do
+    reference = await table_schema(backend.store)
+    names = {row[0] for row in reference["tables"]}
+    assert {"events", "offsets", "usage_daily", "usage_runs", "orgs", "api_keys"} <= names
+    assert {"usage_daily_mv", "usage_runs_mv"} <= names
+
+    # Replicas starting together on an empty database all migrate at once.
+    url = await backend.fresh_url()
+    racers = [Store(url) for _ in range(3)]
+    try:
+        await asyncio.gather(*(s.start() for s in racers))
+        assert await racers[0].migrate() == []
+        # Every statement of every migration, run a second time, changes nothing.
+        for _, statements in migrations():
+            for statement in statements:
+                await racers[1].command(statement)
+        assert await table_schema(racers[2]) == reference
+    finally:
+        for s in racers:
+            await s.stop()
+        await drop_database(backend.admin, url)
+
+
+# -- inserts and bound parameters ----------------------------------------------------------
+
+
+async def test_insert_and_query_with_bound_parameters(backend: Backend):
+    store = backend.store
+    org = f"o'rg\\\"ü-{uuid.uuid4().hex[:8]}"  # quotes, a backslash and non-ASCII
+    day = datetime(2026, 3, 14, 15, 9, 26, 535_000, tzinfo=UTC)
+    rows = [
+        event_row(org_id=org, ts=day, partition=7, offset=1, billable=10),
+        event_row(org_id=org, ts=day + timedelta(days=1), partition=8, offset=2, billable=20),
+        event_row(org_id=org, ts=day, partition=9, offset=3, billable=40),
+        event_row(org_id=org + "x", ts=day, partition=7, offset=4, billable=80),
+    ]
+    await store.insert("events", rows, EVENT_COLUMNS)
+
+    found = await store.query(
+        "SELECT event_id, ts, billable FROM events WHERE org_id = {o:String}"
+        " AND toDate(ts) = {d:Date} AND partition IN ({p1:UInt16}, {p2:UInt32})"
+        " AND billable >= {min:Int64} AND has({ids:Array(String)}, event_id) ORDER BY billable",
+        {
+            "o": org,
+            "d": date(2026, 3, 14),
+            "p1": 7,
+            "p2": 9,
+            "min": -1,
+            "ids": [r[1] for r in rows],
+        },
+    )
+    assert [(r[0], utc(r[1]), r[2]) for r in found] == [
+        (rows[0][1], day, 10),
+        (rows[2][1], day, 40),
+    ]
+
+    count = "SELECT count() FROM events WHERE org_id = {o:String}"
+    assert await store.query(count, {"o": "x' OR 1=1; DROP TABLE events; --"}) == [(0,)]
+    assert await store.query(count, {"o": org}) == [(3,)]
+
+
+# -- rollups and deduplication -----------------------------------------------------------
+
+
+async def test_materialized_views_agree_with_the_events(backend: Backend):
+    orgs = [f"mv-{uuid.uuid4().hex[:8]}-{i}" for i in range(3)]
+    sink = ClickHouseSink(backend.store, f"mv-{uuid.uuid4().hex}", 86_400)
+    state = PartitionState(11)
+    now = datetime.now(UTC)
+    values = [wire(e) for org in orgs for e in varied_workload(org, now)]
+    await run_batch(sink, state, values[:30], 0)
+    await run_batch(sink, state, values[30:], 30)
+    params = {"orgs": orgs}
+
+    daily_keys = "org_id, toDate(ts), agent_id, line_item, item, key_mode, mode, partition"
+    from_events = await backend.store.query(
+        f"SELECT {daily_keys}, count(), sum(quantity), sum(billable), sum(cost_micros),"
+        " sum(1 - priced), sum(input_tokens), sum(output_tokens), sum(cached_input_tokens)"
+        f" FROM events WHERE has({{orgs:Array(String)}}, org_id) GROUP BY {daily_keys}"
+        f" ORDER BY {daily_keys}",
+        params,
+    )
+    daily = "org_id, day, agent_id, line_item, item, key_mode, mode, partition"
+    from_daily = await backend.store.query(
+        f"SELECT {daily}, sum(events), sum(quantity), sum(billable), sum(cost_micros),"
+        " sum(unpriced), sum(input_tokens), sum(output_tokens), sum(cached_input_tokens)"
+        f" FROM usage_daily WHERE has({{orgs:Array(String)}}, org_id) GROUP BY {daily}"
+        f" ORDER BY {daily}",
+        params,
+    )
+    assert len(from_events) > 10 and from_daily == from_events
+
+    runs = "org_id, run_id, agent_id, line_item, item, key_mode"
+    run_events = await backend.store.query(
+        f"SELECT {runs}, min(ts), max(ts), count(), sum(quantity), sum(billable),"
+        " sum(cost_micros), sum(1 - priced) FROM events"
+        f" WHERE has({{orgs:Array(String)}}, org_id) AND run_id != '' GROUP BY {runs}"
+        f" ORDER BY {runs}",
+        params,
+    )
+    run_rollup = await backend.store.query(
+        f"SELECT {runs}, min(first_ts), max(last_ts), sum(events), sum(quantity),"
+        f" sum(billable), sum(cost_micros), sum(unpriced) FROM usage_runs"
+        f" WHERE has({{orgs:Array(String)}}, org_id) GROUP BY {runs} ORDER BY {runs}",
+        params,
+    )
+    assert len(run_events) > 10 and run_rollup == run_events
+
+
+async def stored(store: Store, org: str) -> tuple[int, int, int, int]:
+    """(events rows, distinct event ids, events in usage_daily, events in usage_runs)."""
+    p = {"o": org}
+    rows, ids = (
+        await store.query(
+            "SELECT count(), uniqExact(event_id) FROM events WHERE org_id = {o:String}", p
+        )
+    )[0]
+    daily = (await store.query("SELECT sum(events) FROM usage_daily WHERE org_id = {o:String}", p))[
+        0
+    ]
+    runs = (await store.query("SELECT sum(events) FROM usage_runs WHERE org_id = {o:String}", p))[0]
+    return int(rows), int(ids), int(daily[0]), int(runs[0])
+
+
+async def test_a_retried_insert_is_stored_once_in_events_and_in_the_rollups(backend: Backend):
+    org = f"retry-{uuid.uuid4().hex[:8]}"
+    sink = ClickHouseSink(backend.store, f"retry-{uuid.uuid4().hex}", 86_400)
+    state = PartitionState(12)
+    values = [wire(e) for e in varied_workload(org, datetime.now(UTC))]
+    result = process(
+        state,
+        [Record(i, v) for i, v in enumerate(values)],
+        PRICER,
+        datetime.now(UTC),
+        sink.base_epoch,
+    )
+    marks = {state.partition: mark(result)}
+    # The insert succeeded but its acknowledgement was lost: the sink sends it again, and
+    # the same batch always carries the same deduplication token.
+    await sink.write(result.rows, marks)
+    await sink.write(result.rows, marks)
+    n = len(values)
+    assert await stored(backend.store, org) == (n, n, n, n)
+
+    # The store deduplicates by token, not by content: a different batch with the same rows
+    # (which Tally never sends) is stored again, in the events and in both rollups.
+    control = f"retry-control-{uuid.uuid4().hex[:8]}"
+    rows = [event_row(org_id=control, partition=13, offset=i) for i in range(4)]
+    settings = {"deduplicate_blocks_in_dependent_materialized_views": 1}
+    for token in ("t-1", "t-1", "t-2"):
+        await backend.store.insert(
+            "events",
+            rows,
+            EVENT_COLUMNS,
+            settings={**settings, "insert_deduplication_token": f"{control}|{token}"},
+        )
+    assert await stored(backend.store, control) == (8, 4, 8, 8)
+
+
+# -- watermarks and the rebuilt state ------------------------------------------------------
+
+
+async def test_watermark_queries_return_the_stored_marks(backend: Backend):
+    store, base = backend.store, f"wm-{uuid.uuid4().hex}"
+    p = 21
+    sink = ClickHouseSink(store, base, 86_400)
+    assert (await sink.load(p)).next_offset == 0
+    assert [seen for _, _, seen in await store.query(*q.watermark(base, p))] == [0, 0]
+
+    org = f"wm-{uuid.uuid4().hex[:8]}"
+    state = PartitionState(p)
+    await run_batch(sink, state, [wire(make_event(org_id=org)) for _ in range(10)], 0)
+    assert (await sink.load(p)).next_offset == 10
+    # A fetch of nothing but duplicates and dead letters stores no rows, yet moves the mark.
+    await sink.write([], {p: (base, 15, 0)})
+    assert (await sink.load(p)).next_offset == 15
+    # Rows stored but the offsets row lost (a crash between the two inserts): the rows are
+    # their own watermark.
+    rows = [event_row(org_id=org, partition=p, offset=o, log_epoch=base) for o in range(15, 20)]
+    await store.insert("events", rows, EVENT_COLUMNS)
+    assert (await sink.load(p)).next_offset == 20
+    marks = await store.query(*q.watermark(base, p))
+    assert max(int(n) for n, _, seen in marks if seen) == 20
+    # Marks are per partition and per epoch: neither leaks into another.
+    assert (await sink.load(p + 1)).next_offset == 0
+    other = ClickHouseSink(store, f"{base}-other", 86_400)
+    await other.write([], {p: (f"{base}-other", 1_000, 0)})
+    assert (await sink.load(p)).next_offset == 20
+
+    # After a broker reset the worker writes under `base.<id>`; whoever loads the partition
+    # next continues that epoch, and other partitions keep theirs.
+    assert (await sink.load(p)).epoch == base
+    reset = sink.new_epoch()
+    await sink.write([], {p: (reset, 3, 0)})
+    resumed = await ClickHouseSink(store, base, 86_400).load(p)
+    assert (resumed.epoch, resumed.next_offset) == (reset, 3)
+    assert (await sink.load(p + 1)).epoch == base
+    assert (await store.query(*q.latest_epoch(f"{base}-oth", p))) == []
+
+
+async def test_load_rebuilds_exactly_the_state_the_worker_computed(backend: Backend):
+    sink = ClickHouseSink(backend.store, f"load-{uuid.uuid4().hex}", 86_400)
+    state = PartitionState(31)
+    now = datetime.now(UTC)
+    orgs = [f"load-{uuid.uuid4().hex[:8]}-{i}" for i in range(2)]
+    first = [e for org in orgs for e in varied_workload(org, now)]
+    await run_batch(sink, state, [wire(e) for e in first[:20]], 0)
+    # The second fetch repeats events of the first (producer retries) and carries a dead
+    # letter; the session left open in the first fetch ends in this one for one org.
+    repeats = [wire(e) for e in first[:5]] + [b"not json"]
+    ended = make_event("session.ended", org_id=orgs[0], session_id="open")
+    second = repeats + [wire(e) for e in first[20:]] + [wire(ended)]
+    result = await run_batch(sink, state, second, 20)
+    assert result.duplicates == 5 and len(result.dead) == 1
+
+    loaded = await ClickHouseSink(backend.store, sink.base_epoch, 86_400).load(state.partition)
+    assert loaded.next_offset == state.next_offset == 20 + len(second)
+    # A counter that went back to zero (a session that ended) is kept by the worker and not
+    # rebuilt; both mean zero.
+    assert loaded.counters == {k: v for k, v in state.counters.items() if v}
+    assert loaded.sessions == state.sessions
+    assert set(loaded.seen) == set(state.seen)
+    assert len(loaded.counters) > 20  # every kind of counter is in there
+
+
+async def test_the_store_computes_the_kafka_partition_of_an_org(backend: Backend):
+    """`kafkaMurmurHash(org_id) % n` is the partition the producers' default partitioner
+    picks for key `org_id`: what a rebuild needs after the partition count changes."""
+    orgs = ["acme", "org-1", "ünïcode-org", "x" * 100] + [f"org-{i}" for i in range(200)]
+    partitioner = DefaultPartitioner()
+    for n in (1, 8, 16, 48):
+        rows = await backend.store.query(
+            "SELECT arrayMap(o -> kafkaMurmurHash(o) % {n:UInt32}, {orgs:Array(String)})",
+            {"orgs": orgs, "n": n},
+        )
+        parts = list(range(n))
+        assert list(rows[0][0]) == [partitioner(o.encode(), parts, parts) for o in orgs]
