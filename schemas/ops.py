@@ -58,6 +58,11 @@ class ReconcileFigures(BaseModel):
     rollups: list[FigureRow] = Field(description="The daily rollup of the window.")
     counters: list[FigureRow] = Field(description="The quota counters of the window.")
     counters_since: date = Field(description="Counters older than this day are not kept.")
+    raw_kept_from: dict[str, date] = Field(
+        default_factory=dict,
+        description="Orgs whose plan deletes raw events: the first day still kept (the"
+        " rollups are the record before it).",
+    )
     counter_staleness_s: float | None
 
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Response
 
 from api.auth import require_admin, services
 from api.state import Services
+from api.subscriptions import account
 from schemas.api import ErrorBody
 from schemas.ops import (
     FigureRow,
@@ -20,6 +21,7 @@ from schemas.ops import (
 from tally import metrics
 from tally.domain import counters
 from tally.domain import reconcile as rec
+from tally.domain.retention import cutoffs
 from tally.store import ops as sql
 
 log = logging.getLogger("tally.ops")
@@ -55,7 +57,9 @@ async def reconcile(body: ReconcileRequest, svc: Services = Depends(services)) -
         names = [epochs.get(p, "") for p in range(size)]
         seen = await _stored(svc, body, names, lows, highs)
     stored = await _stored(svc, body)
-    since = datetime.now(UTC).date() - timedelta(days=counters.KEEP_DAYS)
+    rollups = await _rollups(svc, body)
+    now = datetime.now(UTC)
+    since = now.date() - timedelta(days=counters.KEEP_DAYS)
     log.info(
         "reconcile figures for %s .. %s",
         body.start,
@@ -66,9 +70,10 @@ async def reconcile(body: ReconcileRequest, svc: Services = Depends(services)) -
         epochs=epochs,
         seen=_rows(seen) if seen is not None else None,
         stored=_rows(stored),
-        rollups=_rows(await _rollups(svc, body)),
+        rollups=_rows(rollups),
         counters=_rows(_counters(svc, body.start, body.end, body.org_id)),
         counters_since=since,
+        raw_kept_from=_raw_kept_from(svc, {org for org, _ in stored | rollups}, now),
         counter_staleness_s=svc.counters.staleness_s(),
     )
 
@@ -112,6 +117,16 @@ def _counters(svc: Services, start: date, end: date, org_id: str | None) -> rec.
         if name in names and first <= bucket < last and (org_id is None or org == org_id):
             table.setdefault((org, counters.day_of(bucket)), {})[name] = value
     return table
+
+
+def _raw_kept_from(svc: Services, orgs: set[str], now: datetime) -> dict[str, date]:
+    """The first day of raw events each org's plan retention keeps (as the sweeper reads it)."""
+    days = {
+        org: account(svc.registry, svc.plans, org, now).plan.log_retention_days
+        for org in orgs
+        if org in svc.registry.orgs
+    }
+    return {org: cutoff.date() for cutoff, group in cutoffs(days, now).items() for org in group}
 
 
 def _rows(table: rec.Table) -> list[FigureRow]:

@@ -13,6 +13,8 @@ Two comparisons are made, each over what both sides can see:
                       rebuilt counters read (events, meters, cost)
   store -> counters   every stored row of the day against the quota counters (meters, cost),
                       for the days the counters still keep
+  rollups -> counters on the days an org's plan retention has deleted its raw events (the
+                      rollups stay and are the record there), instead of all of the above
 No I/O: the operations command gathers the tables.
 """
 
@@ -33,7 +35,7 @@ METERS = tuple(METER_OF_LINE_ITEM.values())
 COSTS = tuple(COST_PREFIX + li for li in ("llm", "tool_calls", "storage"))
 MONEY_AND_METERS = METERS + COSTS
 
-Check = Literal["broker/store", "store/rollups", "store/counters", "duplicates"]
+Check = Literal["broker/store", "store/rollups", "store/counters", "rollups/counters", "duplicates"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,7 @@ def compare(
     counters: Table,
     counter_days: set[date] | None = None,
     rollups: Table | None = None,
+    raw_from: Mapping[str, date] | None = None,
 ) -> list[Difference]:
     """Every difference, sorted by org and day.
 
@@ -121,16 +124,34 @@ def compare(
     on events, meters and cost; `stored` (all rows) against `counters` on meters and cost,
     on `counter_days` only if given (counters forget old days); `stored` against `rollups`
     on events, meters and cost; and any stored row counted twice is a `duplicates`
-    difference.
+    difference. Before `raw_from[org]` (the org's plan retention deleted its raw events
+    there) only `rollups` against `counters` is compared.
     """
+    raw_from = raw_from or {}
+
+    def raw(table: Table | None) -> Table | None:
+        if table is None or not raw_from:
+            return table
+        return {k: v for k, v in table.items() if k[0] not in raw_from or k[1] >= raw_from[k[0]]}
+
+    def expired(table: Table | None) -> Table:
+        return {
+            k: v for k, v in (table or {}).items() if k[0] in raw_from and k[1] < raw_from[k[0]]
+        }
+
+    broker, stored_seen, kept = raw(broker), raw(stored_seen), raw(stored)
+    assert kept is not None
     out: list[Difference] = []
     if broker is not None and stored_seen is not None:
         out += _diff(broker, stored_seen, ("events",) + MONEY_AND_METERS, "broker/store")
     if rollups is not None:  # the rollup counts rows, duplicates included
-        as_rows = {k: {**f, "events": f.get("rows", 0)} for k, f in stored.items()}
-        out += _diff(as_rows, rollups, ("events",) + MONEY_AND_METERS, "store/rollups")
-    out += _diff(stored, counters, MONEY_AND_METERS, "store/counters", counter_days)
-    for (org, day), figures in sorted(stored.items()):
+        as_rows = {k: {**f, "events": f.get("rows", 0)} for k, f in kept.items()}
+        out += _diff(as_rows, raw(rollups) or {}, ("events",) + MONEY_AND_METERS, "store/rollups")
+        out += _diff(
+            expired(rollups), expired(counters), MONEY_AND_METERS, "rollups/counters", counter_days
+        )
+    out += _diff(kept, raw(counters) or {}, MONEY_AND_METERS, "store/counters", counter_days)
+    for (org, day), figures in sorted(kept.items()):
         rows, events = figures.get("rows", 0), figures.get("events", 0)
         if rows != events:
             out.append(Difference(org, day, "rows", "duplicates", events, rows))

@@ -113,9 +113,10 @@ async def reconcile(
         since = date.fromisoformat(answer["counters_since"])
         stored, seen = _table(answer["stored"]), _table(answer["seen"])
         counted, rollups = _table(answer["counters"]), _table(answer["rollups"])
-        days = {d for _, d in stored} | {d for _, d in counted}
+        days = {d for _, d in stored} | {d for _, d in counted} | {d for _, d in rollups}
+        raw_from = {org: date.fromisoformat(d) for org, d in answer["raw_kept_from"].items()}
         differences = rec.compare(
-            scan.figures, seen, stored, counted, {d for d in days if d >= since}, rollups
+            scan.figures, seen, stored, counted, {d for d in days if d >= since}, rollups, raw_from
         )
         if not differences or asyncio.get_running_loop().time() >= deadline:
             break
@@ -174,6 +175,7 @@ def render(result: Result, start: date, end: date) -> str:
         " the same offsets (missing: not stored yet or lost; extra: stored twice or changed).",
         "store/rollups: expected = stored rows, found = the daily rollup (reports, credits).",
         "store/counters: expected = stored rows, found = quota counters.",
+        "rollups/counters: days whose raw events the plan's retention deleted.",
         "duplicates: expected = distinct event ids, found = stored rows.",
     ]
     return "\n".join(out)

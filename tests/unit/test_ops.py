@@ -138,6 +138,21 @@ def test_reconcile_compares_the_rollup_with_the_rows_duplicates_included():
     }
 
 
+def test_days_past_the_plan_retention_compare_the_rollup_with_the_counters():
+    old, new = date(2026, 10, 1), DAY
+    broker: rec.Table = {("acme", old): {"events": 5, "tokens": 50}, ("acme", new): {"events": 1}}
+    stored: rec.Table = {("acme", new): {"events": 1, "rows": 1}}  # October's rows deleted
+    rollups: rec.Table = {("acme", old): {"events": 5, "tokens": 50}, ("acme", new): {"events": 1}}
+    counters: rec.Table = {("acme", old): {"tokens": 50}}
+    retention = {"acme": date(2026, 10, 20)}
+    assert rec.compare(broker, stored, stored, counters, None, rollups, retention) == []
+    counters[("acme", old)]["tokens"] = 49
+    (diff,) = rec.compare(broker, stored, stored, counters, None, rollups, retention)
+    assert (diff.check, diff.day, diff.expected, diff.found) == ("rollups/counters", old, 50, 49)
+    found = rec.compare(broker, stored, stored, counters, None, rollups)  # without retention
+    assert {d.check for d in found} == {"broker/store", "store/rollups", "store/counters"}
+
+
 def test_reconcile_skips_days_the_counters_no_longer_keep():
     stored: rec.Table = {("acme", DAY): {"events": 1, "rows": 1, "tokens": 5}}
     assert rec.compare(None, None, stored, {}, counter_days=set()) == []
