@@ -26,8 +26,13 @@ class ReconcileRequest(BaseModel):
     org_id: str | None = None
     ranges: list[OffsetRange] | None = Field(
         None,
-        description="What a broker scan read; the rows stored from these offsets (of each"
-        " partition's latest log epoch) are reported apart.",
+        description="What a broker scan read; the rows stored from these offsets, of the"
+        " `epochs` given per partition, are reported apart.",
+    )
+    epochs: dict[int, list[str]] = Field(
+        default_factory=dict,
+        description="Per partition, the log epochs whose rows belong to the broker's log"
+        " (see /reconcile/epochs).",
     )
 
     @model_validator(mode="after")
@@ -45,12 +50,15 @@ class FigureRow(BaseModel):
     figures: dict[str, int]
 
 
+class RangesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ranges: list[OffsetRange]
+
+
 class ReconcileFigures(BaseModel):
     """The store's and the counters' side of a reconciliation."""
 
-    epochs: dict[int, str] = Field(
-        description="Per partition, the log epoch the `seen` rows were read from."
-    )
     seen: list[FigureRow] | None = Field(
         description="Stored rows of the requested offset ranges (absent without ranges)."
     )
@@ -75,3 +83,16 @@ class StoredLookup(BaseModel):
 
 class StoredEvents(BaseModel):
     stored: list[str] = Field(description="The event ids that have a stored row.")
+
+
+class EpochProbe(BaseModel):
+    """A log epoch's newest stored row within a partition's scanned range."""
+
+    partition: int
+    epoch: str
+    offset: int
+    event_id: str
+
+
+class EpochProbes(BaseModel):
+    probes: list[EpochProbe]

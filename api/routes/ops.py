@@ -12,7 +12,11 @@ from api.state import Services
 from api.subscriptions import account
 from schemas.api import ErrorBody
 from schemas.ops import (
+    EpochProbe,
+    EpochProbes,
     FigureRow,
+    OffsetRange,
+    RangesRequest,
     ReconcileFigures,
     ReconcileRequest,
     StoredEvents,
@@ -46,16 +50,11 @@ async def prometheus(svc: Services = Depends(services)) -> Response:
 async def reconcile(body: ReconcileRequest, svc: Services = Depends(services)) -> ReconcileFigures:
     """The store's and the counters' figures per org and day, to compare with a broker scan
     (`tally reconcile` does the scan and the comparison)."""
-    epochs: dict[int, str] = {}
     seen = None
     if body.ranges is not None:
-        epochs = {int(p): str(e) for p, e in await svc.store.query(*sql.current_epochs())}
-        size = max((r.partition for r in body.ranges), default=-1) + 1
-        lows, highs = [0] * size, [0] * size
-        for r in body.ranges:
-            lows[r.partition], highs[r.partition] = r.low, r.high
-        names = [epochs.get(p, "") for p in range(size)]
-        seen = await _stored(svc, body, names, lows, highs)
+        lows, highs = _bounds(body.ranges)
+        epochs = [body.epochs.get(p, []) for p in range(len(lows))]
+        seen = await _stored(svc, body, epochs, lows, highs)
     stored = await _stored(svc, body)
     rollups = await _rollups(svc, body)
     now = datetime.now(UTC)
@@ -67,7 +66,6 @@ async def reconcile(body: ReconcileRequest, svc: Services = Depends(services)) -
         extra={"org": body.org_id},
     )
     return ReconcileFigures(
-        epochs=epochs,
         seen=_rows(seen) if seen is not None else None,
         stored=_rows(stored),
         rollups=_rows(rollups),
@@ -76,6 +74,28 @@ async def reconcile(body: ReconcileRequest, svc: Services = Depends(services)) -
         raw_kept_from=_raw_kept_from(svc, {org for org, _ in stored | rollups}, now),
         counter_staleness_s=svc.counters.staleness_s(),
     )
+
+
+@admin.post("/reconcile/epochs", response_model=EpochProbes)
+async def reconcile_epochs(body: RangesRequest, svc: Services = Depends(services)) -> EpochProbes:
+    """Per partition and log epoch stored within the ranges: its newest row's offset and event
+    id. The broker's message at that offset tells whether the epoch is the broker's log."""
+    lows, highs = _bounds(body.ranges)
+    rows = await svc.store.query(*sql.epoch_probes(lows, highs))
+    return EpochProbes(
+        probes=[
+            EpochProbe(partition=int(p), epoch=str(e), offset=int(o), event_id=str(i))
+            for p, e, o, i in rows
+        ]
+    )
+
+
+def _bounds(ranges: list[OffsetRange]) -> tuple[list[int], list[int]]:
+    size = max((r.partition for r in ranges), default=-1) + 1
+    lows, highs = [0] * size, [0] * size
+    for r in ranges:
+        lows[r.partition], highs[r.partition] = r.low, r.high
+    return lows, highs
 
 
 @admin.post("/events/stored", response_model=StoredEvents)
@@ -90,7 +110,7 @@ async def stored_events(body: StoredLookup, svc: Services = Depends(services)) -
 async def _stored(
     svc: Services,
     body: ReconcileRequest,
-    epochs: list[str] | None = None,
+    epochs: list[list[str]] | None = None,
     lows: list[int] | None = None,
     highs: list[int] | None = None,
 ) -> rec.Table:

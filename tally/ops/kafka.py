@@ -169,6 +169,29 @@ async def scan(
                 yield batch
 
 
+async def read_at(
+    consumer: AIOKafkaConsumer, topic: str, offset_of: dict[int, list[int]], timeout: float = 5.0
+) -> dict[tuple[int, int], bytes | None]:
+    """The values of the messages at these offsets (`{partition: [offset, ...]}`); a message
+    the log does not hold (any more) is None."""
+    out: dict[tuple[int, int], bytes | None] = {}
+    for p, offsets in offset_of.items():
+        tp = TopicPartition(topic, p)
+        consumer.assign([tp])
+        for offset in offsets:
+            consumer.seek(tp, offset)
+            deadline = asyncio.get_running_loop().time() + timeout
+            found: bytes | None = None
+            while asyncio.get_running_loop().time() < deadline:
+                msgs = (await consumer.getmany(tp, timeout_ms=200, max_records=500)).get(tp, [])
+                later = [m for m in msgs if m.offset >= offset]  # a fetch may start earlier
+                if later:
+                    found = later[0].value if later[0].offset == offset else None
+                    break
+            out[(p, offset)] = found
+    return out
+
+
 @contextlib.asynccontextmanager
 async def writer(bootstrap: str, timeout: float = 10.0) -> AsyncIterator[AIOKafkaProducer]:
     """A producer that waits for every replica (no idempotence: the embedded broker has none;

@@ -43,7 +43,7 @@ class BrokerScan:
 @dataclass
 class Result:
     scan: BrokerScan
-    epochs: dict[str, str]
+    epochs: dict[int, list[str]]
     stored: rec.Table
     seen: rec.Table
     rollups: rec.Table
@@ -85,6 +85,33 @@ async def scan_broker(
     return result
 
 
+async def broker_epochs(
+    bootstrap: str, api: Api, ranges: list[dict[str, int]]
+) -> dict[int, list[str]]:
+    """Per partition, the log epochs whose stored rows came from the broker's current log.
+
+    A partition's rows may carry several epochs: the worker starts a new one whenever it
+    takes the broker's log for a new log. An epoch is this log's when its newest stored row
+    in range is the very message the broker holds at that offset; rows of an earlier log
+    (an embedded broker restarted empty) are not."""
+    probes = (await api.admin("/reconcile/epochs", {"ranges": ranges}))["probes"]
+    wanted: dict[int, list[int]] = {}
+    for probe in probes:
+        wanted.setdefault(probe["partition"], []).append(probe["offset"])
+    async with kafka.reader(bootstrap) as consumer:
+        values = await kafka.read_at(consumer, EVENTS_TOPIC, wanted)
+    out: dict[int, list[str]] = {}
+    for probe in probes:
+        value = values.get((probe["partition"], probe["offset"]))
+        try:
+            event_id = orjson.loads(value)["event_id"] if value else None
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            event_id = None
+        if event_id == probe["event_id"]:
+            out.setdefault(probe["partition"], []).append(probe["epoch"])
+    return out
+
+
 def _table(rows: list[dict[str, Any]] | None) -> rec.Table:
     return {(r["org_id"], date.fromisoformat(r["day"])): dict(r["figures"]) for r in rows or []}
 
@@ -99,13 +126,14 @@ async def reconcile(
     settle_s: float = 10.0,
 ) -> Result:
     scan = await scan_broker(bootstrap, pricer, start, end, org_id)
+    ranges = [{"partition": p, "low": low, "high": high} for p, (low, high) in scan.ranges.items()]
+    epochs = await broker_epochs(bootstrap, api, ranges)
     body = {
         "from": start.isoformat(),
         "to": end.isoformat(),
         "org_id": org_id,
-        "ranges": [
-            {"partition": p, "low": low, "high": high} for p, (low, high) in scan.ranges.items()
-        ],
+        "ranges": ranges,
+        "epochs": epochs,
     }
     deadline = asyncio.get_running_loop().time() + settle_s
     while True:
@@ -121,9 +149,7 @@ async def reconcile(
         if not differences or asyncio.get_running_loop().time() >= deadline:
             break
         await asyncio.sleep(0.5)
-    return Result(
-        scan, answer["epochs"], stored, seen, rollups, counted, since, differences, org_id
-    )
+    return Result(scan, epochs, stored, seen, rollups, counted, since, differences, org_id)
 
 
 def render(result: Result, start: date, end: date) -> str:
@@ -138,7 +164,7 @@ def render(result: Result, start: date, end: date) -> str:
         f"window {start} .. {end} (UTC days, end exclusive); broker: {scan.messages} messages"
         f"{' of this org' if result.org_id else ''} read ({scan.invalid} invalid,"
         f" {scan.duplicates} duplicate event ids); store epochs"
-        f" {', '.join(sorted(set(result.epochs.values()))) or '-'};"
+        f" {', '.join(sorted({e for es in result.epochs.values() for e in es})) or '-'};"
         f" counters kept from {result.counters_since}",
         "",
         table(

@@ -13,17 +13,23 @@ from tally.store.queries import Query
 MAX_LOOKUP = 10_000  # event ids per stored-events look-up
 
 
-def current_epochs() -> Query:
-    """Per partition, the log epoch written last: the one the broker's current log belongs
-    to (each partition has its own since a reset is detected per partition)."""
-    return "SELECT partition, argMax(log_epoch, at) FROM offsets GROUP BY partition", {}
+def epoch_probes(lows: Sequence[int], highs: Sequence[int]) -> Query:
+    """Per partition and log epoch with rows in `lows[p] <= offset < highs[p]`: the highest
+    such offset and its event id, to compare with the broker's message at that offset."""
+    sql = (
+        "SELECT partition, log_epoch, max(offset), argMax(event_id, offset) FROM events"
+        " WHERE offset >= arrayElement({lows:Array(UInt64)}, partition + 1)"
+        " AND offset < arrayElement({highs:Array(UInt64)}, partition + 1)"
+        " GROUP BY partition, log_epoch ORDER BY partition, log_epoch"
+    )
+    return sql, {"lows": list(lows), "highs": list(highs)}
 
 
 def reconcile_figures(
     start: date,
     end: date,
     org_id: str | None = None,
-    epochs: Sequence[str] | None = None,
+    epochs: Sequence[Sequence[str]] | None = None,
     lows: Sequence[int] | None = None,
     highs: Sequence[int] | None = None,
 ) -> Query:
@@ -31,7 +37,8 @@ def reconcile_figures(
 
     Days are the UTC days of the events' `ts`, from `start` to `end` (exclusive). With
     `epochs`, `lows` and `highs` (indexed by partition), only the rows read from offsets
-    `lows[p] <= offset < highs[p]` of epoch `epochs[p]` count: the part a broker scan saw.
+    `lows[p] <= offset < highs[p]` of the epochs `epochs[p]` count: the part a broker scan
+    saw (a partition's log may span epochs: a suspected reset starts one on the same log).
     """
     where = ["toDate(ts) >= {start:Date}", "toDate(ts) < {end:Date}"]
     params: dict[str, object] = {"start": start, "end": end}
@@ -40,11 +47,13 @@ def reconcile_figures(
         params["org"] = org_id
     if epochs is not None:
         where += [
-            "log_epoch = arrayElement({epochs:Array(String)}, partition + 1)",
+            "has(arrayElement({epochs:Array(Array(String))}, partition + 1), log_epoch)",
             "offset >= arrayElement({lows:Array(UInt64)}, partition + 1)",
             "offset < arrayElement({highs:Array(UInt64)}, partition + 1)",
         ]
-        params.update(epochs=list(epochs), lows=list(lows or []), highs=list(highs or []))
+        params.update(
+            epochs=[list(e) for e in epochs], lows=list(lows or []), highs=list(highs or [])
+        )
     sql = (
         "SELECT org_id, toDate(ts) AS day, line_item, count(), uniqExact(event_id),"
         " sum(billable), sum(cost_micros) FROM events"

@@ -101,8 +101,8 @@ async def test_sigterm_mid_stream_drains_and_a_restart_counts_exactly(tmp_path: 
             pace = [0.2]  # seconds between chunks: a steady stream until the last phase
 
             async def produce() -> None:
-                for start in range(0, len(stream), 250):
-                    for e in stream[start : start + 250]:
+                for start in range(0, len(stream), 100):  # slow enough to outlast phases 1-2
+                    for e in stream[start : start + 100]:
                         await producer.send(EVENTS_TOPIC, orjson.dumps(e), key=e["org_id"].encode())
                     await producer.flush()
                     await asyncio.sleep(pace[0])

@@ -162,14 +162,14 @@ def test_reconcile_skips_days_the_counters_no_longer_keep():
 
 def test_reconcile_queries_bind_every_value():
     q, params = sql.reconcile_figures(
-        DAY, date(2026, 11, 4), "o'--", ["e-1", "e-2"], [0, 5], [9, 10]
+        DAY, date(2026, 11, 4), "o'--", [["e-1"], ["e-1", "e-2"]], [0, 5], [9, 10]
     )
     assert "o'--" not in q and "e-1" not in q
     assert params == {
         "start": DAY,
         "end": date(2026, 11, 4),
         "org": "o'--",
-        "epochs": ["e-1", "e-2"],
+        "epochs": [["e-1"], ["e-1", "e-2"]],
         "lows": [0, 5],
         "highs": [9, 10],
     }
