@@ -210,7 +210,7 @@ def render(result: Result, start: date, end: date) -> str:
 def as_dict(result: Result) -> dict[str, Any]:
     return {
         "clean": not result.differences,
-        "epochs": result.epochs,
+        "epochs": {str(p): e for p, e in result.epochs.items()},
         "broker": {
             "messages": result.scan.messages,
             "invalid": result.scan.invalid,

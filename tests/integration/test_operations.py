@@ -212,7 +212,7 @@ async def test_reconcile_finds_injected_differences_and_reports_clean_otherwise(
     await producer.flush()
     await eventually(lambda: _used_is(client, key, 2000))
     run = await tally(*args, "--json")
-    assert run.code == 1
+    assert run.code == 1 and run.out, run.err
     report = orjson.loads(run.out)
     assert report["differences"] == [
         {
