@@ -125,7 +125,13 @@ def up(
         settings = settings.model_copy(update={"admin_key": SecretStr(key)})
         typer.echo(f"TALLY_ADMIN_KEY is not set; the admin key for this run is: {key}", err=True)
     _logging(settings)
-    asyncio.run(_serve(settings, worker=True, api=True))
+    from tally.broker import BrokerError
+
+    try:
+        asyncio.run(_serve(settings, worker=True, api=True))
+    except BrokerError as exc:
+        typer.echo(f"tally: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @cli.command()
