@@ -85,6 +85,7 @@ class EmbeddedBroker:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         self._wait_ready(timeout)
 
@@ -123,6 +124,19 @@ class EmbeddedBroker:
 
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self.stop)
+
+
+def _die_with_parent() -> None:
+    """In the child: on Linux, be sent SIGTERM when the process that started us dies, so a
+    `tally up` killed with SIGKILL does not leave its broker behind."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: the broker is stopped by stop() only
+        pass
 
 
 def _answers_kafka(port: int) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 import uvicorn
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from tally.config import Settings
 
@@ -134,8 +135,19 @@ def up(
         bootstrap_servers=bootstrap_servers,
         clickhouse_url=clickhouse_url,
     )
+    if settings.admin_key is None:
+        # A newcomer's first run: make an admin key for this run rather than no admin at all.
+        key = secrets.token_urlsafe(24)
+        settings = settings.model_copy(update={"admin_key": SecretStr(key)})
+        typer.echo(f"TALLY_ADMIN_KEY is not set; the admin key for this run is: {key}", err=True)
     _logging(settings)
-    asyncio.run(_serve(settings, worker=True, api=True))
+    from tally.broker import BrokerError
+
+    try:
+        asyncio.run(_serve(settings, worker=True, api=True))
+    except BrokerError as exc:
+        typer.echo(f"tally: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @cli.command()

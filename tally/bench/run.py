@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tally.bench import drain, freshness, http, queries
+from tally.bench import drain, emitter, freshness, http, queries
 from tally.bench.workload import generate
 from tally.broker import EmbeddedBroker
 from tally.config import Settings
@@ -99,6 +99,10 @@ async def run(
                 )
             finally:
                 await tally.stop()
+            # Last: its events go to the same topic, after every other figure is taken.
+            figures["emit_us"] = await emitter.emit_cost(
+                broker.bootstrap_servers, Path(tmp) / "spool", 20_000
+            )
     figures.update(await memory(memory_keys))
     return figures
 
