@@ -261,8 +261,12 @@ class Worker:
             if state.check and msgs and not new_log:
                 at, crc = state.check
                 before = next((m for m in msgs if m.offset == at), None)
-                if before is not None or msgs[0].offset > at:
-                    new_log = before is None or zlib.crc32(before.value or b"") != crc
+                if before is not None:
+                    new_log = zlib.crc32(before.value or b"") != crc
+                    state.check = None
+                elif msgs[0].offset > at:
+                    # The message before the mark did not come back (a fetch from before
+                    # our seek): nothing to compare, so no verdict.
                     state.check = None
             if new_log:
                 await self._complete()
