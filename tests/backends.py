@@ -48,7 +48,7 @@ def require_docker() -> None:
     """Skip the calling test or fixture, with the reason, when Docker is not available."""
     problem = docker_problem()
     if problem:
-        pytest.skip(problem)
+        pytest.skip(problem)  # only ever "Docker is missing: ..."
 
 
 @contextmanager
