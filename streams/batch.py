@@ -11,7 +11,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Protocol
 
 from schemas.events import InvalidEvent
 from streams.decode import decode
@@ -52,9 +52,19 @@ STARTED, ENDED = 1, 2
 SESSION_BITS = {"session.started": STARTED, "session.ended": ENDED}
 
 
+class Message(Protocol):
+    """A Kafka message as the worker sees it (aiokafka's records are ones)."""
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def value(self) -> bytes | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A Kafka message as the worker sees it."""
+    """A message made here (tests, tools)."""
 
     offset: int
     value: bytes | None
@@ -117,7 +127,7 @@ class BatchResult:
 
 def process(
     state: PartitionState,
-    records: Iterable[Record],
+    records: Iterable[Message],
     pricer: Pricer,
     now: datetime,
     log_epoch: str,
@@ -126,86 +136,85 @@ def process(
     """What a batch changes, given the state and the batch before it if that one is not yet
     applied (`pending`: the worker prepares a batch while the previous one is stored)."""
     ingested = now.astimezone(UTC)
+    partition = state.partition
     first = pending.last_offset + 1 if pending else state.next_offset
-    result = BatchResult(
-        state.partition, first - 1, epoch=log_epoch, ingested_at=ingested.timestamp()
-    )
+    result = BatchResult(partition, first - 1, epoch=log_epoch, ingested_at=ingested.timestamp())
+    seen = state.seen
     batch_ids: set[str] = set(pending.event_ids) if pending else set()
+    event_ids, deltas, types = result.event_ids, result.deltas, result.types
+    row = result.rows.append
+    last: Message | None = None
     for record in records:
-        result.last_offset = record.offset
-        result.last_crc = zlib.crc32(record.value or b"")
+        last = record
         try:
             if record.value is None:
                 raise InvalidEvent("message has no value")
             event = decode(record.value)
         except InvalidEvent as exc:
-            dead = DeadLetter(record.value or b"", exc.reason, state.partition, record.offset)
+            dead = DeadLetter(record.value or b"", exc.reason, partition, record.offset)
             result.dead.append(dead)
             continue
         event_id = event["event_id"]
-        if event_id in state.seen or event_id in batch_ids:
+        if event_id in seen or event_id in batch_ids:
             result.duplicates += 1
             continue
         batch_ids.add(event_id)
-        result.event_ids.append(event_id)
-        _add(result, event, pricer, record.offset, ingested, log_epoch, state, pending)
+        event_ids.append(event_id)
+        usage = measure(event, pricer)
+        org, kind, ts = event["org_id"], event["type"], event["ts"]
+        types[kind] = types.get(kind, 0) + 1
+        counters.add(deltas, org, ts, usage)
+        if kind in SESSION_BITS and event["key_mode"] == "live":
+            _session(result, state, pending, (org, event["session_id"]), SESSION_BITS[kind])
+        get = event.get
+        row(
+            [
+                org,
+                event_id,
+                kind,
+                ts,
+                event["agent_id"],
+                event["run_id"],
+                event["session_id"],
+                event["key_mode"],
+                usage.line_item,
+                usage.item,
+                usage.quantity,
+                usage.billable,
+                usage.cost_micros,
+                int(usage.priced),
+                get("input_tokens", 0),
+                get("output_tokens", 0),
+                get("cached_input_tokens", 0),
+                get("mode", ""),
+                get("tool", ""),
+                int(get("success", True)),
+                int(get("cache_hit", False)),
+                partition,
+                record.offset,
+                ingested,
+                log_epoch,
+            ]
+        )
+    if last is not None:
+        result.last_offset = last.offset
+        result.last_crc = zlib.crc32(last.value or b"")
     return result
 
 
-def _add(
+def _session(
     result: BatchResult,
-    event: dict[str, Any],
-    pricer: Pricer,
-    offset: int,
-    ingested: datetime,
-    log_epoch: str,
     state: PartitionState,
     pending: BatchResult | None,
+    sk: tuple[str, str],
+    bit: int,
 ) -> None:
-    usage = measure(event, pricer)
-    org, kind = event["org_id"], event["type"]
-    result.types[kind] = result.types.get(kind, 0) + 1
-    deltas = result.deltas
-    for key, delta in counters.deltas(org, event["ts"], usage):
-        deltas[key] = deltas.get(key, 0) + delta
-    if kind in SESSION_BITS and event["key_mode"] == "live":
-        sk = (org, event["session_id"])
-        before = result.sessions.get(sk)
-        if before is None:
-            before = pending.sessions.get(sk) if pending else None
-        if before is None:
-            before = state.sessions.get(sk, 0)
-        result.sessions[sk] = before | SESSION_BITS[kind]
-    get = event.get
-    result.rows.append(
-        [
-            org,
-            event["event_id"],
-            kind,
-            event["ts"],
-            event["agent_id"],
-            event["run_id"],
-            event["session_id"],
-            event["key_mode"],
-            usage.line_item,
-            usage.item,
-            usage.quantity,
-            usage.billable,
-            usage.cost_micros,
-            int(usage.priced),
-            get("input_tokens", 0),
-            get("output_tokens", 0),
-            get("cached_input_tokens", 0),
-            get("mode", ""),
-            get("tool", ""),
-            int(get("success", True)),
-            int(get("cache_hit", False)),
-            result.partition,
-            offset,
-            ingested,
-            log_epoch,
-        ]
-    )
+    before = result.sessions.get(sk)
+    if before is None:
+        before = pending.sessions.get(sk) if pending else None
+    if before is None:
+        before = state.sessions.get(sk, 0)
+    result.sessions[sk] = before | bit
 
 
 def active(flags: int) -> bool:
@@ -215,9 +224,14 @@ def active(flags: int) -> bool:
 def apply(state: PartitionState, result: BatchResult) -> dict[CounterKey, int]:
     """Fold a stored batch into the state; return the absolute value of every changed key."""
     changed: dict[CounterKey, int] = {}
+    kept = state.counters
     for key, delta in result.deltas.items():
-        value = state.counters.get(key, 0) + delta
-        state.counters[key] = value
+        value = kept.get(key)
+        if value is None:  # a new key: share its parts with the other keys
+            key, value = counters.key(*key), delta
+        else:
+            value += delta
+        kept[key] = value
         changed[key] = value
     for sk, flags in result.sessions.items():
         before = state.sessions.get(sk, 0)

@@ -9,6 +9,7 @@ exactly the contract's error message. Both paths return the same flat dict.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,22 +26,6 @@ from schemas.events import (
     parse_event,
 )
 
-_COUNTS = {
-    "llm.usage": ("input_tokens", "output_tokens", "cached_input_tokens"),
-}
-_NAMES = {
-    "llm.usage": ("model",),
-    "tool.call": ("connector", "tool"),
-    "gateway.request": ("model",),
-}
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "llm.usage": {"cached_input_tokens": 0, "mode": "managed"},
-    "tool.call": {},
-    "gateway.request": {"cache_hit": False, "mode": "managed"},
-    "session.started": {},
-    "session.ended": {},
-    "storage.usage": {},
-}
 FIELDS = {
     "llm.usage": ("model", "input_tokens", "output_tokens", "cached_input_tokens", "mode"),
     "tool.call": ("connector", "tool", "success"),
@@ -49,6 +34,9 @@ FIELDS = {
     "session.ended": (),
     "storage.usage": ("kind", "byte_seconds"),
 }
+_loads = orjson.loads
+_fromisoformat = datetime.fromisoformat
+_RFC3339 = RFC3339.match
 _ENVELOPE = ("event_id", "org_id", "agent_id", "run_id", "session_id", "key_mode", "ts", "type")
 
 
@@ -56,12 +44,26 @@ class _Slow(Exception):
     """Not the common shape: let pydantic decide and explain."""
 
 
+# The contract's Id: 1 to 128 printable ASCII characters, no space.
+_ID = re.compile(r"[!-~]{1,128}").fullmatch
+# Ids that repeat from event to event (orgs, agents, runs, sessions), already checked.
+_known: set[str] = set()
+_KNOWN_MAX = 1 << 16
+
+
 def _id(value: Any) -> str:
-    if type(value) is not str or not 0 < len(value) <= 128 or not value.isascii():
+    if value in _known:  # an unhashable value raises TypeError: the slow path's to judge
+        return value  # type: ignore[no-any-return]
+    if type(value) is not str or not _ID(value):
         raise _Slow
-    if not value.isprintable() or " " in value:
-        raise _Slow
+    if len(_known) >= _KNOWN_MAX:
+        _known.clear()
+    _known.add(value)
     return value
+
+
+def _optional_id(value: Any) -> str:
+    return "" if value is None else _id(value)
 
 
 def _name(value: Any) -> str:
@@ -82,63 +84,81 @@ def _flag(value: Any) -> bool:
     return value
 
 
+def _mode(value: Any) -> str:
+    if value != "managed" and value != "byok":
+        raise _Slow
+    return value  # type: ignore[no-any-return]
+
+
 def _fast(raw: bytes) -> dict[str, Any]:
     try:
-        data = orjson.loads(raw)
+        data = _loads(raw)
     except orjson.JSONDecodeError:
         raise _Slow from None
     if type(data) is not dict:
         raise _Slow
-    kind = data.get("type")
-    defaults = DEFAULTS.get(kind)  # type: ignore[arg-type]
-    if defaults is None or data.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+    try:
+        return _event(data)
+    except TypeError:  # e.g. an object where an id belongs
+        raise _Slow from None
+
+
+def _event(data: dict[str, Any]) -> dict[str, Any]:
+    get = data.get
+    kind = get("type")
+    version = get("schema_version", SCHEMA_VERSION)
+    if kind not in FIELDS or version != SCHEMA_VERSION or type(version) is not int:
         raise _Slow
-    ts = data.get("ts")
-    if type(ts) is not str or not RFC3339.match(ts):
+    ts = get("ts")
+    if type(ts) is not str or not _RFC3339(ts):
         raise _Slow
     try:
-        when = datetime.fromisoformat(ts)
+        when = _fromisoformat(ts)
     except ValueError:
         raise _Slow from None
-    if not TS_MIN <= when < TS_MAX or data.get("key_mode") not in ("live", "test"):
+    if when.tzinfo is not UTC:
+        when = when.astimezone(UTC)
+    key_mode = get("key_mode")
+    if not TS_MIN <= when < TS_MAX or (key_mode != "live" and key_mode != "test"):
+        raise _Slow
+    event_id = get("event_id")
+    if type(event_id) is not str or not _ID(event_id):
         raise _Slow
     out = {
-        "event_id": _id(data.get("event_id")),
-        "org_id": _id(data.get("org_id")),
-        "agent_id": _id(data.get("agent_id")),
-        "run_id": _id(data["run_id"]) if data.get("run_id") is not None else "",
-        "session_id": _id(data["session_id"]) if data.get("session_id") is not None else "",
-        "key_mode": data["key_mode"],
-        "ts": when.astimezone(UTC),
+        "event_id": event_id,
+        "org_id": _id(get("org_id")),
+        "agent_id": _id(get("agent_id")),
+        "run_id": _optional_id(get("run_id")),
+        "session_id": _optional_id(get("session_id")),
+        "key_mode": key_mode,
+        "ts": when,
         "type": kind,
     }
-    for name in _NAMES.get(kind, ()):  # type: ignore[arg-type]
-        out[name] = _name(data.get(name))
-    for name in _COUNTS.get(kind, ()):  # type: ignore[arg-type]
-        out[name] = _count(data.get(name, defaults.get(name)))
     if kind == "llm.usage":
-        if out["cached_input_tokens"] > out["input_tokens"]:
+        out["model"] = _name(get("model"))
+        inp = out["input_tokens"] = _count(get("input_tokens"))
+        out["output_tokens"] = _count(get("output_tokens"))
+        if _count(get("cached_input_tokens", 0)) > inp:
             raise _Slow
-        out["mode"] = _mode(data.get("mode", "managed"))
+        out["cached_input_tokens"] = get("cached_input_tokens", 0)
+        out["mode"] = _mode(get("mode", "managed"))
     elif kind == "tool.call":
-        out["success"] = _flag(data.get("success"))
+        out["connector"] = _name(get("connector"))
+        out["tool"] = _name(get("tool"))
+        out["success"] = _flag(get("success"))
     elif kind == "gateway.request":
-        out["cache_hit"] = _flag(data.get("cache_hit", False))
-        out["mode"] = _mode(data.get("mode", "managed"))
+        out["model"] = _name(get("model"))
+        out["cache_hit"] = _flag(get("cache_hit", False))
+        out["mode"] = _mode(get("mode", "managed"))
     elif kind == "storage.usage":
-        if data.get("kind") not in ("knowledge_base", "traces"):
+        storage_kind = get("kind")
+        if storage_kind != "knowledge_base" and storage_kind != "traces":
             raise _Slow
-        out["kind"] = data["kind"]
-        out["byte_seconds"] = _count(data.get("byte_seconds"), MAX_BYTE_SECONDS)
+        out["kind"] = storage_kind
+        out["byte_seconds"] = _count(get("byte_seconds"), MAX_BYTE_SECONDS)
     elif not out["session_id"]:
         raise _Slow
     return out
-
-
-def _mode(value: Any) -> str:
-    if value not in ("managed", "byok"):
-        raise _Slow
-    return str(value)
 
 
 def flatten(event: Event) -> dict[str, Any]:

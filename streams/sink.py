@@ -13,6 +13,8 @@ import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
 
+import pyarrow as pa
+
 from streams.batch import ENDED, EVENT_COLUMNS, STARTED, PartitionState
 from tally.domain import counters
 from tally.store import Store
@@ -22,6 +24,31 @@ log = logging.getLogger("tally.sink")
 
 COUNTER_HISTORY_DAYS = 70
 MINUTE_HISTORY_S = 3_600
+
+_TIME = pa.timestamp("us", tz="UTC")
+_TYPES = {
+    "ts": _TIME,
+    "ingested_at": _TIME,
+    "quantity": pa.uint64(),
+    "billable": pa.uint64(),
+    "cost_micros": pa.int64(),
+    "priced": pa.uint8(),
+    "input_tokens": pa.uint64(),
+    "output_tokens": pa.uint64(),
+    "cached_input_tokens": pa.uint64(),
+    "success": pa.uint8(),
+    "cache_hit": pa.uint8(),
+    "partition": pa.uint16(),
+    "offset": pa.uint64(),
+}
+EVENT_SCHEMA = pa.schema([(name, _TYPES.get(name, pa.string())) for name in EVENT_COLUMNS])
+
+
+def event_block(rows: list[list[object]]) -> pa.Table:
+    """The rows of `events` as one block of Arrow columns."""
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(EVENT_SCHEMA)
+    arrays = [pa.array(c, type=t) for c, t in zip(columns, EVENT_SCHEMA.types, strict=True)]
+    return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
 
 
 class ClickHouseSink:
@@ -40,13 +67,13 @@ class ClickHouseSink:
         offset_rows = [[e, p, nxt, crc, now] for p, (e, nxt, crc) in marks.items()]
         # The same batch retried carries the same token, and ClickHouse stores it once.
         token = ",".join(f"{e}|{p}:{n}" for p, (e, n, _) in sorted(marks.items()))
+        block = await asyncio.to_thread(event_block, rows)
         delay = 0.1
         while True:
             try:
-                await self.store.insert(
+                await self.store.insert_arrow(
                     "events",
-                    rows,
-                    EVENT_COLUMNS,
+                    block,
                     settings={
                         "insert_deduplication_token": token,
                         "deduplicate_blocks_in_dependent_materialized_views": 1,

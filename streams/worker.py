@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.structs import OffsetAndMetadata
 
 from schemas.prices import PriceBook
-from streams.batch import BatchResult, PartitionState, Record, apply, process
+from streams.batch import BatchResult, PartitionState, apply, process
 from streams.sink import ClickHouseSink
 from tally import failpoints, metrics
 from tally.config import COUNTERS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, Settings
@@ -281,7 +281,7 @@ class Worker:
             before = pending.get(tp.partition)
             first = before.last_offset + 1 if before else state.next_offset
             # A fetch may start at the first offset of the record batch holding our mark.
-            records = [Record(m.offset, m.value) for m in msgs if m.offset >= first]
+            records = msgs if msgs[0].offset >= first else [m for m in msgs if m.offset >= first]
             if records:
                 result = process(state, records, self.pricer, now, state.epoch, before)
                 results.append((tp, result))

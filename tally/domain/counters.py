@@ -57,24 +57,30 @@ def day_bucket(d: date) -> int:
     return d.toordinal() - date(1970, 1, 1).toordinal()
 
 
-def deltas(org_id: str, ts: datetime, usage: Usage) -> list[tuple[CounterKey, int]]:
-    """The counter increments one stored event causes (sessions are handled by state)."""
+def add(into: dict[CounterKey, int], org_id: str, ts: datetime, usage: Usage) -> None:
+    """Add the counter increments one stored event causes to `into` (sessions are handled
+    by state). The keys are plain tuples; `key()` shares their parts once they are kept."""
     meter = METER_OF_LINE_ITEM.get(usage.line_item)
     if meter is None:
-        return []
-    day = epoch_day(ts)
-    out: list[tuple[CounterKey, int]] = []
-    if usage.billable:
-        out.append((key(org_id, meter, day), usage.billable))
+        return
+    seconds = int(ts.timestamp())
+    day = seconds // 86_400
+    billable, cost = usage.billable, usage.cost_micros
+    if billable:
+        k: CounterKey = (org_id, meter, day)
+        into[k] = into.get(k, 0) + billable
         if meter == REQUESTS:
-            out.append((key(org_id, REQUESTS_MINUTE, epoch_minute(ts)), usage.billable))
-    if usage.cost_micros:
-        out.append((key(org_id, COST_PREFIX + usage.line_item, day), usage.cost_micros))
+            k = (org_id, REQUESTS_MINUTE, seconds // 60)
+            into[k] = into.get(k, 0) + billable
+    if cost:
+        k = (org_id, COST_PREFIX + usage.line_item, day)
+        into[k] = into.get(k, 0) + cost
         if usage.managed:
-            out.append((key(org_id, UPSTREAM_COST, day), usage.cost_micros))
+            k = (org_id, UPSTREAM_COST, day)
+            into[k] = into.get(k, 0) + cost
     if not usage.priced:
-        out.append((key(org_id, UNPRICED, day), 1))
-    return out
+        k = (org_id, UNPRICED, day)
+        into[k] = into.get(k, 0) + 1
 
 
 KEEP_DAYS = 70  # longer than any billing window, and the one before it

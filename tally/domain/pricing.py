@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from schemas.prices import ConnectorRate, ModelRate, PriceBook, StorageRate
 
@@ -24,8 +23,7 @@ def _div_round(numerator: int, denominator: int) -> int:
     return (2 * numerator + denominator) // (2 * denominator)
 
 
-@dataclass(frozen=True, slots=True)
-class Price:
+class Price(NamedTuple):
     cost_micros: int
     priced: bool
 
@@ -38,11 +36,17 @@ class _Schedule(Generic[R]):
     """One item's rates by effective date."""
 
     def __init__(self, rates: Sequence[R]) -> None:
-        self.starts = [r.effective_from.timestamp() for r in rates]
+        self.starts = [r.effective_from for r in rates]
         self.rates: list[R] = list(rates)
+        # Most events fall after the last change of rate: one comparison finds it.
+        self.latest: tuple[datetime, R] | None = (
+            (self.starts[-1], self.rates[-1]) if rates else None
+        )
 
     def at(self, t: datetime) -> R | None:
-        i = bisect_right(self.starts, t.timestamp()) - 1
+        if self.latest is not None and t >= self.latest[0]:
+            return self.latest[1]
+        i = bisect_right(self.starts, t) - 1
         return self.rates[i] if i >= 0 else None
 
 

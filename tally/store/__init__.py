@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import clickhouse_connect
+import pyarrow as pa
 
 from tally import failpoints, metrics
 
@@ -109,6 +110,21 @@ class Store:
             metrics.store_errors.labels("insert").inc()
             raise
         if rows:
+            metrics.insert_seconds.labels(table).observe(time.perf_counter() - started)
+
+    async def insert_arrow(
+        self, table: str, data: pa.Table, settings: dict[str, Any] | None = None
+    ) -> None:
+        """Insert a block of columns: the fastest path into chDB and a server alike."""
+        started = time.perf_counter()
+        try:
+            failpoints.hit("store.insert")
+            if data.num_rows:
+                await asyncio.to_thread(self._call, "insert_arrow", table, data, settings=settings)
+        except Exception:
+            metrics.store_errors.labels("insert").inc()
+            raise
+        if data.num_rows:
             metrics.insert_seconds.labels(table).observe(time.perf_counter() - started)
 
     async def ping(self) -> bool:

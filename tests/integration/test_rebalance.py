@@ -137,7 +137,7 @@ def expected(
 ) -> tuple[dict[CounterKey, int], Counter[str], Counter[str]]:
     """Counters, stored rows and billable totals per org, each event counted once."""
     pricer = Pricer(BOOK)
-    values: Counter[CounterKey] = Counter()
+    values: dict[CounterKey, int] = {}
     rows: Counter[str] = Counter()
     billable: Counter[str] = Counter()
     sessions: dict[tuple[str, str], int] = {}
@@ -145,8 +145,7 @@ def expected(
     for e in unique.values():
         event = decode(wire(e))
         usage = measure(event, pricer)
-        for key, delta in counters.deltas(event["org_id"], event["ts"], usage):
-            values[key] += delta
+        counters.add(values, event["org_id"], event["ts"], usage)
         if event["type"] in SESSION_BITS and event["key_mode"] == "live":
             sk = (event["org_id"], event["session_id"])
             sessions[sk] = sessions.get(sk, 0) | SESSION_BITS[event["type"]]
@@ -154,7 +153,8 @@ def expected(
         billable[event["org_id"]] += usage.billable
     for (org, _), flags in sessions.items():
         if flags == STARTED:
-            values[(org, counters.SESSIONS, 0)] += 1
+            key = (org, counters.SESSIONS, 0)
+            values[key] = values.get(key, 0) + 1
     assert any(f == STARTED | ENDED for f in sessions.values())
     return {k: v for k, v in values.items() if v}, rows, billable
 
