@@ -217,6 +217,18 @@ def _session(
     result.sessions[sk] = before | bit
 
 
+def projected(
+    state: PartitionState, result: BatchResult, pending: BatchResult | None = None
+) -> dict[CounterKey, int]:
+    """The counters `result` changes, as they will stand once `pending` (the batch before
+    it, if not yet applied) and `result` are applied: what `apply` will make of them."""
+    kept = state.counters
+    before = pending.deltas if pending else {}
+    return {
+        key: kept.get(key, 0) + before.get(key, 0) + delta for key, delta in result.deltas.items()
+    }
+
+
 def active(flags: int) -> bool:
     return flags == STARTED
 

@@ -1,8 +1,9 @@
 """The batch consumer at the heart of the worker.
 
 It consumes `usage.events` as a member of the worker group, a whole fetch at a time, and for
-each fetch: dead letters first (so none is lost), then one insert of the rows with their
-offsets, then the counters of every changed key as absolute values on `usage.counters`.
+each fetch: the counters it changes, as absolute values on `usage.counters` (quota reads see
+them at once); dead letters (so none is lost); one insert of the rows with their offsets;
+then the batch is folded into the partition state and its open sessions published.
 On assignment it rebuilds each partition's state from the store and seeks to the stored
 watermark; Kafka's committed offsets are only informational (they show lag).
 """
@@ -21,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.structs import OffsetAndMetadata
 
 from schemas.prices import PriceBook
-from streams.batch import BatchResult, PartitionState, apply, process
+from streams.batch import BatchResult, PartitionState, apply, process, projected
 from streams.sink import ClickHouseSink
 from tally import failpoints, metrics
 from tally.config import COUNTERS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, Settings
@@ -212,7 +213,9 @@ class Worker:
                 # Prepare this fetch while the previous one is being stored, then finish that
                 # one and start storing this one: the store works while Python decodes.
                 prepared = await self._prepare(batch) if batch else []
-                if not prepared:
+                if prepared:
+                    await self._publish_early(prepared)
+                else:
                     await self._check_logs()
                 await self._complete()
                 if prepared:
@@ -288,6 +291,17 @@ class Worker:
         self._time("process", started)
         return results
 
+    async def _publish_early(self, prepared: Prepared) -> None:
+        """Publish what a prepared batch makes of the counters before it is stored, so that
+        quota reads see its events without waiting for the insert. This is safe: the
+        values are absolute and a function of the events alone, so if the worker dies before
+        the batch is stored, the batch is read and counted again and the same values come
+        out; the offsets still move only once the batch is stored."""
+        pending = {tp.partition: r for tp, r in self._inflight[0]} if self._inflight else {}
+        for tp, result in prepared:
+            state = self.states[tp.partition]
+            await self._publish(projected(state, result, pending.get(tp.partition)))
+
     async def _store(self, results: Prepared) -> None:
         """Dead letters first (so none is lost), then the rows with their offsets."""
         started = time.perf_counter()
@@ -320,7 +334,9 @@ class Worker:
                     result.duplicates,
                     {k: v for k, v in changed.items() if k[1] == "tokens"},
                 )
-            await self._publish(changed)
+            # The batch's meters went out when it was prepared (_publish_early): publishing
+            # them now could move a key back behind a batch prepared since. Sessions remain.
+            await self._publish({k: v for k, v in changed.items() if k not in result.deltas})
             self.processed += len(result.rows)
             self.duplicates += result.duplicates
             metrics.batch_done(result.types, result.duplicates)

@@ -85,7 +85,7 @@ class EmbeddedBroker:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         self._wait_ready(timeout)
 
@@ -126,9 +126,9 @@ class EmbeddedBroker:
         await asyncio.to_thread(self.stop)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: on Linux, be sent SIGTERM when the process that started us dies, so a
-    `tally up` killed with SIGKILL does not leave its broker behind."""
+    `tally up` killed with SIGKILL does not leave its broker (or a benchmark its load) behind."""
     try:
         import ctypes
         import signal

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Generic, NamedTuple, TypeVar
 
 from schemas.prices import ConnectorRate, ModelRate, PriceBook, StorageRate
@@ -36,7 +36,8 @@ class _Schedule(Generic[R]):
     """One item's rates by effective date."""
 
     def __init__(self, rates: Sequence[R]) -> None:
-        self.starts = [r.effective_from for r in rates]
+        # In the same tzinfo as event times, so that comparing them is cheap.
+        self.starts = [r.effective_from.astimezone(UTC) for r in rates]
         self.rates: list[R] = list(rates)
         # Most events fall after the last change of rate: one comparison finds it.
         self.latest: tuple[datetime, R] | None = (

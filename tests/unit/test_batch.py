@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from streams.batch import PartitionState, Record, apply, process
+from streams.batch import PartitionState, Record, apply, process, projected
 from tally.catalogue import load_prices
 from tally.domain import counters
 from tally.domain.pricing import Pricer
@@ -152,3 +152,24 @@ def test_a_batch_prepared_while_the_previous_one_is_stored_sees_it():
     changed = apply(state, second)
     assert changed[("o", counters.SESSIONS, 0)] == 0
     assert state.sessions == {} and state.next_offset == 4
+
+
+def test_counters_published_before_the_store_are_what_apply_makes_of_them():
+    state = PartitionState(0)
+    run(state, ev(input_tokens=100, output_tokens=0))
+    first = process(state, records(ev(input_tokens=10), start=1), PRICER, NOW, "e")
+    second = process(
+        state,
+        records(ev(input_tokens=1), ev("tool.call", connector="github"), start=2),
+        PRICER,
+        NOW,
+        "e",
+        pending=first,
+    )
+    early_first = projected(state, first)
+    early_second = projected(state, second, pending=first)
+    apply(state, first)
+    assert early_first == {k: state.counters[k] for k in first.deltas}
+    apply(state, second)
+    assert early_second == {k: state.counters[k] for k in second.deltas}
+    assert early_second[("o", counters.TOKENS, DAY)] == 111 + 2 * make_event()["output_tokens"]
