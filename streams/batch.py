@@ -8,7 +8,7 @@ A batch that fails to store can therefore be retried as it is.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -119,7 +119,7 @@ class BatchResult:
     dead: list[DeadLetter] = field(default_factory=list)
     deltas: dict[CounterKey, int] = field(default_factory=dict)
     sessions: dict[tuple[str, str], int] = field(default_factory=dict)
-    event_ids: list[str] = field(default_factory=list)
+    event_ids: set[str] = field(default_factory=set)
     duplicates: int = 0
     ingested_at: float = 0.0
     types: dict[str, int] = field(default_factory=dict)  # stored events by type (metrics)
@@ -131,16 +131,16 @@ def process(
     pricer: Pricer,
     now: datetime,
     log_epoch: str,
-    pending: BatchResult | None = None,
+    pending: Sequence[BatchResult] = (),
 ) -> BatchResult:
-    """What a batch changes, given the state and the batch before it if that one is not yet
-    applied (`pending`: the worker prepares a batch while the previous one is stored)."""
+    """What a batch changes, given the state and the batches before it that are not yet
+    applied (`pending`, oldest first: the worker prepares batches while one is stored)."""
     ingested = now.astimezone(UTC)
     partition = state.partition
-    first = pending.last_offset + 1 if pending else state.next_offset
+    first = pending[-1].last_offset + 1 if pending else state.next_offset
     result = BatchResult(partition, first - 1, epoch=log_epoch, ingested_at=ingested.timestamp())
     seen = state.seen
-    batch_ids: set[str] = set(pending.event_ids) if pending else set()
+    earlier = [p.event_ids for p in pending]
     event_ids, deltas, types = result.event_ids, result.deltas, result.types
     row = result.rows.append
     last: Message | None = None
@@ -155,11 +155,10 @@ def process(
             result.dead.append(dead)
             continue
         event_id = event["event_id"]
-        if event_id in seen or event_id in batch_ids:
+        if event_id in seen or event_id in event_ids or any(event_id in e for e in earlier):
             result.duplicates += 1
             continue
-        batch_ids.add(event_id)
-        event_ids.append(event_id)
+        event_ids.add(event_id)
         usage = measure(event, pricer)
         org, kind, ts = event["org_id"], event["type"], event["ts"]
         types[kind] = types.get(kind, 0) + 1
@@ -205,28 +204,33 @@ def process(
 def _session(
     result: BatchResult,
     state: PartitionState,
-    pending: BatchResult | None,
+    pending: Sequence[BatchResult],
     sk: tuple[str, str],
     bit: int,
 ) -> None:
-    before = result.sessions.get(sk)
-    if before is None:
-        before = pending.sessions.get(sk) if pending else None
-    if before is None:
+    """A session's flags after this event: the latest flags known, newest batch first."""
+    for known in (result, *reversed(pending)):
+        before = known.sessions.get(sk)
+        if before is not None:
+            break
+    else:
         before = state.sessions.get(sk, 0)
     result.sessions[sk] = before | bit
 
 
 def projected(
-    state: PartitionState, result: BatchResult, pending: BatchResult | None = None
+    state: PartitionState, result: BatchResult, pending: Sequence[BatchResult] = ()
 ) -> dict[CounterKey, int]:
-    """The counters `result` changes, as they will stand once `pending` (the batch before
-    it, if not yet applied) and `result` are applied: what `apply` will make of them."""
+    """The counters `result` changes, as they will stand once `pending` (the batches before
+    it not yet applied) and `result` are applied: what `apply` will make of them."""
     kept = state.counters
-    before = pending.deltas if pending else {}
-    return {
-        key: kept.get(key, 0) + before.get(key, 0) + delta for key, delta in result.deltas.items()
-    }
+    out = {}
+    for key, delta in result.deltas.items():
+        value = kept.get(key, 0) + delta
+        for before in pending:
+            value += before.deltas.get(key, 0)
+        out[key] = value
+    return out
 
 
 def active(flags: int) -> bool:

@@ -34,6 +34,7 @@ log = logging.getLogger("tally.worker")
 
 Prepared = list[tuple[TopicPartition, BatchResult]]
 STOP_DRAIN_S = 30.0
+STORE_POLL_MS = 5
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -63,7 +64,9 @@ class Worker:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
+        # The batches being stored, and those prepared (and published) since, to store next.
         self._inflight: tuple[Prepared, asyncio.Task[None]] | None = None
+        self._queued: Prepared = []
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
@@ -100,16 +103,17 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._inflight is not None:
-            # Drain the batch being stored; if the store does not come back in time, leave
-            # it: its events are read again after the restart and counted once.
+        if self._inflight is not None or self._queued:
+            # Store what is prepared; if the store does not come back in time, leave it: its
+            # events are read again after the restart and counted once.
             try:
                 async with self._lock:
-                    await asyncio.wait_for(self._complete(), STOP_DRAIN_S)
+                    await asyncio.wait_for(self._settle(), STOP_DRAIN_S)
             except TimeoutError:
-                log.warning("store unavailable at shutdown: the last batch will be replayed")
-                self._inflight[1].cancel()
-                self._inflight = None
+                log.warning("store unavailable at shutdown: the last batches will be replayed")
+                if self._inflight is not None:
+                    self._inflight[1].cancel()
+                self._inflight, self._queued = None, []
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
@@ -129,7 +133,7 @@ class Worker:
     async def acquire(self, assigned: set[TopicPartition]) -> None:
         async with self._lock:
             assert self._consumer is not None
-            await self._complete()
+            await self._settle()
             for tp in sorted(assigned):
                 state = await self._load(tp.partition)
                 self.states[tp.partition] = state
@@ -190,7 +194,7 @@ class Worker:
 
     async def release(self, revoked: set[TopicPartition]) -> None:
         async with self._lock:
-            await self._complete()
+            await self._settle()
             for tp in revoked:
                 self.states.pop(tp.partition, None)
 
@@ -202,24 +206,29 @@ class Worker:
         last_forget = last_beat = last_report = time.monotonic()
         reported = -1
         while True:
-            # With a batch being stored, take only what is already fetched: if nothing is,
-            # finish that batch now rather than after a poll timeout (freshness).
+            # While a store is under way, look back at it often (STORE_POLL_MS).
             fetched = await self._consumer.getmany(
-                timeout_ms=0 if self._inflight else s.batch_timeout_ms,
+                timeout_ms=STORE_POLL_MS if self._inflight else s.batch_timeout_ms,
                 max_records=s.batch_max_records,
             )
             async with self._lock:
                 batch = {tp: msgs for tp, msgs in fetched.items() if tp.partition in self.states}
-                # Prepare this fetch while the previous one is being stored, then finish that
-                # one and start storing this one: the store works while Python decodes.
+                # Each fetch is prepared and its counters published at once; the store works
+                # in the background on what was prepared before, and everything prepared
+                # meanwhile goes into its next insert, so a slow insert makes bigger inserts
+                # and never holds back what quota reads see.
                 prepared = await self._prepare(batch) if batch else []
                 if prepared:
                     await self._publish_early(prepared)
+                    self._queued.extend(prepared)
                 else:
                     await self._check_logs()
-                await self._complete()
-                if prepared:
-                    self._inflight = (prepared, asyncio.create_task(self._store(prepared)))
+                if self._inflight is not None and (
+                    self._inflight[1].done() or self._backlog() >= s.batch_max_records * 4
+                ):
+                    await self._complete()
+                if self._inflight is None and self._queued:
+                    self._start_store()
                 if time.monotonic() - last_beat >= 0.5:
                     await self._heartbeat()
                     last_beat = time.monotonic()
@@ -240,6 +249,27 @@ class Worker:
                         state.expire(now, s.dedup_window_s)
                     last_forget = time.monotonic()
 
+    def _backlog(self) -> int:
+        """Rows prepared and waiting for the insert after the one under way; at four fetches'
+        worth the loop waits for the store (a bound on memory while the store is slow)."""
+        return sum(len(r.rows) for _, r in self._queued)
+
+    def _start_store(self) -> None:
+        queued, self._queued = self._queued, []
+        self._inflight = (queued, asyncio.create_task(self._store(queued)))
+
+    async def _settle(self) -> None:
+        """Store everything prepared and fold it into the state."""
+        await self._complete()
+        if self._queued:
+            self._start_store()
+            await self._complete()
+
+    def _unapplied(self, partition: int) -> list[BatchResult]:
+        """The partition's batches prepared but not yet applied, oldest first."""
+        stored = self._inflight[0] if self._inflight else []
+        return [r for tp, r in (*stored, *self._queued) if tp.partition == partition]
+
     async def _check_logs(self) -> None:
         """An owned partition whose log ends before our mark belongs to an empty broker that
         came back (it answers our fetches with nothing): read that log from its start."""
@@ -248,7 +278,7 @@ class Worker:
             tp = TopicPartition(EVENTS_TOPIC, partition)
             high = self._consumer.highwater(tp)
             if high is not None and high < state.next_offset:
-                await self._complete()
+                await self._settle()
                 await self._log_reset(tp, high, state.next_offset)
                 return
 
@@ -272,17 +302,16 @@ class Worker:
                     # our seek): nothing to compare, so no verdict.
                     state.check = None
             if new_log:
-                await self._complete()
+                await self._settle()
                 await self._log_reset(tp, msgs[0].offset, state.next_offset)
                 return []
         started = time.perf_counter()
         now = datetime.now(UTC)
-        pending = {tp.partition: r for tp, r in self._inflight[0]} if self._inflight else {}
         results: Prepared = []
         for tp, msgs in fetched.items():
             state = self.states[tp.partition]
-            before = pending.get(tp.partition)
-            first = before.last_offset + 1 if before else state.next_offset
+            before = self._unapplied(tp.partition)
+            first = before[-1].last_offset + 1 if before else state.next_offset
             # A fetch may start at the first offset of the record batch holding our mark.
             records = msgs if msgs[0].offset >= first else [m for m in msgs if m.offset >= first]
             if records:
@@ -297,10 +326,9 @@ class Worker:
         values are absolute and a function of the events alone, so if the worker dies before
         the batch is stored, the batch is read and counted again and the same values come
         out; the offsets still move only once the batch is stored."""
-        pending = {tp.partition: r for tp, r in self._inflight[0]} if self._inflight else {}
         for tp, result in prepared:
             state = self.states[tp.partition]
-            await self._publish(projected(state, result, pending.get(tp.partition)))
+            await self._publish(projected(state, result, self._unapplied(tp.partition)))
 
     async def _store(self, results: Prepared) -> None:
         """Dead letters first (so none is lost), then the rows with their offsets."""
@@ -315,7 +343,8 @@ class Worker:
         self._time("store", started)
 
     async def _complete(self) -> None:
-        """Wait for the batch being stored, then count it and publish its counters."""
+        """Wait for the insert under way, then fold its batches into the state, publish the
+        sessions they opened or closed, and commit their offsets (informational)."""
         if self._inflight is None:
             return
         assert self._consumer is not None

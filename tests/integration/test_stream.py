@@ -72,13 +72,28 @@ async def test_store_outage_loses_nothing_and_quota_reads_keep_answering(
     failpoints.enable("store.insert", "error")
     try:
         await send(*[make_event(org_id=org, input_tokens=10, output_tokens=1) for _ in range(50)])
-        for _ in range(10):  # ten seconds of outage: reads answer, the figure does not move
+        # The counters go out before the insert: reads answer and keep counting...
+        await eventually(lambda: _is(client, key, 100 + 50 * 11), timeout=20)
+        for _ in range(5):  # ...while nothing of the 50 is stored and the worker stays put
             await asyncio.sleep(1)
-            assert await used(client, key) == 100
+            assert await stored(stack, org) == 1
+            assert await used(client, key) == 100 + 50 * 11
         assert stack.worker.sink.failures > 0
     finally:
         failpoints.disable("store.insert")
-    await eventually(lambda: _is(client, key, 100 + 50 * 11), timeout=20)
+    await eventually(lambda: _stored_is(stack, org, 51), timeout=20)
+    assert await used(client, key) == 100 + 50 * 11
+
+
+async def stored(stack, org: str) -> int:
+    rows = await stack.store.query(
+        "SELECT count() FROM events WHERE org_id = {o:String}", {"o": org}
+    )
+    return int(rows[0][0])
+
+
+async def _stored_is(stack, org: str, expected: int) -> bool:
+    return await stored(stack, org) == expected
 
 
 async def _is(client, key: str, expected: int) -> bool:
@@ -129,6 +144,7 @@ async def test_late_events_land_in_the_day_and_window_of_their_ts(
     )
     await send(make_event(org_id=org, input_tokens=3, output_tokens=0))
     await eventually(lambda: _is(client, key, 23))
+    await eventually(lambda: _stored_is(stack, org, 3))  # the quota may show them first
     rows = await stack.store.query(
         "SELECT day, sum(billable) FROM usage_daily WHERE org_id = {o:String} GROUP BY day"
         " ORDER BY day",

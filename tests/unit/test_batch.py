@@ -145,7 +145,7 @@ def test_a_batch_prepared_while_the_previous_one_is_stored_sees_it():
         PRICER,
         NOW,
         "e",
-        pending=first,
+        pending=[first],
     )
     assert second.duplicates == 1 and len(second.rows) == 1
     apply(state, first)
@@ -164,10 +164,10 @@ def test_counters_published_before_the_store_are_what_apply_makes_of_them():
         PRICER,
         NOW,
         "e",
-        pending=first,
+        pending=[first],
     )
     early_first = projected(state, first)
-    early_second = projected(state, second, pending=first)
+    early_second = projected(state, second, pending=[first])
     apply(state, first)
     assert early_first == {k: state.counters[k] for k in first.deltas}
     apply(state, second)
