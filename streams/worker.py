@@ -35,6 +35,7 @@ log = logging.getLogger("tally.worker")
 Prepared = list[tuple[TopicPartition, BatchResult]]
 STOP_DRAIN_S = 30.0
 STORE_POLL_MS = 5
+PUBLISH_EVERY_S = 0.05
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -67,6 +68,9 @@ class Worker:
         # The batches being stored, and those prepared (and published) since, to store next.
         self._inflight: tuple[Prepared, asyncio.Task[None]] | None = None
         self._queued: Prepared = []
+        # Counters of prepared batches not yet sent, the latest value per key.
+        self._early: dict[CounterKey, int] = {}
+        self._sent_early_at = 0.0
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
@@ -208,7 +212,7 @@ class Worker:
         while True:
             # While a store is under way, look back at it often (STORE_POLL_MS).
             fetched = await self._consumer.getmany(
-                timeout_ms=STORE_POLL_MS if self._inflight else s.batch_timeout_ms,
+                timeout_ms=STORE_POLL_MS if self._inflight or self._early else s.batch_timeout_ms,
                 max_records=s.batch_max_records,
             )
             async with self._lock:
@@ -219,10 +223,11 @@ class Worker:
                 # and never holds back what quota reads see.
                 prepared = await self._prepare(batch) if batch else []
                 if prepared:
-                    await self._publish_early(prepared)
+                    self._count_early(prepared)
                     self._queued.extend(prepared)
                 else:
                     await self._check_logs()
+                await self._publish_early()
                 if self._inflight is not None and (
                     self._inflight[1].done() or self._backlog() >= s.batch_max_records * 4
                 ):
@@ -259,7 +264,8 @@ class Worker:
         self._inflight = (queued, asyncio.create_task(self._store(queued)))
 
     async def _settle(self) -> None:
-        """Store everything prepared and fold it into the state."""
+        """Publish and store everything prepared, and fold it into the state."""
+        await self._publish_early(at_once=True)
         await self._complete()
         if self._queued:
             self._start_store()
@@ -320,15 +326,23 @@ class Worker:
         self._time("process", started)
         return results
 
-    async def _publish_early(self, prepared: Prepared) -> None:
-        """Publish what a prepared batch makes of the counters before it is stored, so that
-        quota reads see its events without waiting for the insert. This is safe: the
+    def _count_early(self, prepared: Prepared) -> None:
+        """What prepared batches make of the counters, to publish before they are stored, so
+        that quota reads see their events without waiting for the insert. This is safe: the
         values are absolute and a function of the events alone, so if the worker dies before
-        the batch is stored, the batch is read and counted again and the same values come
-        out; the offsets still move only once the batch is stored."""
+        the batches are stored, they are read and counted again and the same values come out;
+        the offsets still move only once the batches are stored."""
         for tp, result in prepared:
             state = self.states[tp.partition]
-            await self._publish(projected(state, result, self._unapplied(tp.partition)))
+            self._early.update(projected(state, result, self._unapplied(tp.partition)))
+
+    async def _publish_early(self, at_once: bool = False) -> None:
+        """Send the counters of prepared batches, at most every PUBLISH_EVERY_S: under load a
+        key changes in every fetch, and its latest value is all a reader needs."""
+        if self._early and (at_once or time.monotonic() - self._sent_early_at >= PUBLISH_EVERY_S):
+            early, self._early = self._early, {}
+            await self._publish(early)
+            self._sent_early_at = time.monotonic()
 
     async def _store(self, results: Prepared) -> None:
         """Dead letters first (so none is lost), then the rows with their offsets."""
@@ -363,7 +377,7 @@ class Worker:
                     result.duplicates,
                     {k: v for k, v in changed.items() if k[1] == "tokens"},
                 )
-            # The batch's meters went out when it was prepared (_publish_early): publishing
+            # The batch's meters went out when it was prepared (_count_early): publishing
             # them now could move a key back behind a batch prepared since. Sessions remain.
             await self._publish({k: v for k, v in changed.items() if k not in result.deltas})
             self.processed += len(result.rows)
