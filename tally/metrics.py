@@ -40,6 +40,11 @@ dead_letters = Counter(
     "Messages sent to usage.events.dlq, by reason class (see tally.metrics.reason_class).",
     ["reason"],
 )
+forwarded = Counter(
+    "tally_forwarded",
+    "Events the worker sent on to the partition their org_id maps to (a producer that does"
+    " not key by org_id, or one still on the partition count from before an increase).",
+)
 batches = Counter("tally_batches", "Batches stored and counted by the worker.")
 consumer_lag = Gauge(
     "tally_consumer_lag_events",
@@ -107,7 +112,8 @@ def dead_letter(error: str) -> None:
 def reason_class(error: str) -> str:
     """A dead letter's reason, as one of a few classes (bounded label values).
 
-    no_value, invalid_json, unknown_type, schema_version, missing_field or invalid_field.
+    no_value, invalid_json, unknown_type, schema_version, misrouted, missing_field or
+    invalid_field.
     """
     if error == "message has no value":
         return "no_value"
@@ -117,6 +123,8 @@ def reason_class(error: str) -> str:
         return "unknown_type"
     if error.startswith("schema_version"):
         return "schema_version"
+    if error.startswith("misrouted:"):
+        return "misrouted"
     if ": is required" in error:
         return "missing_field"
     return "invalid_field"

@@ -169,7 +169,7 @@ async def states_match_the_store(worker: Worker, store: Store) -> bool:
     """Each owned partition's live state is what the store rebuilds for it."""
     sink = ClickHouseSink(store, worker.sink.base_epoch, worker.settings.dedup_window_s)
     for partition, state in list(worker.states.items()):
-        loaded = await sink.load(partition)
+        loaded = await sink.load(partition, state.partitions)
         live = {k: v for k, v in state.counters.items() if v}
         if (
             loaded.next_offset != state.next_offset
@@ -212,6 +212,7 @@ async def test_partitions_move_between_workers_and_counters_stay_exact(parts: To
 
         await a.start()
         await until(lambda: owned(a) == ALL == set(a.states), timeout=40)
+        assert a.partitions == PARTITIONS  # from the group leader's assignment
         await until(lambda: a.processed > 0, timeout=20)
 
         # B joins: some partitions move from A to B.
@@ -224,6 +225,7 @@ async def test_partitions_move_between_workers_and_counters_stay_exact(parts: To
             )
 
         await until(split, timeout=40)
+        assert a.partitions == b.partitions == PARTITIONS
         await until(lambda: b.processed > 0, timeout=20)
         # Quiet for a moment: the live state of every partition is what the store rebuilds.
         await traffic.pause()
@@ -261,6 +263,7 @@ async def test_partitions_move_between_workers_and_counters_stay_exact(parts: To
         await until(lambda: published() == want, timeout=30)
         assert published() == want
         assert len(traffic.sent) > len({e["event_id"] for e in traffic.sent})  # retries sent
+        assert a.forwarded == b.forwarded == 0  # keyed by org_id: every event was at home
     finally:
         await traffic.stop()
         for w in (a, b):
@@ -371,14 +374,14 @@ async def test_a_broker_reset_seen_by_two_workers_is_read_once(stack):
         epoch_a = a.new_epoch()  # worker A found its partitions reset
         epoch_b = b.new_epoch()  # so did worker B, for its own partitions
 
-        state = await a.load(p)  # A owns p and reads the new log from its start
+        state = await a.load(p, PARTITIONS)  # A owns p and reads the new log from its start
         state.epoch, state.next_offset = epoch_a, 0  # what `_log_reset` does
         two_days_ago = datetime.now(UTC) - timedelta(days=2)
         result = process(state, log, pricer, two_days_ago, state.epoch)
         await a.write(result.rows, {p: (result.epoch, result.last_offset + 1, result.last_crc)})
         apply(state, result)
 
-        state = await b.load(p)  # a rebalance gives p to B, which goes on from its mark
+        state = await b.load(p, PARTITIONS)  # a rebalance gives p to B, which goes on from its mark
         todo = [r for r in log if r.offset >= state.next_offset]
         result = process(state, todo, pricer, datetime.now(UTC), state.epoch)
         await b.write(result.rows, {p: (result.epoch, result.last_offset + 1, result.last_crc)})
