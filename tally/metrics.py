@@ -80,6 +80,15 @@ counter_keys = Gauge("tally_counter_table_keys", "API: counters held in memory."
 counter_table_ready = Gauge(
     "tally_counter_table_ready", "API: 1 once the counter table has caught up."
 )
+registry_refreshed_at = Gauge(
+    "tally_registry_refreshed_timestamp_seconds",
+    "API: when orgs, keys and subscriptions were last merged from the store (Unix time).",
+)
+registry_refresh_seconds = Histogram(
+    "tally_registry_refresh_seconds",
+    "API: seconds per refresh of orgs, keys and subscriptions from the store.",
+    buckets=_BATCH_BUCKETS,
+)
 quota_checks = Counter(
     "tally_quota_checks", "Quota admission decisions, by meter and outcome code.", ["meter", "code"]
 )
@@ -89,6 +98,11 @@ http_seconds = Histogram(
     ["route", "method", "status"],
     buckets=_HTTP_BUCKETS,
 )
+
+
+def registry_refreshed(seconds: float) -> None:
+    registry_refreshed_at.set_to_current_time()
+    registry_refresh_seconds.observe(seconds)
 
 
 def quota_check(meter: str, code: str) -> None:
