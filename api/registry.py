@@ -12,6 +12,7 @@ known yet waits for the next refresh: a key never points at a missing org.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
@@ -53,11 +54,14 @@ class ApiKey:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What one refresh read from the store, keys first."""
+    """What one refresh read from the store (keys first) that this replica did not hold
+    when it read, and the newest versions read."""
 
     keys: list[ApiKey]
     orgs: list[Org]
     accounts: AccountsSnapshot
+    newest_key: int = -1
+    newest_org: int = -1
 
 
 def merge_orgs(current: Mapping[str, Org], loaded: Iterable[Org]) -> dict[str, Org]:
@@ -91,8 +95,34 @@ def merge_keys(
     return out
 
 
-def _since(versions: Iterable[int], before: int) -> int:
-    return max([before, *(v - MARGIN_US for v in versions)])
+def unknown(
+    key_rows: list[tuple[Any, ...]],
+    org_rows: list[tuple[Any, ...]],
+    keys: Mapping[str, ApiKey],
+    orgs: Mapping[str, Org],
+    accounts: AccountsSnapshot,
+) -> Snapshot:
+    """The records of `keys_query` and `orgs_query` rows that `keys` and `orgs` lack or hold
+    in an older version. Runs in a thread: a full reload reads every key and org, and only
+    the few that changed come back to the event loop to be merged."""
+    new_keys = []
+    for key_id, org_id, mode, key_hash, created_at, revoked, version in key_rows:
+        mine = keys.get(key_id)
+        if mine is None or version > mine.version or (revoked and not mine.revoked):
+            key = ApiKey(key_id, org_id, mode, key_hash, _utc(created_at), bool(revoked), version)
+            new_keys.append(key)
+    new_orgs = [
+        Org(org_id, plan, signup, _utc(created_at), version)
+        for org_id, plan, signup, created_at, version in org_rows
+        if org_id not in orgs or version > orgs[org_id].version
+    ]
+    return Snapshot(
+        new_keys,
+        new_orgs,
+        accounts,
+        max((r[6] for r in key_rows), default=-1),
+        max((r[4] for r in org_rows), default=-1),
+    )
 
 
 def keys_query(since: int) -> tuple[str, dict[str, Any]]:
@@ -139,22 +169,23 @@ class Registry:
         """Read keys, then orgs, then subscriptions: an org is older than its keys, so every
         key read has its org in the same snapshot (or in memory already)."""
         keys_since, orgs_since = (-1, -1) if full else (self._since["keys"], self._since["orgs"])
-        keys = [
-            ApiKey(r[0], r[1], r[2], r[3], _utc(r[4]), bool(r[5]), int(r[6]))
-            for r in await self.store.query(*keys_query(keys_since))
-        ]
-        orgs = [
-            Org(r[0], r[1], r[2], _utc(r[3]), int(r[4]))
-            for r in await self.store.query(*orgs_query(orgs_since))
-        ]
-        return Snapshot(keys, orgs, await self.accounts.load(full))
+        key_rows = await self.store.query(*keys_query(keys_since))
+        org_rows = await self.store.query(*orgs_query(orgs_since))
+        accounts = await self.accounts.load(full)
+        # Copies (cheap, in C): the loop goes on changing the registry meanwhile.
+        known_keys, known_orgs = dict(self.keys), dict(self.orgs)
+        return await asyncio.to_thread(
+            unknown, key_rows, org_rows, known_keys, known_orgs, accounts
+        )
 
     def apply(self, snapshot: Snapshot) -> None:
         """Merge a snapshot into memory (no I/O, so no request sees half of it)."""
-        self.orgs = merge_orgs(self.orgs, snapshot.orgs)
-        self.keys = merge_keys(self.keys, snapshot.keys, self.orgs)
-        self._since["keys"] = _since((k.version for k in snapshot.keys), self._since["keys"])
-        self._since["orgs"] = _since((o.version for o in snapshot.orgs), self._since["orgs"])
+        if snapshot.orgs:
+            self.orgs = merge_orgs(self.orgs, snapshot.orgs)
+        if snapshot.keys:
+            self.keys = merge_keys(self.keys, snapshot.keys, self.orgs)
+        for table, newest in (("keys", snapshot.newest_key), ("orgs", snapshot.newest_org)):
+            self._since[table] = max(self._since[table], newest - MARGIN_US)
         self.accounts.apply(snapshot.accounts)
 
     async def create_org(self, org_id: str, plan: str, signup_date: date) -> Org:

@@ -64,6 +64,54 @@ class AccountsSnapshot:
     changes: dict[str, list[tuple[int, Change]]] = field(default_factory=dict)
     overrides: dict[str, tuple[int, PlanOverrides]] = field(default_factory=dict)
     default_models: dict[str, tuple[int, str | None]] = field(default_factory=dict)
+    newest: int = -1  # the newest seq read
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """What an Accounts holds, for `_unknown` to compare a load with."""
+
+    changes: dict[str, list[Change]]
+    override_seqs: dict[str, int]
+    model_seqs: dict[str, int]
+
+
+def _unknown(
+    change_rows: list[tuple[Any, ...]],
+    override_rows: list[tuple[Any, ...]],
+    model_rows: list[tuple[Any, ...]],
+    held: _Held,
+) -> AccountsSnapshot:
+    """The loaded rows as records, leaving out what `held` has already."""
+    changes: dict[str, list[tuple[int, Change]]] = {}
+    overrides: dict[str, tuple[int, PlanOverrides]] = {}
+    models: dict[str, tuple[int, str | None]] = {}
+    loaded: dict[str, list[tuple[int, Change]]] = {}
+    newest = -1
+    for org_id, seq, kind, rec, eff, plan, anchor, status, trial in change_rows:
+        change = Change(
+            kind=kind,
+            recorded_at=_utc(rec),  # type: ignore[arg-type]
+            effective_at=_utc(eff),  # type: ignore[arg-type]
+            plan=plan or None,
+            anchor=anchor,
+            status=status or None,
+            trial_ends_at=_utc(trial),
+        )
+        loaded.setdefault(org_id, []).append((seq, change))
+        newest = max(newest, seq)
+    for org_id, log in loaded.items():
+        if not {c for _, c in log} <= set(held.changes.get(org_id, ())):
+            changes[org_id] = log
+    for org_id, body, seq in override_rows:
+        if seq > held.override_seqs.get(org_id, -1):
+            overrides[org_id] = (seq, PlanOverrides.model_validate_json(body))
+        newest = max(newest, seq)
+    for org_id, model, seq in model_rows:
+        if seq > held.model_seqs.get(org_id, -1):
+            models[org_id] = (seq, model)
+        newest = max(newest, seq)
+    return AccountsSnapshot(changes, overrides, models, newest)
 
 
 class Accounts:
@@ -96,64 +144,53 @@ class Accounts:
         self.apply(await self.load(full))
 
     async def load(self, full: bool = True) -> AccountsSnapshot:
-        """Read the changes, overrides and settings written since the last load (or all)."""
+        """Read the changes, overrides and settings written since the last load (or all);
+        keep those this process does not hold yet."""
         since = {"since": -1 if full else self._since}
-        cols = ", ".join(_CHANGE_COLUMNS)
-        rows = await self.store.query(
-            f"SELECT {cols} FROM subscription_changes WHERE org_id IN"
+        changes = await self.store.query(
+            f"SELECT {', '.join(_CHANGE_COLUMNS)} FROM subscription_changes WHERE org_id IN"
             " (SELECT org_id FROM subscription_changes WHERE seq > {since:Int64})"
             " ORDER BY org_id, seq",
             since,
         )
-        snapshot = AccountsSnapshot()
-        for org_id, seq, kind, rec, eff, plan, anchor, status, trial in rows:
-            change = Change(
-                kind=kind,
-                recorded_at=_utc(rec),  # type: ignore[arg-type]
-                effective_at=_utc(eff),  # type: ignore[arg-type]
-                plan=plan or None,
-                anchor=anchor,
-                status=status or None,
-                trial_ends_at=_utc(trial),
-            )
-            snapshot.changes.setdefault(org_id, []).append((int(seq), change))
-        for org_id, body, seq in await self.store.query(
+        overrides = await self.store.query(
             "SELECT org_id, argMax(overrides, seq), max(seq) FROM plan_overrides"
             " WHERE seq > {since:Int64} GROUP BY org_id",
             since,
-        ):
-            snapshot.overrides[org_id] = (int(seq), PlanOverrides.model_validate_json(body))
-        for org_id, model, seq in await self.store.query(
+        )
+        models = await self.store.query(
             "SELECT org_id, argMax(default_model, seq), max(seq) FROM workspace_settings"
             " WHERE seq > {since:Int64} GROUP BY org_id",
             since,
-        ):
-            snapshot.default_models[org_id] = (int(seq), model)
-        return snapshot
+        )
+        # What this process holds, copied (the lists are replaced, never changed in place):
+        # the comparison runs in a thread, off the event loop.
+        held = _Held(
+            dict(self.changes),
+            {o: self._override_seq.get(o, -1) for o in self.overrides},
+            {o: self._model_seq.get(o, -1) for o in self.default_models},
+        )
+        return await asyncio.to_thread(_unknown, changes, overrides, models, held)
 
     def apply(self, snapshot: AccountsSnapshot) -> None:
         """Merge a snapshot: an org's change log becomes the union of the stored one and the
         changes recorded here meanwhile, in seq order; newer overrides and settings win."""
-        seqs = [self._seq]
         for org_id, loaded in snapshot.changes.items():
             merged = {change: seq for seq, change in loaded}
             for change in self.changes.get(org_id, ()):
                 merged.setdefault(change, self._seq_of.get(change, 0))
             self._seq_of.update(merged)
             self.changes[org_id] = sorted(merged, key=merged.__getitem__)
-            seqs += [seq for seq, _ in loaded]
         for org_id, (seq, overrides) in snapshot.overrides.items():
             if org_id not in self.overrides or seq > self._override_seq.get(org_id, -1):
                 self.overrides[org_id] = overrides
                 self._override_seq[org_id] = seq
-            seqs.append(seq)
         for org_id, (seq, model) in snapshot.default_models.items():
             if org_id not in self.default_models or seq > self._model_seq.get(org_id, -1):
                 self.default_models[org_id] = model
                 self._model_seq[org_id] = seq
-            seqs.append(seq)
-        self._seq = max(seqs)
-        self._since = max(self._since, self._seq - MARGIN_US)
+        self._seq = max(self._seq, snapshot.newest)
+        self._since = max(self._since, snapshot.newest - MARGIN_US)
 
     def effective(self, org_id: str, plan: Plan, overrides: PlanOverrides | None) -> Plan:
         """`plan` with the org's overrides applied, computed once per plan and overrides."""
@@ -192,7 +229,8 @@ class Accounts:
         ]
         await self.store.insert("subscription_changes", [row], _CHANGE_COLUMNS)
         self._seq_of[c] = seq
-        self.changes.setdefault(org_id, []).append(c)
+        # A new list rather than an append: a refresh may be comparing the old one.
+        self.changes[org_id] = [*self.changes.get(org_id, ()), c]
 
     async def set_overrides(self, org_id: str, overrides: PlanOverrides, now: datetime) -> None:
         body = orjson.dumps(overrides.updates()).decode()
