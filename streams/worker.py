@@ -307,7 +307,9 @@ class Worker:
             before = pending.get(tp.partition)
             first = before.last_offset + 1 if before else state.next_offset
             # A fetch may start at the first offset of the record batch holding our mark.
-            records = [Record(m.offset, m.value, m.headers or ()) for m in msgs if m.offset >= first]
+            records = [
+                Record(m.offset, m.value, m.headers or ()) for m in msgs if m.offset >= first
+            ]
             if records:
                 result = process(state, records, self.pricer, now, state.epoch, before)
                 results.append((tp, result))
