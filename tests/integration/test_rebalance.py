@@ -35,7 +35,7 @@ from tally.store import Store
 from tally.topics import ensure_topics
 from tests.backends import TOPOLOGIES, Topology, drop_database, fresh_database, topology
 from tests.conftest import eventually
-from tests.factories import make_event, wire
+from tests.factories import make_event, orgs_on, wire
 from tests.streaming import BOOK, Traffic, expected, owned, states_match_the_store, until
 
 pytestmark = pytest.mark.slow
@@ -242,7 +242,7 @@ async def test_a_broker_reset_seen_by_two_workers_is_read_once(stack):
     store = Store(store_url)
     await store.start()
     base, p, pricer = f"reset-{uuid.uuid4().hex[:8]}", 2, Pricer(BOOK)
-    org = f"reset-{uuid.uuid4().hex[:8]}"
+    (org,) = orgs_on(p, PARTITIONS, prefix="reset")  # an org that partition p counts
     log = [Record(i, wire(make_event(org_id=org))) for i in range(10)]  # the new log
     try:
         a, b = ClickHouseSink(store, base, 86_400), ClickHouseSink(store, base, 86_400)
