@@ -1,17 +1,32 @@
 """Orgs and API keys: kept in the store, served from memory.
 
 Reads (authentication, an org's plan) never wait on the store; writes go to the store first
-and then to memory. `refresh()` reloads from the store, for API replicas that share it.
+and then to memory. API replicas share the store, so each one merges what the others wrote
+into its memory with `refresh()` (every `TALLY_REGISTRY_REFRESH_S`, see `api.refresh`).
+
+Every table here is an append-only log of versioned records, so a refresh merges rather
+than replaces: the newer version of a record wins, nothing this replica wrote meanwhile is
+lost, and a revocation is for good. Keys are read before orgs and a key whose org is not
+known yet waits for the next refresh: a key never points at a missing org.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
+from typing import Any
 
-from api.subscriptions import Accounts
+from api.subscriptions import Accounts, AccountsSnapshot
 from tally.domain.keys import hash_key, key_id_of, matches, new_key
 from tally.store import Store
+
+# A refresh reads the records written since the newest version it has seen, less this margin
+# (micro-seconds): a write that committed late, or on a replica whose clock is behind, is
+# still read. Anything older than that is read by the full reload every FULL_RELOAD_S.
+MARGIN_US = 120_000_000
+FULL_RELOAD_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +38,7 @@ class Org:
     plan: str
     signup_date: date
     created_at: datetime
+    version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +49,101 @@ class ApiKey:
     key_hash: str
     created_at: datetime
     revoked: bool = False
+    version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What one refresh read from the store (keys first) that this replica did not hold
+    when it read, and the newest versions read."""
+
+    keys: list[ApiKey]
+    orgs: list[Org]
+    accounts: AccountsSnapshot
+    newest_key: int = -1
+    newest_org: int = -1
+
+
+def merge_orgs(current: Mapping[str, Org], loaded: Iterable[Org]) -> dict[str, Org]:
+    """`current` with the loaded orgs it lacks or has in an older version."""
+    out = dict(current)
+    for org in loaded:
+        mine = out.get(org.org_id)
+        if mine is None or org.version > mine.version:
+            out[org.org_id] = org
+    return out
+
+
+def merge_keys(
+    current: Mapping[str, ApiKey], loaded: Iterable[ApiKey], orgs: Mapping[str, Org]
+) -> dict[str, ApiKey]:
+    """`current` with the loaded keys: the newer version wins and a revocation by either
+    side stands (keys are never restored, whatever the clocks of the replicas that wrote
+    them); a key whose org is not in `orgs` is left for a later refresh."""
+    out = dict(current)
+    for key in loaded:
+        if key.org_id not in orgs:
+            continue
+        mine = out.get(key.key_id)
+        if mine is None:
+            out[key.key_id] = key
+            continue
+        newest = key if key.version > mine.version else mine
+        revoked = key.revoked or mine.revoked
+        if newest is not mine or revoked != mine.revoked:
+            out[key.key_id] = replace(newest, revoked=revoked)
+    return out
+
+
+def unknown(
+    key_rows: list[tuple[Any, ...]],
+    org_rows: list[tuple[Any, ...]],
+    keys: Mapping[str, ApiKey],
+    orgs: Mapping[str, Org],
+    accounts: AccountsSnapshot,
+) -> Snapshot:
+    """The records of `keys_query` and `orgs_query` rows that `keys` and `orgs` lack or hold
+    in an older version. Runs in a thread: a full reload reads every key and org, and only
+    the few that changed come back to the event loop to be merged."""
+    new_keys = []
+    for key_id, org_id, mode, key_hash, created_at, revoked, version in key_rows:
+        mine = keys.get(key_id)
+        if mine is None or version > mine.version or (revoked and not mine.revoked):
+            key = ApiKey(key_id, org_id, mode, key_hash, _utc(created_at), bool(revoked), version)
+            new_keys.append(key)
+    new_orgs = [
+        Org(org_id, plan, signup, _utc(created_at), version)
+        for org_id, plan, signup, created_at, version in org_rows
+        if org_id not in orgs or version > orgs[org_id].version
+    ]
+    return Snapshot(
+        new_keys,
+        new_orgs,
+        accounts,
+        max((r[6] for r in key_rows), default=-1),
+        max((r[4] for r in org_rows), default=-1),
+    )
+
+
+def keys_query(since: int) -> tuple[str, dict[str, Any]]:
+    """The current record of every key with a version newer than `since` (-1: all)."""
+    sql = (
+        "SELECT key_id, argMax(org_id, version), argMax(mode, version),"
+        " argMax(key_hash, version), min(created_at), max(revoked), max(version)"
+        " FROM api_keys WHERE key_id IN"
+        " (SELECT key_id FROM api_keys WHERE version > {since:Int64}) GROUP BY key_id"
+    )
+    return sql, {"since": since}
+
+
+def orgs_query(since: int) -> tuple[str, dict[str, Any]]:
+    """The current record of every org with a version newer than `since` (-1: all)."""
+    sql = (
+        "SELECT org_id, argMax(plan, version), argMax(signup_date, version),"
+        " min(created_at), max(version) FROM orgs WHERE org_id IN"
+        " (SELECT org_id FROM orgs WHERE version > {since:Int64}) GROUP BY org_id"
+    )
+    return sql, {"since": since}
 
 
 class Conflict(ValueError):
@@ -45,31 +156,46 @@ class Registry:
         self.orgs: dict[str, Org] = {}
         self.keys: dict[str, ApiKey] = {}
         self.accounts = Accounts(store)  # subscriptions, overrides, workspace settings
+        self._since = {"keys": -1, "orgs": -1}  # newest version read, less the margin
 
-    async def refresh(self) -> None:
-        orgs = await self.store.query(
-            "SELECT org_id, argMax(plan, version), argMax(signup_date, version),"
-            " min(created_at) FROM orgs GROUP BY org_id"
+    async def refresh(self, full: bool = True) -> Snapshot:
+        """Merge what the store holds into memory: everything, or (`full=False`) what was
+        written since the last refresh, give or take `MARGIN_US`."""
+        snapshot = await self.load(full)
+        self.apply(snapshot)
+        return snapshot
+
+    async def load(self, full: bool = True) -> Snapshot:
+        """Read keys, then orgs, then subscriptions: an org is older than its keys, so every
+        key read has its org in the same snapshot (or in memory already)."""
+        keys_since, orgs_since = (-1, -1) if full else (self._since["keys"], self._since["orgs"])
+        key_rows = await self.store.query(*keys_query(keys_since))
+        org_rows = await self.store.query(*orgs_query(orgs_since))
+        accounts = await self.accounts.load(full)
+        # Copies (cheap, in C): the loop goes on changing the registry meanwhile.
+        known_keys, known_orgs = dict(self.keys), dict(self.orgs)
+        return await asyncio.to_thread(
+            unknown, key_rows, org_rows, known_keys, known_orgs, accounts
         )
-        keys = await self.store.query(
-            "SELECT key_id, argMax(org_id, version), argMax(mode, version),"
-            " argMax(key_hash, version), min(created_at), argMax(revoked, version)"
-            " FROM api_keys GROUP BY key_id"
-        )
-        self.orgs = {r[0]: Org(r[0], r[1], r[2], r[3].replace(tzinfo=UTC)) for r in orgs}
-        self.keys = {
-            r[0]: ApiKey(r[0], r[1], r[2], r[3], r[4].replace(tzinfo=UTC), bool(r[5])) for r in keys
-        }
-        await self.accounts.refresh()
+
+    def apply(self, snapshot: Snapshot) -> None:
+        """Merge a snapshot into memory (no I/O, so no request sees half of it)."""
+        if snapshot.orgs:
+            self.orgs = merge_orgs(self.orgs, snapshot.orgs)
+        if snapshot.keys:
+            self.keys = merge_keys(self.keys, snapshot.keys, self.orgs)
+        for table, newest in (("keys", snapshot.newest_key), ("orgs", snapshot.newest_org)):
+            self._since[table] = max(self._since[table], newest - MARGIN_US)
+        self.accounts.apply(snapshot.accounts)
 
     async def create_org(self, org_id: str, plan: str, signup_date: date) -> Org:
         if org_id in self.orgs:
             raise Conflict(f"org {org_id!r} exists already")
         now = datetime.now(UTC)
-        org = Org(org_id, plan, signup_date, now)
+        org = Org(org_id, plan, signup_date, now, _version(now))
         await self.store.insert(
             "orgs",
-            [[org_id, plan, signup_date, now, _version(now)]],
+            [[org_id, plan, signup_date, now, org.version]],
             ("org_id", "plan", "signup_date", "created_at", "version"),
         )
         self.orgs[org_id] = org
@@ -78,8 +204,8 @@ class Registry:
     async def create_key(self, org_id: str, mode: str) -> tuple[str, ApiKey]:
         key, key_id = new_key(mode)
         now = datetime.now(UTC)
-        record = ApiKey(key_id, org_id, mode, hash_key(key), now)
-        await self._save_key(record, now)
+        record = ApiKey(key_id, org_id, mode, hash_key(key), now, version=_version(now))
+        await self._save_key(record)
         self.keys[key_id] = record
         return key, record
 
@@ -94,15 +220,16 @@ class Registry:
 
     async def revoke_key(self, key_id: str) -> ApiKey:
         """Revoke a key for good: it stops authenticating at once."""
-        record = replace(self.keys[key_id], revoked=True)
-        await self._save_key(record, datetime.now(UTC))
+        now = datetime.now(UTC)
+        record = replace(self.keys[key_id], revoked=True, version=_version(now))
+        await self._save_key(record)
         self.keys[key_id] = record
         return record
 
-    async def _save_key(self, k: ApiKey, now: datetime) -> None:
+    async def _save_key(self, k: ApiKey) -> None:
         await self.store.insert(
             "api_keys",
-            [[k.key_id, k.org_id, k.mode, k.key_hash, k.created_at, int(k.revoked), _version(now)]],
+            [[k.key_id, k.org_id, k.mode, k.key_hash, k.created_at, int(k.revoked), k.version]],
             ("key_id", "org_id", "mode", "key_hash", "created_at", "revoked", "version"),
         )
 
@@ -122,3 +249,7 @@ _NO_KEY = hash_key("no such key")
 
 def _version(now: datetime) -> int:
     return int(now.timestamp() * 1_000_000)
+
+
+def _utc(t: datetime) -> datetime:
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)

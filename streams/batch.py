@@ -3,6 +3,11 @@
 `process()` reads the partition state and returns what the batch would change; nothing is
 applied until the sink has stored the rows, then `apply()` folds the result into the state.
 A batch that fails to store can therefore be retried as it is.
+
+An event whose `org_id` maps to another partition of the topic (a producer that does not key
+by `org_id`, or one still using the partition count from before an increase) is not counted
+here, where its org has no state: it is forwarded to the partition its org maps to, whose
+state counts it exactly once (`Forward`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from schemas.events import InvalidEvent
 from streams.decode import decode
 from tally.domain import counters
 from tally.domain.counters import CounterKey
+from tally.domain.partitioning import partition_of
 from tally.domain.pricing import Pricer
 from tally.domain.usage import measure
 
@@ -51,6 +57,14 @@ EVENT_COLUMNS = (
 STARTED, ENDED = 1, 2
 SESSION_BITS = {"session.started": STARTED, "session.ended": ENDED}
 
+# Headers of a forwarded message: where it was first read, and how often it was forwarded.
+FORWARDED_FROM, HOPS = "tally-forwarded-from", "tally-hops"
+# Workers that agree on the partition count forward a message once; one forwarded again
+# after a partition increase makes two. More means workers disagree: dead letter it.
+MAX_HOPS = 3
+
+Headers = Sequence[tuple[str, bytes]]
+
 
 class Message(Protocol):
     """A Kafka message as the worker sees it (aiokafka's records are ones)."""
@@ -61,6 +75,9 @@ class Message(Protocol):
     @property
     def value(self) -> bytes | None: ...
 
+    @property
+    def headers(self) -> Headers: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Record:
@@ -68,6 +85,7 @@ class Record:
 
     offset: int
     value: bytes | None
+    headers: Headers = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +96,26 @@ class DeadLetter:
     offset: int
 
 
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """A message to send on to the partition its org maps to, with the headers it carries."""
+
+    value: bytes
+    org_id: str
+    partition: int  # where it goes
+    source: int  # the partition it arrived on
+    offset: int
+    headers: Headers
+
+
 @dataclass(slots=True)
 class PartitionState:
     """Everything the worker keeps for one partition; rebuilt from the store on assignment."""
 
     partition: int
+    # The topic's partition count the state was built for: it holds the orgs that map to
+    # `partition` among `partitions` (see tally.domain.partitioning); 0 checks no keys.
+    partitions: int = 0
     next_offset: int = 0
     epoch: str = ""  # the broker log the offsets belong to (see streams/sink.py)
     # (offset, CRC-32) of the message before next_offset, to be read again and compared on
@@ -117,6 +150,7 @@ class BatchResult:
     epoch: str = ""
     rows: list[list[object]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
+    forwards: list[Forward] = field(default_factory=list)
     deltas: dict[CounterKey, int] = field(default_factory=dict)
     sessions: dict[tuple[str, str], int] = field(default_factory=dict)
     event_ids: set[str] = field(default_factory=set)
@@ -136,7 +170,7 @@ def process(
     """What a batch changes, given the state and the batches before it that are not yet
     applied (`pending`, oldest first: the worker prepares batches while one is stored)."""
     ingested = now.astimezone(UTC)
-    partition = state.partition
+    partition, partitions = state.partition, state.partitions
     first = pending[-1].last_offset + 1 if pending else state.next_offset
     result = BatchResult(partition, first - 1, epoch=log_epoch, ingested_at=ingested.timestamp())
     seen = state.seen
@@ -153,6 +187,9 @@ def process(
         except InvalidEvent as exc:
             dead = DeadLetter(record.value or b"", exc.reason, partition, record.offset)
             result.dead.append(dead)
+            continue
+        if partitions and partition_of(event["org_id"], partitions) != partition:
+            _misrouted(result, record, event["org_id"], partitions, partition)
             continue
         event_id = event["event_id"]
         if event_id in seen or event_id in event_ids or any(event_id in e for e in earlier):
@@ -199,6 +236,34 @@ def process(
         result.last_offset = last.offset
         result.last_crc = zlib.crc32(last.value or b"")
     return result
+
+
+def _misrouted(
+    result: BatchResult, record: Message, org_id: str, partitions: int, partition: int
+) -> None:
+    """Forward an event to its org's partition, or dead-letter it if it keeps moving."""
+    target = partition_of(org_id, partitions)
+    value = record.value or b""
+    hops = 0
+    kept: list[tuple[str, bytes]] = []
+    for name, header in record.headers:
+        if name == HOPS:
+            hops = int(header) if header.isdigit() else MAX_HOPS
+        elif name != FORWARDED_FROM:
+            kept.append((name, header))
+    if hops >= MAX_HOPS:
+        reason = (
+            f"misrouted: org_id {org_id!r} belongs to partition {target} of {partitions}, not"
+            f" {partition}, and was forwarded {hops} times already: the workers disagree on the"
+            " partition count of usage.events; replay it with `tally dlq replay` once they agree"
+        )
+        result.dead.append(DeadLetter(value, reason, partition, record.offset))
+        return
+    kept += [
+        (FORWARDED_FROM, f"{partition}/{record.offset}".encode()),
+        (HOPS, str(hops + 1).encode()),
+    ]
+    result.forwards.append(Forward(value, org_id, target, partition, record.offset, kept))
 
 
 def _session(

@@ -108,12 +108,19 @@ class ClickHouseSink:
                 await self.store.command(*statement)
         return days
 
-    async def load(self, partition: int) -> PartitionState:
-        """Rebuild one partition's state from what is stored (repairing its rollups first)."""
+    async def load(self, partition: int, partitions: int) -> PartitionState:
+        """Rebuild one partition's state from what is stored (repairing its rollups first).
+
+        The offsets are the partition's own; counters, sessions and the dedup window are
+        those of the orgs that map to `partition` among `partitions`, wherever their rows
+        were stored (so they follow an org whose partition changed with the count).
+        """
+        if partitions <= partition:
+            raise ValueError(f"partition {partition} is not among {partitions} partitions")
         await self.repair(partition)
         rows = await self.store.query(*q.latest_epoch(self.base_epoch, partition))
         epoch = rows[0][0] if rows and rows[0][0] else self.base_epoch
-        state = PartitionState(partition, epoch=epoch)
+        state = PartitionState(partition, partitions, epoch=epoch)
         marks = [
             (int(n), int(crc))
             for n, crc, seen in await self.store.query(*q.watermark(epoch, partition))
@@ -127,7 +134,7 @@ class ClickHouseSink:
                 state.check = (state.next_offset - 1, crc)
         since = datetime.now(UTC).date() - timedelta(days=COUNTER_HISTORY_DAYS)
         for org, line_item, day, billable, cost, unpriced, upstream in await self.store.query(
-            *q.daily_counters(partition, since)
+            *q.daily_counters(partition, partitions, since)
         ):
             meter = counters.METER_OF_LINE_ITEM.get(line_item)
             if meter and billable:
@@ -141,18 +148,20 @@ class ClickHouseSink:
                 state.counters[key] = state.counters.get(key, 0) + int(unpriced)
         now_s = int(time.time())
         for org, minute, billable in await self.store.query(
-            *q.minute_counters(partition, now_s - MINUTE_HISTORY_S)
+            *q.minute_counters(partition, partitions, now_s - MINUTE_HISTORY_S)
         ):
             if billable:
                 state.counters[(org, counters.REQUESTS_MINUTE, int(minute))] = int(billable)
-        for org, session_id, started, ended in await self.store.query(*q.open_sessions(partition)):
+        for org, session_id, started, ended in await self.store.query(
+            *q.open_sessions(partition, partitions)
+        ):
             flags = (STARTED if started else 0) | (ENDED if ended else 0)
             state.sessions[(org, session_id)] = flags
             if flags == STARTED:
                 key = (org, counters.SESSIONS, 0)
                 state.counters[key] = state.counters.get(key, 0) + 1
         for event_id, at_ms in await self.store.query(
-            *q.recent_event_ids(partition, now_s - self.dedup_window_s)
+            *q.recent_event_ids(partition, partitions, now_s - self.dedup_window_s)
         ):
             state.seen[event_id] = at_ms / 1000
         return state

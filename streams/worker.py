@@ -5,7 +5,9 @@ each fetch: the counters it changes, as absolute values on `usage.counters` (quo
 them at once); dead letters (so none is lost); one insert of the rows with their offsets;
 then the batch is folded into the partition state and its open sessions published.
 On assignment it rebuilds each partition's state from the store and seeks to the stored
-watermark; Kafka's committed offsets are only informational (they show lag).
+watermark; Kafka's committed offsets are only informational (they show lag). The state of a
+partition is that of the orgs mapping to it under the partition count the group leader
+assigned from (`streams.assignor`); an event of another org is forwarded to its partition.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from datetime import UTC, datetime
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.structs import OffsetAndMetadata
 
 from schemas.prices import PriceBook
+from streams.assignor import CountingAssignor
 from streams.batch import BatchResult, PartitionState, apply, process, projected
 from streams.sink import ClickHouseSink
 from tally import failpoints, metrics
@@ -57,14 +61,17 @@ class Worker:
         self.sink = sink
         self.pricer = Pricer(book)
         self.states: dict[int, PartitionState] = {}
+        self.partitions = 0  # usage.events' partition count the owned states are built for
         self.processed = 0
         self.dead_letters = 0
+        self.forwarded = 0
         self.duplicates = 0
         self.timings: dict[str, float] = {}  # seconds spent per phase of a batch
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._assignor = CountingAssignor()
         # The batches being stored, and those prepared (and published) since, to store next.
         self._inflight: tuple[Prepared, asyncio.Task[None]] | None = None
         self._queued: Prepared = []
@@ -94,6 +101,7 @@ class Worker:
             fetch_max_bytes=64 << 20,
             fetch_max_wait_ms=20,  # the broker may hold an empty fetch this long
             max_partition_fetch_bytes=8 << 20,
+            partition_assignment_strategy=(self._assignor, RoundRobinPartitionAssignor),
         )
         self._consumer.subscribe([EVENTS_TOPIC], listener=_Rebalance(self))
         await self._consumer.start()
@@ -138,15 +146,17 @@ class Worker:
         async with self._lock:
             assert self._consumer is not None
             await self._settle()
+            self.partitions = self._partition_count(assigned)
             for tp in sorted(assigned):
-                state = await self._load(tp.partition)
+                state = await self._load(tp.partition, self.partitions)
                 self.states[tp.partition] = state
                 # Read the message before the mark again, to check it is the same log.
                 self._consumer.seek(tp, state.check[0] if state.check else state.next_offset)
                 await self._publish(state.counters)
                 log.info(
-                    "partition %d acquired at offset %d with %d counters",
+                    "partition %d of %d acquired at offset %d with %d counters",
                     tp.partition,
+                    self.partitions,
                     state.next_offset,
                     len(state.counters),
                     extra={"partition": tp.partition, "offset": state.next_offset},
@@ -154,13 +164,29 @@ class Worker:
             await self._flush_producer()
             self.ready.set()
 
-    async def _load(self, partition: int) -> PartitionState:
+    def _partition_count(self, assigned: set[TopicPartition]) -> int:
+        """usage.events' partition count for this generation: the group leader's, the same for
+        every member (`streams.assignor`); without it (a group still speaking plain
+        roundrobin during a rolling upgrade) this member's own metadata."""
+        assert self._consumer is not None
+        count = self._assignor.take(EVENTS_TOPIC)
+        if count is None:
+            known = self._consumer.partitions_for_topic(EVENTS_TOPIC) or ()
+            count = max([len(known), *(tp.partition + 1 for tp in assigned)])
+            log.warning(
+                "the group assignment carries no partition count: using this worker's"
+                " metadata (%d partitions); upgrade every worker to agree on it",
+                count,
+            )
+        return count
+
+    async def _load(self, partition: int, partitions: int) -> PartitionState:
         """Load a gained partition's state, waiting out a store outage: a partition must
         never be owned without its state."""
         delay = 0.1
         while True:
             try:
-                return await self.sink.load(partition)
+                return await self.sink.load(partition, partitions)
             except Exception as exc:
                 log.warning(
                     "partition %d: cannot load its state (%s); retrying in %.1fs",
@@ -345,9 +371,12 @@ class Worker:
             self._sent_early_at = time.monotonic()
 
     async def _store(self, results: Prepared) -> None:
-        """Dead letters first (so none is lost), then the rows with their offsets."""
+        """Dead letters and forwarded events first (so none is lost), then the rows with
+        their offsets: a batch stored only after they are acknowledged is never read again,
+        and one read again after a crash sends them again (the dedup window of the partition
+        they go to recognises a second copy)."""
         started = time.perf_counter()
-        await self._dead_letters(results)
+        await asyncio.gather(self._dead_letters(results), self._forward(results))
         rows = [row for _, r in results for row in r.rows]
         failpoints.hit("worker.before_insert")
         await self.sink.write(
@@ -422,6 +451,54 @@ class Worker:
                 )
         if futures:
             await asyncio.gather(*futures)
+
+    async def _forward(self, results: list[tuple[TopicPartition, BatchResult]]) -> None:
+        """Send each event that arrived on a partition its org does not map to on to the one
+        it maps to, keyed by its org_id."""
+        assert self._producer is not None
+        futures = []
+        for tp, result in results:
+            if not result.forwards:
+                continue
+            for f in result.forwards:
+                await self._until_known(f.partition)
+                futures.append(
+                    await self._producer.send(
+                        EVENTS_TOPIC,
+                        f.value,
+                        key=f.org_id.encode(),
+                        partition=f.partition,
+                        headers=list(f.headers),
+                    )
+                )
+            self.forwarded += len(result.forwards)
+            metrics.forwarded.inc(len(result.forwards))
+            first = result.forwards[0]
+            log.warning(
+                "partition %d: forwarded %d events whose org_id maps to another partition of"
+                " %d (org %r to partition %d, offset %d); producers must key by org_id with"
+                " Kafka's default (murmur2) partitioner",
+                tp.partition,
+                len(result.forwards),
+                self.partitions,
+                first.org_id,
+                first.partition,
+                first.offset,
+                extra={"partition": tp.partition, "offset": first.offset},
+            )
+        if futures:
+            await asyncio.gather(*futures)
+
+    async def _until_known(self, partition: int) -> None:
+        """Wait until the producer's metadata knows a partition the group leader assigned
+        from (it may be older than the leader's just after an increase)."""
+        assert self._producer is not None
+        delay = 0.1
+        while partition not in (await self._producer.partitions_for(EVENTS_TOPIC)):
+            log.warning("partition %d is not in the producer's metadata yet; refreshing", partition)
+            await self._producer.client.force_metadata_update()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     async def _publish(self, values: dict[CounterKey, int]) -> None:
         """Send absolute counter values: republishing one is always harmless."""

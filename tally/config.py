@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     retention_interval_s: float = Field(
         3_600, gt=0, description="How often raw events past their plan's retention are deleted."
     )
+    registry_refresh_s: float = Field(
+        2.0,
+        gt=0,
+        le=3600,
+        description="API: how often orgs, keys and subscriptions written by other API replicas"
+        " are merged from the store; a key created or revoked elsewhere takes effect within it.",
+    )
     plans_file: Path | None = None
     session_reservation_ttl_s: float = Field(
         10.0,

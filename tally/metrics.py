@@ -40,6 +40,11 @@ dead_letters = Counter(
     "Messages sent to usage.events.dlq, by reason class (see tally.metrics.reason_class).",
     ["reason"],
 )
+forwarded = Counter(
+    "tally_forwarded",
+    "Events the worker sent on to the partition their org_id maps to (a producer that does"
+    " not key by org_id, or one still on the partition count from before an increase).",
+)
 batches = Counter("tally_batches", "Batches stored and counted by the worker.")
 consumer_lag = Gauge(
     "tally_consumer_lag_events",
@@ -75,6 +80,15 @@ counter_keys = Gauge("tally_counter_table_keys", "API: counters held in memory."
 counter_table_ready = Gauge(
     "tally_counter_table_ready", "API: 1 once the counter table has caught up."
 )
+registry_refreshed_at = Gauge(
+    "tally_registry_refreshed_timestamp_seconds",
+    "API: when orgs, keys and subscriptions were last merged from the store (Unix time).",
+)
+registry_refresh_seconds = Histogram(
+    "tally_registry_refresh_seconds",
+    "API: seconds per refresh of orgs, keys and subscriptions from the store.",
+    buckets=_BATCH_BUCKETS,
+)
 quota_checks = Counter(
     "tally_quota_checks", "Quota admission decisions, by meter and outcome code.", ["meter", "code"]
 )
@@ -84,6 +98,11 @@ http_seconds = Histogram(
     ["route", "method", "status"],
     buckets=_HTTP_BUCKETS,
 )
+
+
+def registry_refreshed(seconds: float) -> None:
+    registry_refreshed_at.set_to_current_time()
+    registry_refresh_seconds.observe(seconds)
 
 
 def quota_check(meter: str, code: str) -> None:
@@ -107,7 +126,8 @@ def dead_letter(error: str) -> None:
 def reason_class(error: str) -> str:
     """A dead letter's reason, as one of a few classes (bounded label values).
 
-    no_value, invalid_json, unknown_type, schema_version, missing_field or invalid_field.
+    no_value, invalid_json, unknown_type, schema_version, misrouted, missing_field or
+    invalid_field.
     """
     if error == "message has no value":
         return "no_value"
@@ -117,6 +137,8 @@ def reason_class(error: str) -> str:
         return "unknown_type"
     if error.startswith("schema_version"):
         return "schema_version"
+    if error.startswith("misrouted:"):
+        return "misrouted"
     if ": is required" in error:
         return "missing_field"
     return "invalid_field"

@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from api.counter_table import CounterTable
+from api.refresh import RegistryRefresher
 from api.registry import Registry
 from api.retention import RetentionSweeper
 from api.state import Services
@@ -48,6 +49,7 @@ class Tally:
         self._exit = AsyncExitStack()
         self.services: Services | None = None
         self.retention: RetentionSweeper | None = None
+        self.refresher: RegistryRefresher | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -73,6 +75,8 @@ class Tally:
         if self.want_api:
             registry = Registry(self.store)
             await registry.refresh()
+            self.refresher = RegistryRefresher(registry, s.registry_refresh_s)
+            await self.refresher.start()
             counters = CounterTable(s.bootstrap_servers)
             await counters.start()
             self.services = Services(s, self.store, registry, counters, plans)
@@ -115,6 +119,8 @@ class Tally:
         if self.faust_app is None and self.worker is not None:
             await self.worker.stop()
         self.faust_app = None
+        if self.refresher is not None:
+            await self.refresher.stop()
         if self.retention is not None:
             await self.retention.stop()
         if self.services is not None:

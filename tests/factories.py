@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 
+from tally.domain.partitioning import partition_of
+
 _seq = itertools.count()
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -45,3 +47,13 @@ def make_event(type: str = "llm.usage", **overrides: Any) -> dict[str, Any]:
 
 def wire(event: dict[str, Any]) -> bytes:
     return orjson.dumps(event)
+
+
+def orgs_on(partition: int, partitions: int, count: int = 1, prefix: str = "org") -> list[str]:
+    """Fresh org ids that Kafka's default partitioner maps to `partition` of `partitions`."""
+    found: list[str] = []
+    while len(found) < count:
+        org = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        if partition_of(org, partitions) == partition:
+            found.append(org)
+    return found

@@ -2,7 +2,9 @@
 
 The command reads usage.events itself, from each partition's first offset to its end at
 the time of the scan, and counts the distinct valid events the way the worker does (dedup
-by event_id per partition, priced by the same price book). The API (which owns the store
+by event_id, priced by the same price book: the worker's dedup window follows an org to the
+partition it maps to, and an event forwarded there from another partition is on the broker
+twice). The API (which owns the store
 and the counter table) answers the stored rows of exactly those offsets, all stored rows
 of the window, and the counters. `tally.domain.reconcile` compares them.
 
@@ -58,12 +60,11 @@ async def scan_broker(
 ) -> BrokerScan:
     async with kafka.reader(bootstrap) as consumer:
         result = BrokerScan(await kafka.log_ranges(consumer, EVENTS_TOPIC))
-        seen: dict[int, set[str]] = {}
+        ids: set[str] = set()
         # With one org, a message that does not even contain its quoted id is not its event
         # (event ids are unique across orgs, so skipping it changes no dedup decision).
         needle = orjson.dumps(org_id) if org_id is not None else b""
         async for batch in kafka.scan(consumer, EVENTS_TOPIC, result.ranges):
-            ids = seen.setdefault(batch[0].partition, set())
             for m in batch:
                 if needle and (m.value is None or needle not in m.value):
                     continue

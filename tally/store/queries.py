@@ -38,45 +38,53 @@ def latest_epoch(base: str, partition: int) -> Query:
     return sql, {"base": base, "prefix": base + ".", "p": partition}
 
 
-def daily_counters(partition: int, since: date) -> Query:
+# A partition's state is rebuilt from the rows of the orgs that map to it under the topic's
+# partition count now, wherever the rows were stored: after an increase, an org's history
+# follows it to its new partition. `kafkaMurmurHash` is Kafka's default partitioner (the store
+# contract checks it against aiokafka's); the stored `partition` is in no sort key, so this
+# scans what `partition = p` did.
+_OWNED = "kafkaMurmurHash(org_id) % {n:UInt32} = {p:UInt32}"
+
+
+def daily_counters(partition: int, partitions: int, since: date) -> Query:
     sql = (
         "SELECT org_id, line_item, toUInt32(dateDiff('day', toDate('1970-01-01'), day)) AS d,"
         " sum(billable), sum(cost_micros), sum(unpriced),"
         " sumIf(cost_micros, line_item = 'llm' AND mode = 'managed')"
-        " FROM usage_daily WHERE partition = {p:UInt16} AND day >= {since:Date}"
+        f" FROM usage_daily WHERE {_OWNED} AND day >= {{since:Date}}"
         " GROUP BY org_id, line_item, d"
     )
-    return sql, {"p": partition, "since": since}
+    return sql, {"p": partition, "n": partitions, "since": since}
 
 
-def minute_counters(partition: int, since_epoch_s: int) -> Query:
+def minute_counters(partition: int, partitions: int, since_epoch_s: int) -> Query:
     sql = (
         "SELECT org_id, intDiv(toUnixTimestamp(ts), 60) AS m, sum(billable) FROM events"
-        " WHERE partition = {p:UInt16} AND line_item = 'requests'"
+        f" WHERE {_OWNED} AND line_item = 'requests'"
         " AND ts >= fromUnixTimestamp({since:Int64}) GROUP BY org_id, m"
     )
-    return sql, {"p": partition, "since": since_epoch_s}
+    return sql, {"p": partition, "n": partitions, "since": since_epoch_s}
 
 
-def open_sessions(partition: int) -> Query:
+def open_sessions(partition: int, partitions: int) -> Query:
     """Live sessions that have started or ended but not both."""
     sql = (
         "SELECT org_id, session_id, max(type = 'session.started') AS s,"
         " max(type = 'session.ended') AS e FROM events"
-        " WHERE partition = {p:UInt16} AND key_mode = 'live'"
+        f" WHERE {_OWNED} AND key_mode = 'live'"
         " AND type IN ('session.started', 'session.ended')"
         " GROUP BY org_id, session_id HAVING s != e"
     )
-    return sql, {"p": partition}
+    return sql, {"p": partition, "n": partitions}
 
 
-def recent_event_ids(partition: int, since_epoch_s: int) -> Query:
+def recent_event_ids(partition: int, partitions: int, since_epoch_s: int) -> Query:
     sql = (
         "SELECT event_id, toUnixTimestamp64Milli(ingested_at) AS at FROM events"
-        " WHERE partition = {p:UInt16} AND ingested_at >= fromUnixTimestamp({since:Int64})"
+        f" WHERE {_OWNED} AND ingested_at >= fromUnixTimestamp({{since:Int64}})"
         " ORDER BY at"
     )
-    return sql, {"p": partition, "since": since_epoch_s}
+    return sql, {"p": partition, "n": partitions, "since": since_epoch_s}
 
 
 # The rollups' SELECTs, as the materialized views in migrations/002_rollups.sql define them;

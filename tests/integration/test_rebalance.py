@@ -15,11 +15,8 @@ and Kafka with a ClickHouse server in Docker (marker `docker`; skips where Docke
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
 import uuid
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,27 +25,23 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 from api.counter_table import CounterTable
-from streams.batch import ENDED, SESSION_BITS, STARTED, Record, apply, process
-from streams.decode import decode
+from streams.batch import Record, apply, process
 from streams.sink import ClickHouseSink
 from streams.worker import Worker
-from tally.catalogue import load_prices
 from tally.config import EVENTS_TOPIC, Settings
-from tally.domain import counters
 from tally.domain.counters import CounterKey
 from tally.domain.pricing import Pricer
-from tally.domain.usage import measure
 from tally.store import Store
 from tally.topics import ensure_topics
 from tests.backends import TOPOLOGIES, Topology, drop_database, fresh_database, topology
 from tests.conftest import eventually
-from tests.factories import make_event, wire
+from tests.factories import make_event, orgs_on, wire
+from tests.streaming import BOOK, Traffic, expected, owned, states_match_the_store, until
 
 pytestmark = pytest.mark.slow
 
 PARTITIONS = 6
 ALL = set(range(PARTITIONS))
-BOOK = load_prices()
 
 
 @pytest.fixture(params=TOPOLOGIES)
@@ -68,117 +61,6 @@ def orgs_covering_every_partition(per_partition: int) -> list[str]:
         if len(found[p]) < per_partition:
             found[p].append(org)
     return [org for p in parts for org in found[p]]
-
-
-class Traffic:
-    """Events for every org, round after round, with producer retries and sessions."""
-
-    def __init__(self, bootstrap: str, orgs: list[str]) -> None:
-        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-        self.orgs = orgs
-        self.sent: list[dict[str, Any]] = []
-        self.flowing = asyncio.Event()
-        self._rng = random.Random(11)
-        self._round = 0
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        await self.producer.start()
-        self.flowing.set()
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is None:
-            return
-        task, self._task = self._task, None
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task  # a failure to produce surfaces here
-        await self.producer.stop()
-
-    def _events(self, r: int, i: int, org: str) -> list[dict[str, Any]]:
-        kind = (r + i) % 5
-        if kind == 0:
-            return [make_event(org_id=org, input_tokens=100 + r, output_tokens=i)]
-        if kind == 1:
-            return [make_event("tool.call", org_id=org, success=r % 7 != 0)]
-        if kind == 2:
-            return [make_event("gateway.request", org_id=org)]
-        if kind == 3:  # start a session, end the one started five rounds ago
-            out = [make_event("session.started", org_id=org, session_id=f"s-{r}")]
-            if r >= 5:
-                out.append(make_event("session.ended", org_id=org, session_id=f"s-{r - 5}"))
-            return out
-        return [make_event(org_id=org, mode="byok", model="gpt-4o-mini", input_tokens=r)]
-
-    async def _run(self) -> None:
-        while True:
-            await self.flowing.wait()
-            batch = [
-                e for i, org in enumerate(self.orgs) for e in self._events(self._round, i, org)
-            ]
-            if self.sent:  # producer retries: events already sent, sent again
-                batch += self._rng.sample(self.sent, min(5, len(self.sent)))
-            for e in batch:
-                await self.producer.send(EVENTS_TOPIC, wire(e), key=e["org_id"].encode())
-            await self.producer.flush()
-            self.sent += batch
-            self._round += 1
-            await asyncio.sleep(0.1)
-
-    async def pause(self) -> None:
-        self.flowing.clear()
-        await asyncio.sleep(0.3)  # let the round being sent finish
-        await self.producer.flush()
-
-
-def expected(
-    sent: list[dict[str, Any]],
-) -> tuple[dict[CounterKey, int], Counter[str], Counter[str]]:
-    """Counters, stored rows and billable totals per org, each event counted once."""
-    pricer = Pricer(BOOK)
-    values: dict[CounterKey, int] = {}
-    rows: Counter[str] = Counter()
-    billable: Counter[str] = Counter()
-    sessions: dict[tuple[str, str], int] = {}
-    unique = {e["event_id"]: e for e in sent}
-    for e in unique.values():
-        event = decode(wire(e))
-        usage = measure(event, pricer)
-        counters.add(values, event["org_id"], event["ts"], usage)
-        if event["type"] in SESSION_BITS and event["key_mode"] == "live":
-            sk = (event["org_id"], event["session_id"])
-            sessions[sk] = sessions.get(sk, 0) | SESSION_BITS[event["type"]]
-        rows[event["org_id"]] += 1
-        billable[event["org_id"]] += usage.billable
-    for (org, _), flags in sessions.items():
-        if flags == STARTED:
-            key = (org, counters.SESSIONS, 0)
-            values[key] = values.get(key, 0) + 1
-    assert any(f == STARTED | ENDED for f in sessions.values())
-    return {k: v for k, v in values.items() if v}, rows, billable
-
-
-def owned(worker: Worker) -> set[int]:
-    """The partitions the group gave this worker (read from its consumer)."""
-    consumer = worker._consumer
-    return {tp.partition for tp in consumer.assignment()} if consumer is not None else set()
-
-
-async def states_match_the_store(worker: Worker, store: Store) -> bool:
-    """Each owned partition's live state is what the store rebuilds for it."""
-    sink = ClickHouseSink(store, worker.sink.base_epoch, worker.settings.dedup_window_s)
-    for partition, state in list(worker.states.items()):
-        loaded = await sink.load(partition)
-        live = {k: v for k, v in state.counters.items() if v}
-        if (
-            loaded.next_offset != state.next_offset
-            or loaded.counters != live
-            or loaded.sessions != state.sessions
-            or set(loaded.seen) != set(state.seen)
-        ):
-            return False
-    return True
 
 
 async def test_partitions_move_between_workers_and_counters_stay_exact(parts: Topology):
@@ -212,6 +94,7 @@ async def test_partitions_move_between_workers_and_counters_stay_exact(parts: To
 
         await a.start()
         await until(lambda: owned(a) == ALL == set(a.states), timeout=40)
+        assert a.partitions == PARTITIONS  # from the group leader's assignment
         await until(lambda: a.processed > 0, timeout=20)
 
         # B joins: some partitions move from A to B.
@@ -224,6 +107,7 @@ async def test_partitions_move_between_workers_and_counters_stay_exact(parts: To
             )
 
         await until(split, timeout=40)
+        assert a.partitions == b.partitions == PARTITIONS
         await until(lambda: b.processed > 0, timeout=20)
         # Quiet for a moment: the live state of every partition is what the store rebuilds.
         await traffic.pause()
@@ -261,6 +145,7 @@ async def test_partitions_move_between_workers_and_counters_stay_exact(parts: To
         await until(lambda: published() == want, timeout=30)
         assert published() == want
         assert len(traffic.sent) > len({e["event_id"] for e in traffic.sent})  # retries sent
+        assert a.forwarded == b.forwarded == 0  # keyed by org_id: every event was at home
     finally:
         await traffic.stop()
         for w in (a, b):
@@ -270,13 +155,6 @@ async def test_partitions_move_between_workers_and_counters_stay_exact(parts: To
             await s.stop()
         await drop_database(admin, store_url)
         await admin.stop()
-
-
-async def until(predicate: Callable[[], bool], timeout: float) -> None:
-    async def check() -> bool:
-        return predicate()
-
-    await eventually(check, timeout=timeout)
 
 
 async def test_partitions_gained_while_the_store_is_down_are_counted_once_it_is_back(
@@ -364,21 +242,21 @@ async def test_a_broker_reset_seen_by_two_workers_is_read_once(stack):
     store = Store(store_url)
     await store.start()
     base, p, pricer = f"reset-{uuid.uuid4().hex[:8]}", 2, Pricer(BOOK)
-    org = f"reset-{uuid.uuid4().hex[:8]}"
+    (org,) = orgs_on(p, PARTITIONS, prefix="reset")  # an org that partition p counts
     log = [Record(i, wire(make_event(org_id=org))) for i in range(10)]  # the new log
     try:
         a, b = ClickHouseSink(store, base, 86_400), ClickHouseSink(store, base, 86_400)
         epoch_a = a.new_epoch()  # worker A found its partitions reset
         epoch_b = b.new_epoch()  # so did worker B, for its own partitions
 
-        state = await a.load(p)  # A owns p and reads the new log from its start
+        state = await a.load(p, PARTITIONS)  # A owns p and reads the new log from its start
         state.epoch, state.next_offset = epoch_a, 0  # what `_log_reset` does
         two_days_ago = datetime.now(UTC) - timedelta(days=2)
         result = process(state, log, pricer, two_days_ago, state.epoch)
         await a.write(result.rows, {p: (result.epoch, result.last_offset + 1, result.last_crc)})
         apply(state, result)
 
-        state = await b.load(p)  # a rebalance gives p to B, which goes on from its mark
+        state = await b.load(p, PARTITIONS)  # a rebalance gives p to B, which goes on from its mark
         todo = [r for r in log if r.offset >= state.next_offset]
         result = process(state, todo, pricer, datetime.now(UTC), state.epoch)
         await b.write(result.rows, {p: (result.epoch, result.last_offset + 1, result.last_crc)})

@@ -9,6 +9,8 @@ database, so every figure below is exact.
 from __future__ import annotations
 
 import asyncio
+import random
+import string
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -22,15 +24,17 @@ from aiokafka.partitioner import DefaultPartitioner
 from streams.batch import EVENT_COLUMNS, BatchResult, PartitionState, Record, apply, process
 from streams.sink import ClickHouseSink
 from tally.catalogue import load_prices
+from tally.domain.partitioning import partition_of
 from tally.domain.pricing import Pricer
 from tally.store import Store, migrations
 from tally.store import queries as q
 from tests.backends import clickhouse_container, drop_database, fresh_database
-from tests.factories import make_event, wire
+from tests.factories import make_event, orgs_on, wire
 
 pytestmark = pytest.mark.slow
 
 PRICER = Pricer(load_prices())
+N = 64  # the partition count of usage.events in the rebuild tests below
 
 
 @dataclass
@@ -67,6 +71,20 @@ async def backend(engine: tuple[str, str]) -> AsyncIterator[Backend]:
         await store.stop()
         await drop_database(admin, url)
         await admin.stop()
+
+
+@pytest_asyncio.fixture
+async def empty(backend: Backend) -> AsyncIterator[Store]:
+    """A migrated store with a database of its own: a partition's state is rebuilt from every
+    org that maps to it, so a rebuild test keeps the other tests' orgs out."""
+    url = await backend.fresh_url()
+    store = Store(url)
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.stop()
+        await drop_database(backend.admin, url)
 
 
 def iso(t: datetime) -> str:
@@ -336,45 +354,45 @@ async def test_watermark_queries_return_the_stored_marks(backend: Backend):
     store, base = backend.store, f"wm-{uuid.uuid4().hex}"
     p = 21
     sink = ClickHouseSink(store, base, 86_400)
-    assert (await sink.load(p)).next_offset == 0
+    assert (await sink.load(p, N)).next_offset == 0
     assert [seen for _, _, seen in await store.query(*q.watermark(base, p))] == [0, 0]
 
     org = f"wm-{uuid.uuid4().hex[:8]}"
     state = PartitionState(p)
     await run_batch(sink, state, [wire(make_event(org_id=org)) for _ in range(10)], 0)
-    assert (await sink.load(p)).next_offset == 10
+    assert (await sink.load(p, N)).next_offset == 10
     # A fetch of nothing but duplicates and dead letters stores no rows, yet moves the mark.
     await sink.write([], {p: (base, 15, 0)})
-    assert (await sink.load(p)).next_offset == 15
+    assert (await sink.load(p, N)).next_offset == 15
     # Rows stored but the offsets row lost (a crash between the two inserts): the rows are
     # their own watermark.
     rows = [event_row(org_id=org, partition=p, offset=o, log_epoch=base) for o in range(15, 20)]
     await store.insert("events", rows, EVENT_COLUMNS)
-    assert (await sink.load(p)).next_offset == 20
+    assert (await sink.load(p, N)).next_offset == 20
     marks = await store.query(*q.watermark(base, p))
     assert max(int(n) for n, _, seen in marks if seen) == 20
     # Marks are per partition and per epoch: neither leaks into another.
-    assert (await sink.load(p + 1)).next_offset == 0
+    assert (await sink.load(p + 1, N)).next_offset == 0
     other = ClickHouseSink(store, f"{base}-other", 86_400)
     await other.write([], {p: (f"{base}-other", 1_000, 0)})
-    assert (await sink.load(p)).next_offset == 20
+    assert (await sink.load(p, N)).next_offset == 20
 
     # After a broker reset the worker writes under `base.<id>`; whoever loads the partition
     # next continues that epoch, and other partitions keep theirs.
-    assert (await sink.load(p)).epoch == base
+    assert (await sink.load(p, N)).epoch == base
     reset = sink.new_epoch()
     await sink.write([], {p: (reset, 3, 0)})
-    resumed = await ClickHouseSink(store, base, 86_400).load(p)
+    resumed = await ClickHouseSink(store, base, 86_400).load(p, N)
     assert (resumed.epoch, resumed.next_offset) == (reset, 3)
-    assert (await sink.load(p + 1)).epoch == base
+    assert (await sink.load(p + 1, N)).epoch == base
     assert (await store.query(*q.latest_epoch(f"{base}-oth", p))) == []
 
 
-async def test_load_rebuilds_exactly_the_state_the_worker_computed(backend: Backend):
-    sink = ClickHouseSink(backend.store, f"load-{uuid.uuid4().hex}", 86_400)
-    state = PartitionState(31)
+async def test_load_rebuilds_exactly_the_state_the_worker_computed(empty: Store):
+    sink = ClickHouseSink(empty, f"load-{uuid.uuid4().hex}", 86_400)
+    state = PartitionState(31, N)
     now = datetime.now(UTC)
-    orgs = [f"load-{uuid.uuid4().hex[:8]}-{i}" for i in range(2)]
+    orgs = orgs_on(31, N, count=2, prefix="load")
     first = [e for org in orgs for e in varied_workload(org, now)]
     await run_batch(sink, state, [wire(e) for e in first[:20]], 0)
     # The second fetch repeats events of the first (producer retries) and carries a dead
@@ -385,7 +403,7 @@ async def test_load_rebuilds_exactly_the_state_the_worker_computed(backend: Back
     result = await run_batch(sink, state, second, 20)
     assert result.duplicates == 5 and len(result.dead) == 1
 
-    loaded = await ClickHouseSink(backend.store, sink.base_epoch, 86_400).load(state.partition)
+    loaded = await ClickHouseSink(empty, sink.base_epoch, 86_400).load(state.partition, N)
     assert loaded.next_offset == state.next_offset == 20 + len(second)
     # A counter that went back to zero (a session that ended) is kept by the worker and not
     # rebuilt; both mean zero.
@@ -395,15 +413,66 @@ async def test_load_rebuilds_exactly_the_state_the_worker_computed(backend: Back
     assert len(loaded.counters) > 20  # every kind of counter is in there
 
 
+async def test_a_rebuild_follows_each_org_to_its_partition_under_a_new_count(empty: Store):
+    """Events stored on 4 partitions, rebuilt for 6: each partition's state is exactly the
+    state of the orgs that map to it now, with their whole history wherever it was stored
+    (counters, open sessions, dedup window), and its offsets are its own log's."""
+    n, m = 4, 6
+    sink = ClickHouseSink(empty, f"raise-{uuid.uuid4().hex}", 86_400)
+    now = datetime.now(UTC)
+    before: dict[int, PartitionState] = {}
+    sent: dict[str, list[dict[str, Any]]] = {}
+    for p in range(n):
+        state = before[p] = PartitionState(p, n)
+        orgs = orgs_on(p, n, count=3, prefix="raise")
+        events = [e for org in orgs for e in varied_workload(org, now)]
+        for e in events:
+            sent.setdefault(e["org_id"], []).append(e)
+        await run_batch(sink, state, [wire(e) for e in events], 0)
+        assert len(state.seen) == len(events)  # every event counted where it arrived
+    moved = [org for org in sent if partition_of(org, n) != partition_of(org, m)]
+    assert moved and len(moved) < len(sent)
+
+    after = {part: await sink.load(part, m) for part in range(m)}
+
+    every = {k: v for state in before.values() for k, v in state.counters.items() if v}
+    sessions = {k: v for state in before.values() for k, v in state.sessions.items()}
+    for part, state in after.items():
+        mine = {org for org in sent if partition_of(org, m) == part}
+        assert state.counters == {k: v for k, v in every.items() if k[0] in mine}, part
+        assert state.sessions == {k: v for k, v in sessions.items() if k[0] in mine}, part
+        assert set(state.seen) == {e["event_id"] for org in mine for e in sent[org]}, part
+        assert state.next_offset == (len(before[part].seen) if part < n else 0), part
+    assert sum(len(s.counters) for s in after.values()) == len(every)
+
+    # On its new partition a moved org's retried event is a duplicate, and its new events
+    # add to its whole history.
+    org = moved[0]
+    retry = sent[org][0]
+    fresh = make_event(org_id=org, input_tokens=1_000, output_tokens=0)
+    state = after[partition_of(org, m)]
+    result = await run_batch(sink, state, [wire(retry), wire(fresh)], state.next_offset)
+    assert (result.duplicates, len(result.rows), result.forwards) == (1, 1, [])
+    tokens = next(k for k in result.deltas if k[1] == "tokens")
+    assert state.counters[tokens] == every.get(tokens, 0) + 1_000
+
+
 async def test_the_store_computes_the_kafka_partition_of_an_org(backend: Backend):
-    """`kafkaMurmurHash(org_id) % n` is the partition the producers' default partitioner
-    picks for key `org_id`: what a rebuild needs after the partition count changes."""
-    orgs = ["acme", "org-1", "ünïcode-org", "x" * 100] + [f"org-{i}" for i in range(200)]
+    """`kafkaMurmurHash(org_id) % n` is the partition aiokafka's default partitioner (Kafka's
+    Java default for a keyed message: `murmur2(key) & 0x7fffffff % n`) picks for key
+    `org_id`, for keys of every length and alphabet and many counts: the rebuild selects an
+    org's rows by it, and the worker checks its events with `partition_of`, the same function."""
+    rng = random.Random(5)
+    alphabet = string.ascii_letters + string.digits + "-_.:'\"\\ üé日本🙂"
+    orgs = ["acme", "org-1", "ünïcode-org", "x" * 128] + [f"org-{i}" for i in range(200)]
+    orgs += ["".join(rng.choice(alphabet) for _ in range(1 + i % 128)) for i in range(2_000)]
     partitioner = DefaultPartitioner()
-    for n in (1, 8, 16, 48):
+    for n in (1, 2, 3, 4, 6, 7, 8, 12, 16, 24, 48, 100, 1024):
         rows = await backend.store.query(
             "SELECT arrayMap(o -> kafkaMurmurHash(o) % {n:UInt32}, {orgs:Array(String)})",
             {"orgs": orgs, "n": n},
         )
         parts = list(range(n))
-        assert list(rows[0][0]) == [partitioner(o.encode(), parts, parts) for o in orgs]
+        expected = [partitioner(o.encode(), parts, parts) for o in orgs]
+        assert list(rows[0][0]) == expected, n
+        assert [partition_of(o, n) for o in orgs] == expected, n

@@ -4,10 +4,21 @@ from datetime import UTC, datetime
 
 import orjson
 
-from streams.batch import PartitionState, Record, apply, process, projected
+from streams.batch import (
+    FORWARDED_FROM,
+    HOPS,
+    MAX_HOPS,
+    PartitionState,
+    Record,
+    apply,
+    process,
+    projected,
+)
 from tally.catalogue import load_prices
 from tally.domain import counters
+from tally.domain.partitioning import partition_of
 from tally.domain.pricing import Pricer
+from tally.metrics import reason_class
 from tests.factories import make_event
 
 PRICER = Pricer(load_prices())
@@ -173,3 +184,70 @@ def test_counters_published_before_the_store_are_what_apply_makes_of_them():
     apply(state, second)
     assert early_second == {k: state.counters[k] for k in second.deltas}
     assert early_second[("o", counters.TOKENS, DAY)] == 111 + 2 * make_event()["output_tokens"]
+
+
+def orgs_on(partitions: int) -> dict[int, str]:
+    """One org id per partition, as Kafka's default partitioner maps them."""
+    found: dict[int, str] = {}
+    i = 0
+    while len(found) < partitions:
+        found.setdefault(partition_of(f"org-{i}", partitions), f"org-{i}")
+        i += 1
+    return found
+
+
+def test_an_event_of_an_org_that_maps_elsewhere_is_forwarded_there_and_not_counted():
+    orgs = orgs_on(6)
+    state = PartitionState(2, partitions=6, next_offset=7)
+    here, there = ev(org_id=orgs[2]), ev(org_id=orgs[5], event_id="moved")
+    raw = records(there, start=8)[0]
+    traced = Record(raw.offset, raw.value, [("trace", b"t-1")])
+    result = process(state, [*records(here, start=7), traced], PRICER, NOW, "e")
+
+    assert [r[0] for r in result.rows] == [orgs[2]]
+    assert all(key[0] == orgs[2] for key in result.deltas)
+    (forward,) = result.forwards
+    assert (forward.org_id, forward.partition, forward.source, forward.offset) == (
+        orgs[5],
+        5,
+        2,
+        8,
+    )
+    assert forward.value == traced.value
+    assert list(forward.headers) == [("trace", b"t-1"), (FORWARDED_FROM, b"2/8"), (HOPS, b"1")]
+    changed = apply(state, result)
+    assert "moved" not in state.seen and state.next_offset == 9
+    assert {k[0] for k in changed} == {orgs[2]}
+
+
+def test_the_same_event_on_its_own_partition_is_counted_once():
+    orgs = orgs_on(6)
+    state = PartitionState(5, partitions=6)
+    e = ev(org_id=orgs[5], event_id="moved")
+    forwarded = Record(0, orjson.dumps(e), [(FORWARDED_FROM, b"2/8"), (HOPS, b"1")])
+    result = process(state, [forwarded, *records(e, start=1)], PRICER, NOW, "e")
+    assert (len(result.rows), result.duplicates, result.forwards) == (1, 1, [])
+
+
+def test_an_event_still_misrouted_after_many_forwards_is_a_dead_letter():
+    orgs = orgs_on(4)
+    state = PartitionState(0, partitions=4)
+    e = orjson.dumps(ev(org_id=orgs[3]))
+    again = Record(0, e, [(HOPS, str(MAX_HOPS - 1).encode())])
+    looping = Record(1, e, [(HOPS, str(MAX_HOPS).encode())])
+    result = process(state, [again, looping], PRICER, NOW, "e")
+    assert [f.offset for f in result.forwards] == [0]
+    assert dict(result.forwards[0].headers)[HOPS] == str(MAX_HOPS).encode()
+    (dead,) = result.dead
+    assert (dead.offset, dead.value, dead.partition) == (1, e, 0)
+    assert dead.error.startswith(
+        f"misrouted: org_id {orgs[3]!r} belongs to partition 3 of 4, not 0, and was forwarded"
+    )
+    assert "tally dlq replay" in dead.error and reason_class(dead.error) == "misrouted"
+    assert not result.rows
+
+
+def test_a_state_without_a_partition_count_checks_no_keys():
+    state = PartitionState(0)
+    result, _ = run(state, *(ev(org_id=org) for org in orgs_on(4).values()))
+    assert len(result.rows) == 4 and not result.forwards

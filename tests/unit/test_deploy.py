@@ -62,13 +62,20 @@ def tally_env(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_the_topology_has_every_part(services: dict[str, Any]):
-    assert set(services) == {"kafka", "kafka-init", "clickhouse", "migrate", "worker", "api"}
+    assert set(services) == {
+        "kafka",
+        "kafka-init",
+        "clickhouse",
+        "migrate",
+        "worker",
+        "api",
+        "api-2",
+    }
     assert services["kafka"]["image"].startswith("apache/kafka:")
     assert services["kafka-init"]["image"] == services["kafka"]["image"]
     assert services["clickhouse"]["image"].startswith("clickhouse/clickhouse-server:")
     assert services["worker"]["deploy"]["replicas"] == 2
-    assert services["api"]["deploy"]["replicas"] >= 1
-    for name in ("migrate", "worker", "api"):
+    for name in ("migrate", "worker", "api", "api-2"):
         assert services[name]["build"] == "." and services[name]["image"] == "tally:latest"
 
 
@@ -150,16 +157,17 @@ def test_clickhouse_keeps_its_data_on_a_named_volume(compose: dict[str, Any], se
 
 
 def test_health_checks_gate_the_start_up_order(services: dict[str, Any]):
-    for name in ("kafka", "clickhouse", "api"):
+    for name in ("kafka", "clickhouse", "api", "api-2"):
         check = services[name]["healthcheck"]
         assert check["test"][0] in {"CMD", "CMD-SHELL"} and check["retries"] >= 10
     assert "kafka-broker-api-versions.sh" in services["kafka"]["healthcheck"]["test"][1]
     assert "SELECT 1" in services["clickhouse"]["healthcheck"]["test"][1]
-    api_port = services["api"]["environment"]["TALLY_API_PORT"]
-    assert f"127.0.0.1:{api_port}/readyz" in services["api"]["healthcheck"]["test"][-1]
+    for name in ("api", "api-2"):
+        api_port = services[name]["environment"]["TALLY_API_PORT"]
+        assert f"127.0.0.1:{api_port}/readyz" in services[name]["healthcheck"]["test"][-1]
     assert services["migrate"]["depends_on"] == {"clickhouse": {"condition": "service_healthy"}}
     done = {"condition": "service_completed_successfully"}
-    for name in ("worker", "api"):
+    for name in ("worker", "api", "api-2"):
         assert services[name]["depends_on"] == {"kafka-init": done, "migrate": done}
     for name in ("kafka-init", "migrate"):
         assert services[name]["restart"] == "no"
@@ -170,7 +178,7 @@ def test_health_checks_gate_the_start_up_order(services: dict[str, Any]):
 def test_every_tally_process_gets_valid_settings_and_a_real_command(services):
     commands = {c.name for c in typer.main.get_command(cli).commands.values()}  # type: ignore[attr-defined]
     ch = services["clickhouse"]["environment"]
-    for name in ("migrate", "worker", "api"):
+    for name in ("migrate", "worker", "api", "api-2"):
         env = tally_env(services[name])
         fields = {f"TALLY_{f.upper()}" for f in Settings.model_fields}
         assert set(env) <= fields, set(env) - fields  # no misspelt variable is ignored
@@ -183,7 +191,18 @@ def test_every_tally_process_gets_valid_settings_and_a_real_command(services):
         assert services[name]["command"][0] in commands
     api = Settings(api_host=services["api"]["environment"]["TALLY_API_HOST"])
     assert api.api_host == "0.0.0.0"
-    assert services["api"]["ports"] == ["8080:8080"]
+
+
+def test_two_api_replicas_share_one_store_and_each_has_its_own_host_port(services):
+    """Replicas share the store and merge each other's admin writes; each container gets a
+    host port of its own (one host port is bound by one container)."""
+    a, b = services["api"], services["api-2"]
+    assert tally_env(a) == tally_env(b)
+    assert a["command"] == b["command"] == ["api"]
+    assert float(tally_env(a)["TALLY_REGISTRY_REFRESH_S"]) == Settings().registry_refresh_s
+    assert a["ports"] == ["8080:8080"]
+    assert b["ports"] == ["127.0.0.1:8081:8080"]
+    assert "deploy" not in a and "deploy" not in b  # one container each
 
 
 def dockerfile() -> list[tuple[str, str]]:
