@@ -8,6 +8,7 @@ from contextlib import AbstractAsyncContextManager
 from fastapi import FastAPI
 
 from api import errors, openapi
+from api.fastpath import QuotaFastPath
 from api.metrics import HttpMetrics
 from api.routes import (
     admin,
@@ -48,6 +49,7 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
     app.include_router(subscriptions.router)
     app.include_router(ops.router)
     app.include_router(ops.admin)
+    app.add_middleware(QuotaFastPath, api=app)  # inside HttpMetrics: reads are measured
     app.add_middleware(HttpMetrics)
     openapi.install(app)
     return app

@@ -31,6 +31,9 @@ class CounterTable:
         self.beats: dict[int, tuple[int, int]] = {}  # partition -> (current-to ms, lag)
         self.ready = asyncio.Event()
         self.applied = 0
+        # Window totals already summed, per (org, name): {(first day, end day): total}, kept
+        # current as values arrive, so that a quota read is a lookup, not a sum of days.
+        self._sums: dict[tuple[str, str], dict[tuple[int, int], int]] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -38,14 +41,35 @@ class CounterTable:
         return self.values.get(key, 0)
 
     def total(self, org_id: str, name: str, buckets: Iterable[int]) -> int:
+        """The sum over `buckets`; a range of them (a billing window) is summed once."""
         values = self.values
-        return sum(values.get((org_id, name, b), 0) for b in buckets)
+        if not isinstance(buckets, range) or buckets.step != 1:
+            return sum(values.get((org_id, name, b), 0) for b in buckets)
+        windows = self._sums.get((org_id, name))
+        span = (buckets.start, buckets.stop)
+        if windows is not None and span in windows:
+            return windows[span]
+        value = sum(values.get((org_id, name, b), 0) for b in buckets)
+        self._sums.setdefault((org_id, name), {})[span] = value
+        return value
+
+    def set(self, key: CounterKey, value: int) -> None:
+        """Take a key's latest absolute value, and move the window totals that include it."""
+        before = self.values.get(key, 0)
+        self.values[key] = value
+        windows = self._sums.get((key[0], key[1]))
+        if windows and value != before:
+            bucket = key[2]
+            for span in windows:
+                if span[0] <= bucket < span[1]:
+                    windows[span] += value - before
 
     def expire(self, now: datetime) -> int:
         """Drop counters no quota read can need any more; returns how many."""
         stale = [k for k in self.values if counters.expired(k, now)]
         for k in stale:
             del self.values[k]
+        self._sums.clear()  # summed again on the next read of each window
         return len(stale)
 
     def freshness(self) -> tuple[int | None, int | None]:
@@ -151,7 +175,7 @@ class CounterTable:
         if org == HEARTBEAT_KEY:
             self.beats[int(name)] = (int(data["t"]), int(data["v"]))
             return
-        self.values[(org, name, bucket)] = int(data["v"])
+        self.set((org, name, bucket), int(data["v"]))
         self.applied += 1
 
     def staleness_s(self) -> float | None:

@@ -45,12 +45,35 @@ def freshness_headers(svc: Services, response: Response) -> None:
     response.headers.update(freshness(svc))
 
 
-def _read(svc: Services, key: ApiKey, response: Response) -> tuple[Account, Overview]:
+def read(svc: Services, key: ApiKey) -> tuple[Account, Overview]:
+    """The org's account and every meter, now (memory only)."""
     now = datetime.now(UTC)
     acct = account(svc.registry, svc.plans, key.org_id, now)
     used = figures.used(svc.counters, key.org_id, acct.window, now)
-    freshness_headers(svc, response)
     return acct, overview(acct.plan, acct.window, now, used)
+
+
+def tokens_body(svc: Services, key: ApiKey) -> TokenQuota:
+    m = read(svc, key)[1].tokens
+    return TokenQuota(
+        limit=m.limit,
+        used=m.used,
+        remaining=m.remaining,
+        window_start=m.window.start,
+        window_end=m.window.end,
+    )
+
+
+def tool_calls_body(svc: Services, key: ApiKey) -> MeterQuota:
+    return _meter(read(svc, key)[1].tool_calls)
+
+
+def requests_body(svc: Services, key: ApiKey) -> RequestQuota:
+    return _requests(read(svc, key)[1])
+
+
+def sessions_body(svc: Services, key: ApiKey) -> SessionQuota:
+    return _sessions(read(svc, key)[1])
 
 
 def _meter(m: Meter) -> MeterQuota:
@@ -88,8 +111,8 @@ async def token_quota(
     response: Response, key: ApiKey = Depends(current_key), svc: Services = Depends(services)
 ) -> TokenQuota:
     """Tokens used this billing period against the plan's allowance."""
-    _, o = _read(svc, key, response)
-    return TokenQuota(**_meter(o.tokens).model_dump())
+    freshness_headers(svc, response)
+    return tokens_body(svc, key)
 
 
 @router.get("/quota/tool-calls", response_model=MeterQuota, responses=fresh(MeterQuota))
@@ -97,8 +120,8 @@ async def tool_call_quota(
     response: Response, key: ApiKey = Depends(current_key), svc: Services = Depends(services)
 ) -> MeterQuota:
     """Successful live tool calls this billing period (failed and test-key calls are free)."""
-    _, o = _read(svc, key, response)
-    return _meter(o.tool_calls)
+    freshness_headers(svc, response)
+    return tool_calls_body(svc, key)
 
 
 @router.get("/quota/requests", response_model=RequestQuota, responses=fresh(RequestQuota))
@@ -106,8 +129,8 @@ async def request_quota(
     response: Response, key: ApiKey = Depends(current_key), svc: Services = Depends(services)
 ) -> RequestQuota:
     """Live gateway requests this billing period, with the minute and day burst windows."""
-    _, o = _read(svc, key, response)
-    return _requests(o)
+    freshness_headers(svc, response)
+    return requests_body(svc, key)
 
 
 @router.get("/sessions/quota", response_model=SessionQuota, responses=fresh(SessionQuota))
@@ -115,8 +138,8 @@ async def session_quota(
     response: Response, key: ApiKey = Depends(current_key), svc: Services = Depends(services)
 ) -> SessionQuota:
     """Sessions running now against the plan's concurrency limit."""
-    _, o = _read(svc, key, response)
-    return _sessions(o)
+    freshness_headers(svc, response)
+    return sessions_body(svc, key)
 
 
 @router.get("/quota", response_model=QuotaOverview, responses=fresh(QuotaOverview))
@@ -124,7 +147,8 @@ async def quota(
     response: Response, key: ApiKey = Depends(current_key), svc: Services = Depends(services)
 ) -> QuotaOverview:
     """Every meter in every window (month, day, minute, concurrency) in one read."""
-    acct, o = _read(svc, key, response)
+    freshness_headers(svc, response)
+    acct, o = read(svc, key)
     sub = acct.subscription
     return QuotaOverview(
         org_id=key.org_id,
