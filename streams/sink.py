@@ -24,6 +24,7 @@ log = logging.getLogger("tally.sink")
 
 COUNTER_HISTORY_DAYS = 70
 MINUTE_HISTORY_S = 3_600
+BLOCK_ROWS = 2_000
 
 _TIME = pa.timestamp("us", tz="UTC")
 _TYPES = {
@@ -67,7 +68,13 @@ class ClickHouseSink:
         offset_rows = [[e, p, nxt, crc, now] for p, (e, nxt, crc) in marks.items()]
         # The same batch retried carries the same token, and ClickHouse stores it once.
         token = ",".join(f"{e}|{p}:{n}" for p, (e, n, _) in sorted(marks.items()))
-        block = await asyncio.to_thread(event_block, rows)
+        # Converted a slice at a time on the loop, which runs in between: converting holds
+        # the interpreter either way, and one long stretch would hold up quota reads.
+        blocks = []
+        for i in range(0, len(rows), BLOCK_ROWS):
+            blocks.append(event_block(rows[i : i + BLOCK_ROWS]))
+            await asyncio.sleep(0)
+        block = pa.concat_tables(blocks) if blocks else event_block([])
         delay = 0.1
         while True:
             try:

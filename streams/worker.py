@@ -40,6 +40,7 @@ Prepared = list[tuple[TopicPartition, BatchResult]]
 STOP_DRAIN_S = 30.0
 STORE_POLL_MS = 5
 PUBLISH_EVERY_S = 0.05
+STORE_EVERY_S = 0.25
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -78,6 +79,7 @@ class Worker:
         # Counters of prepared batches not yet sent, the latest value per key.
         self._early: dict[CounterKey, int] = {}
         self._sent_early_at = 0.0
+        self._stored_at = 0.0
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
@@ -238,7 +240,9 @@ class Worker:
         while True:
             # While a store is under way, look back at it often (STORE_POLL_MS).
             fetched = await self._consumer.getmany(
-                timeout_ms=STORE_POLL_MS if self._inflight or self._early else s.batch_timeout_ms,
+                timeout_ms=STORE_POLL_MS
+                if self._inflight or self._queued or self._early
+                else s.batch_timeout_ms,
                 max_records=s.batch_max_records,
             )
             async with self._lock:
@@ -258,7 +262,7 @@ class Worker:
                     self._inflight[1].done() or self._backlog() >= s.batch_max_records * 4
                 ):
                     await self._complete()
-                if self._inflight is None and self._queued:
+                if self._inflight is None and self._due():
                     self._start_store()
                 if time.monotonic() - last_beat >= 0.5:
                     await self._heartbeat()
@@ -285,7 +289,16 @@ class Worker:
         worth the loop waits for the store (a bound on memory while the store is slow)."""
         return sum(len(r.rows) for _, r in self._queued)
 
+    def _due(self) -> bool:
+        """Insert a fetch's worth at once, or what there is every STORE_EVERY_S: the counters
+        are out already, and each insert costs the store a part to write and merge."""
+        return bool(self._queued) and (
+            self._backlog() >= self.settings.batch_max_records
+            or time.monotonic() - self._stored_at >= STORE_EVERY_S
+        )
+
     def _start_store(self) -> None:
+        self._stored_at = time.monotonic()
         queued, self._queued = self._queued, []
         self._inflight = (queued, asyncio.create_task(self._store(queued)))
 
