@@ -315,16 +315,23 @@ class Worker:
         stored = self._inflight[0] if self._inflight else []
         return [r for tp, r in (*stored, *self._queued) if tp.partition == partition]
 
+    def _read_to(self, partition: int, unapplied: list[BatchResult] | None = None) -> int:
+        """The next offset to read: past every prepared batch, stored or not."""
+        if unapplied is None:
+            unapplied = self._unapplied(partition)
+        return unapplied[-1].last_offset + 1 if unapplied else self.states[partition].next_offset
+
     async def _check_logs(self) -> None:
         """An owned partition whose log ends before our mark belongs to an empty broker that
         came back (it answers our fetches with nothing): read that log from its start."""
         assert self._consumer is not None
-        for partition, state in list(self.states.items()):
+        for partition in list(self.states):
             tp = TopicPartition(EVENTS_TOPIC, partition)
             high = self._consumer.highwater(tp)
-            if high is not None and high < state.next_offset:
+            read_to = self._read_to(partition)
+            if high is not None and high < read_to:
                 await self._settle()
-                await self._log_reset(tp, high, state.next_offset)
+                await self._log_reset(tp, high, read_to)
                 return
 
     async def _prepare(self, fetched: dict[TopicPartition, list]) -> Prepared:  # type: ignore[type-arg]
@@ -335,7 +342,8 @@ class Worker:
             high = self._consumer.highwater(tp)
             # The log ends before our mark, or the message before the mark is another one:
             # an empty broker came back. Count its log anew.
-            new_log = high is not None and high < state.next_offset
+            read_to = self._read_to(tp.partition)
+            new_log = high is not None and high < read_to
             if state.check and msgs and not new_log:
                 at, crc = state.check
                 before = next((m for m in msgs if m.offset == at), None)
@@ -348,7 +356,7 @@ class Worker:
                     state.check = None
             if new_log:
                 await self._settle()
-                await self._log_reset(tp, msgs[0].offset, state.next_offset)
+                await self._log_reset(tp, msgs[0].offset, read_to)
                 return []
         started = time.perf_counter()
         now = datetime.now(UTC)
@@ -356,7 +364,7 @@ class Worker:
         for tp, msgs in fetched.items():
             state = self.states[tp.partition]
             before = self._unapplied(tp.partition)
-            first = before[-1].last_offset + 1 if before else state.next_offset
+            first = self._read_to(tp.partition, before)
             # A fetch may start at the first offset of the record batch holding our mark.
             records = msgs if msgs[0].offset >= first else [m for m in msgs if m.offset >= first]
             if records:
