@@ -88,6 +88,25 @@ async def test_every_grouping_adds_up_to_the_total_and_to_the_workload(client, w
         assert got == expected, dimension
 
 
+async def test_a_breakdown_is_one_read_of_the_store(client, workload, stack, monkeypatch):
+    """Rows and total come from one snapshot: they add up even while events arrive."""
+    _, key, w, start, end = workload
+    reads: list[str] = []
+    real = stack.store.query
+
+    async def counted(sql: str, params: dict[str, Any] | None = None) -> Any:
+        reads.append(sql)
+        return await real(sql, params)
+
+    monkeypatch.setattr(stack.store, "query", counted)
+    want = expected_figures(w.expected(start, end))
+    for group_by in ("", "day", "agent,line_item", "day,agent,line_item,item,key_mode,mode"):
+        reads.clear()
+        body = await get(client, key, "/api/v2/usage/breakdown", group_by=group_by)
+        assert len(reads) == 1, (group_by, reads)
+        assert figures(body["total"]) == want, group_by
+
+
 async def test_breakdown_tokens_match_the_quota_counters(client, workload):
     _, key, w, start, end = workload
     want = w.expected(start, end)["tokens"]
