@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import clickhouse_connect
 
 from tally import failpoints, metrics
+from tally.store.backfills import BACKFILLS
 
 
 class StoreError(RuntimeError):
@@ -130,6 +131,9 @@ class Store:
                 continue
             for statement in statements:
                 await self.command(statement)
+            backfill = BACKFILLS.get(name)
+            if backfill is not None:
+                await backfill(self)
             await self.insert("schema_migrations", [[name]], ["name"])
             applied.append(name)
         return applied

@@ -78,3 +78,28 @@ def test_live_cost_splits_the_opening_day_at_the_millisecond():
     assert "FROM events" in text and "FROM usage_daily" in text
     assert placeholders(text) == set(params)
     assert sql.epoch_ms(datetime(1970, 1, 1, 0, 0, 0, 1000, tzinfo=UTC)) == 1
+
+
+def table_of(text: str) -> str:
+    return re.findall(r" FROM (\w+) WHERE", text)[0]
+
+
+@pytest.mark.parametrize(
+    ("groups", "filters", "table"),
+    [
+        ((), {}, "usage_daily_items"),
+        (("day",), {}, "usage_daily_items"),
+        (("day", "line_item"), {"line_item": "llm"}, "usage_daily_items"),
+        (("item", "key_mode", "mode"), {}, "usage_daily_items"),
+        (("agent",), {}, "usage_daily_agents"),
+        (("day",), {"agent_id": "bot"}, "usage_daily_agents"),
+        (("day", "agent", "line_item", "key_mode"), {}, "usage_daily_agents"),
+        (("agent", "item"), {}, "usage_daily"),
+        (("mode",), {"agent_id": "bot"}, "usage_daily"),
+        (("day", "agent", "line_item", "item", "key_mode", "mode"), {}, "usage_daily"),
+    ],
+)
+def test_a_breakdown_reads_the_smallest_rollup_that_has_its_columns(groups, filters, table):
+    text, _ = sql.breakdown("acme", SPAN, groups, ["live"], **filters)
+    assert table_of(text) == table
+    assert sql.rollup_for(()) == "usage_daily_items"
