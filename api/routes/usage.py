@@ -100,16 +100,20 @@ async def breakdown(
             f"more than {MAX_ROWS} groups: narrow the range or group by fewer dimensions",
         )
     split, total = reports.split_rows(groups, rows)
+    day = groups.index("day") if "day" in groups else -1
+    out = []
+    for values, figures in split if groups else []:
+        group = dict(zip(groups, values, strict=True))  # text, but for the day (a date)
+        if day >= 0:
+            group["day"] = _day(values[day]).isoformat()
+        out.append({"group": group, **figures})
     return Breakdown.model_validate(
         {
             "from_": span.start,
             "to": span.end,
             "group_by": list(groups),
             "key_mode": _mode_name(modes),
-            "rows": [
-                {"group": {k: _text(v) for k, v in values.items()}, **figures}
-                for values, figures in (split if groups else [])
-            ],
+            "rows": out,
             "total": total,
         }
     )
@@ -133,10 +137,7 @@ async def daily(
     by_day: dict[date, dict[str, int]] = {}
     for row in rows:
         values, figures = reports.split_row(("day",), row)
-        day = values["day"]
-        if not isinstance(day, date):
-            raise TypeError(f"expected a day, got {day!r}")
-        by_day[day] = figures
+        by_day[_day(values["day"])] = figures
     points = [DailyPoint(day=d, **f) for d, f in reports.fill_days(span, by_day)]
     total = reports.total_of(by_day.values())
     return DailySeries(
@@ -265,8 +266,10 @@ def _mode_name(modes: tuple[str, ...]) -> Any:
     return next(name for name, value in reports.KEY_MODES.items() if value == modes)
 
 
-def _text(value: object) -> str:
-    return value.isoformat() if isinstance(value, date) else str(value)
+def _day(value: object) -> date:
+    if not isinstance(value, date):
+        raise TypeError(f"expected a day, got {value!r}")
+    return value
 
 
 def _utc(value: object) -> datetime:

@@ -163,26 +163,21 @@ def fill_days(
 
 def split_rows(
     groups: Sequence[str], rows: Sequence[Sequence[object]]
-) -> tuple[list[tuple[dict[str, object], Metrics]], Metrics]:
-    """Result rows laid out as `groups` then `METRICS`, each split as `split_row` does, and
+) -> tuple[list[tuple[tuple[object, ...], Metrics]], Metrics]:
+    """Result rows laid out as `groups` then `METRICS`, as (group values, figures) each, and
     their total. Column by column: a breakdown may have thousands of rows."""
-    width = len(groups) + len(METRICS)
+    n, width = len(groups), len(groups) + len(METRICS)
     if any(len(row) != width for row in rows):
         raise ValueError("row does not match the groups and metrics")
-    columns = list(zip(*rows, strict=True))[len(groups) :] if rows else [()] * len(METRICS)
+    columns = list(zip(*rows, strict=True))[n:] if rows else [()] * len(METRICS)
     for column in columns:
-        for value in column:
-            if type(value) is not int:  # not a float, not a bool
-                raise TypeError(f"expected an integer figure, got {value!r}")
+        if not set(map(type, column)) <= {int}:  # not a float, not a bool
+            bad = next(v for v in column if type(v) is not int)
+            raise TypeError(f"expected an integer figure, got {bad!r}")
     figures = cast(list[tuple[int, ...]], columns)  # every value checked above
     total = {m: sum(column) for m, column in zip(METRICS, figures, strict=True)}
-    n = len(groups)
     split = [
-        (
-            dict(zip(groups, row[:n], strict=True)),
-            cast(Metrics, dict(zip(METRICS, row[n:], strict=True))),
-        )
-        for row in rows
+        (tuple(row[:n]), cast(Metrics, dict(zip(METRICS, row[n:], strict=True)))) for row in rows
     ]
     return split, total
 
