@@ -163,9 +163,10 @@ def preload(
         f"INSERT INTO events ({', '.join(EVENT_COLUMNS)})"
         f" SELECT {', '.join(EVENT_COLUMNS)} FROM (SELECT {select} FROM ({_EVENTS}))"
         " LIMIT {rows:UInt64}"
-        # Both cores write, and the rollups' rows are left for the merges to sum (as they
-        # are for the worker's small inserts) rather than summed once more at insert time.
-        " SETTINGS max_insert_threads = 2, optimize_on_insert = 0"
+        # The materialized views run side by side (the insert is otherwise one thread),
+        # and the rollups' rows are left for the merges to sum (as they are for the
+        # worker's small inserts) rather than summed once more at insert time.
+        " SETTINGS parallel_view_processing = 1, optimize_on_insert = 0"
     )
     window = timedelta(days=days)
     params: dict[str, Any] = {
