@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
+from schemas.usage import Breakdown
 from tally.domain.quota import billing_window
 from tally.domain.reports import METRICS
 from tests.conftest import OrgFactory, Send, bearer, eventually
@@ -177,6 +178,9 @@ async def test_every_breakdown_equals_sums_over_the_raw_events(client, workload,
             want = await raw_breakdown(stack, org, wide, end, groups, filters)
             assert got == want, (group_by, filters)
             assert figures(body["total"]) == column_sums(body["rows"])
+            # Exactly the response model's layout, though the route writes it out itself.
+            model = Breakdown.model_validate({**body, "from_": body["from"]})
+            assert model.model_dump(mode="json", by_alias=True) == body
     total = await raw_breakdown(stack, org, wide, end, [], {})
     assert total[()]["events"] > len(AGENTS) * 10
 
