@@ -46,7 +46,8 @@ _PLAN = """arrayConcat([toInt16(0)], arrayFlatten(arrayMap(
     range(1, 2 + cityHash64(s, 5) % 3))), [toInt16(-100)])"""
 
 # Per session: its agent, org, key mode and start. Sessions are numbered agent by agent,
-# so that an insert block holds whole days of few agents, as the worker's batches do.
+# so that an insert block holds whole agent-days and the rollups come out nearly merged,
+# as in a store that has run for a while.
 _SESSIONS = f"""
 SELECT
     number AS s,
