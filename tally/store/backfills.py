@@ -25,7 +25,9 @@ async def report_rollups(store: Store) -> None:
     concurrent one or a run after a crash replaces it with the same rows, never adds them
     twice. Rows usage_daily receives meanwhile reach the derived rollups through their
     materialized views; run migrations before starting the workers (docs/deploy.md), and
-    the worker's check (`ClickHouseSink.repair`) rebuilds any day that disagrees.
+    the worker's check (`ClickHouseSink.repair`) rebuilds any day that disagrees. A run
+    killed half-way can leave its staging table (`<table>_backfill_<id>`) behind: a copy,
+    safe to drop.
     """
     months = [
         str(row[0])
