@@ -103,7 +103,8 @@ class ClickHouseSink:
         return f"{self.base_epoch}.{uuid.uuid4().hex[:12]}"
 
     async def repair(self, partition: int) -> list[date]:
-        """Rebuild the rollups of days where they disagree with the raw events."""
+        """Rebuild the rollups of days where they disagree with the raw events, then the
+        derived rollups of days where they disagree with usage_daily; returns those days."""
         days = [row[0] for row in await self.store.query(*q.rollup_gaps(partition))]
         if days:
             log.warning(
@@ -113,7 +114,19 @@ class ClickHouseSink:
             )
             for statement in q.repair_rollups(partition, days):
                 await self.store.command(*statement)
-        return days
+        gaps: dict[str, list[date]] = {}
+        for table, day in await self.store.query(*q.derived_gaps(partition)):
+            gaps.setdefault(table, []).append(day)
+        for table, table_days in gaps.items():
+            log.warning(
+                "partition %d: %s disagrees with usage_daily on %s; rebuilding it",
+                partition,
+                table,
+                [d.isoformat() for d in table_days],
+            )
+            for statement in q.rebuild_derived(table, partition, table_days):
+                await self.store.command(*statement)
+        return sorted({*days, *(d for table_days in gaps.values() for d in table_days)})
 
     async def load(self, partition: int, partitions: int) -> PartitionState:
         """Rebuild one partition's state from what is stored (repairing its rollups first).

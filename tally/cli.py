@@ -250,6 +250,9 @@ def bench(
     breakdown_rows: Annotated[
         int, typer.Option(help="Events pre-loaded for the breakdown figures.")
     ] = 10_000_000,
+    only_breakdowns: Annotated[
+        bool, typer.Option(help="Only the preload and the report queries (a minute or two).")
+    ] = False,
 ) -> None:
     """Measure Tally against the machine's ceiling; prints a table, then one JSON line."""
     from tally.bench.run import main as run_bench
@@ -265,6 +268,7 @@ def bench(
         connections=connections,
         memory_keys=memory_keys,
         breakdown_rows=breakdown_rows,
+        only_breakdowns=only_breakdowns,
     )
 
 

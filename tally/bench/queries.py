@@ -1,83 +1,111 @@
-"""Breakdown queries over a store pre-loaded with months of events.
+"""The usage reports over a store pre-loaded with a month of events, through the API.
 
-The preload is generated inside ClickHouse (`numbers()`), so that ten million rows take
-seconds; the materialized views fill the rollups exactly as they do for the worker's
-inserts. The queries go through the API, as a dashboard would send them.
+The preload (`tally.bench.preload`) is generated inside ClickHouse and goes through the
+materialized views like the worker's inserts. The queries are the ones a dashboard sends:
+breakdowns by day, agent and line item (some filtered), the daily series, an agent's runs
+and one run's line items, for random orgs, each through the API with the org's key.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
+from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import httpx
 
 from api.app import create_app
+from tally.bench import preload
 from tally.bench.stats import percentile
+from tally.catalogue import load_prices
 from tally.runtime import Tally
 
-PRELOAD = """
-INSERT INTO events (org_id, event_id, type, ts, agent_id, run_id, session_id, key_mode,
-    line_item, item, quantity, billable, cost_micros, priced, input_tokens, output_tokens,
-    cached_input_tokens, mode, tool, success, cache_hit, partition, offset, ingested_at,
-    log_epoch)
-SELECT
-    concat('bq-org-', toString(number % {orgs:UInt32})) AS org_id,
-    toString(generateUUIDv4(number)),
-    if(number % 5 = 0, 'tool.call', 'llm.usage'),
-    {end:DateTime64(3, 'UTC')}
-        - toIntervalMillisecond((number * 7919) % ({days:UInt32} * 86400000)),
-    concat('agent-', toString(number % {agents:UInt32})),
-    concat('run-', toString(intDiv(number, 25))),
-    '', 'live',
-    if(number % 5 = 0, 'tool_calls', 'llm'),
-    if(number % 5 = 0, 'github', 'gpt-4o-mini'),
-    if(number % 5 = 0, 1, 100 + number % 900),
-    if(number % 5 = 0, 1, 100 + number % 900),
-    if(number % 5 = 0, 2000, (100 + number % 900) * 3),
-    1, 0, 0, 0, 'managed', '', 1, 0, 0, number, now64(3), 'bench-preload'
-FROM numbers({rows:UInt64})
-"""
+# (shape name, path, query parameters); {agent} and {run} are filled in per request.
+SHAPES: list[tuple[str, str, dict[str, str]]] = [
+    ("by_day", "/api/v2/usage/breakdown", {"group_by": "day"}),
+    ("by_agent", "/api/v2/usage/breakdown", {"group_by": "agent"}),
+    ("by_line_item", "/api/v2/usage/breakdown", {"group_by": "line_item"}),
+    ("by_day_line_item", "/api/v2/usage/breakdown", {"group_by": "day,line_item"}),
+    ("by_agent_line_item", "/api/v2/usage/breakdown", {"group_by": "agent,line_item"}),
+    ("by_day_agent_line_item", "/api/v2/usage/breakdown", {"group_by": "day,agent,line_item"}),
+    ("one_agent_by_day", "/api/v2/usage/breakdown", {"group_by": "day", "agent_id": "{agent}"}),
+    ("llm_by_item", "/api/v2/usage/breakdown", {"group_by": "item", "line_item": "llm"}),
+    ("daily", "/api/v2/usage/daily", {}),
+    ("agent_runs", "/api/v2/usage/agents/{agent}/runs", {}),
+    ("run_line_items", "/api/v2/runs/{run}/usage", {}),
+]
+# Merges the preload leaves behind are waited for, up to this long: they would compete with
+# the queries for the cores, which a store at steady state does not do.
+SETTLE_S = 120.0
 
 
 async def breakdowns(
     tally: Tally, rows: int, orgs: int, agents: int, days: int, queries: int
 ) -> dict[str, Any]:
     assert tally.services is not None and tally.store is not None
-    svc = tally.services
+    svc, store = tally.services, tally.store
     end = datetime.now(UTC)
     started = time.perf_counter()
-    await tally.store.command(
-        PRELOAD, {"orgs": orgs, "agents": agents, "days": days, "rows": rows, "end": end}
-    )
+    book = load_prices(tally.settings.prices_file)
+    sessions = await preload.load(store, book, rows, end, orgs=orgs, agents=agents, days=days)
     out: dict[str, Any] = {
         "breakdown_rows": rows,
         "preload_s": round(time.perf_counter() - started, 1),
     }
-    keys = []
+    out["settle_s"] = await settle(tally, SETTLE_S)
+    keys = {}
     for i in range(orgs):
         org = f"bq-org-{i}"
         if org not in svc.registry.orgs:
             await svc.registry.create_org(org, "free", date(2026, 1, 1))
-        keys.append((await svc.registry.create_key(org, "live"))[0])
+        keys[org] = (await svc.registry.create_key(org, "live"))[0]
     rng = random.Random(3)
-    groupings = ["day", "agent", "line_item", "day,line_item", "agent,line_item"]
     first = (end - timedelta(days=days)).date().isoformat()
     last = (end + timedelta(days=1)).date().isoformat()
-    latencies = []
+    latencies: dict[str, list[float]] = defaultdict(list)
     transport = httpx.ASGITransport(app=create_app(svc))
     async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
-        for _ in range(queries):
-            key = rng.choice(keys)
-            params = {"from": first, "to": last, "group_by": rng.choice(groupings)}
+        plan = [SHAPES[i % len(SHAPES)] for i in range(queries)]
+        rng.shuffle(plan)
+        for n, (name, path, params) in enumerate(SHAPES + plan):
+            # The last session may have been cut short; every other holds a first run.
+            org, agent, run = preload.run_id(
+                sessions, rng.randrange(max(sessions - 1, 1)), orgs=orgs, agents=agents
+            )
+            names = {"agent": agent, "run": run}
+            query = {"from": first, "to": last} if "runs/" not in path else {}
+            query.update({k: v.format(**names) for k, v in params.items()})
             t = time.perf_counter()
             r = await client.get(
-                "/api/v2/usage/breakdown", params=params, headers={"Authorization": f"Bearer {key}"}
+                path.format(**names),
+                params=query,
+                headers={"Authorization": f"Bearer {keys[org]}"},
             )
-            latencies.append((time.perf_counter() - t) * 1000)
+            elapsed = (time.perf_counter() - t) * 1000
             r.raise_for_status()
-    out["breakdown_p50_ms"] = percentile(latencies, 50)
-    out["breakdown_p95_ms"] = percentile(latencies, 95)
+            if n >= len(SHAPES):  # the first round warms up and is not counted
+                latencies[name].append(elapsed)
+    every = [ms for values in latencies.values() for ms in values]
+    out["breakdown_p50_ms"] = percentile(every, 50)
+    out["breakdown_p95_ms"] = percentile(every, 95)
+    for name, values in latencies.items():
+        out[f"q_{name}_p50_ms"] = percentile(values, 50)
+        out[f"q_{name}_p95_ms"] = percentile(values, 95)
     return out
+
+
+async def settle(tally: Tally, timeout: float) -> float:
+    """Wait until no merge runs in the store (at most `timeout` s); returns the wait."""
+    assert tally.store is not None
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        (row,) = await tally.store.query(
+            "SELECT count() FROM system.merges WHERE database = currentDatabase()"
+        )
+        if not row[0]:
+            break
+        await asyncio.sleep(0.5)
+    return round(time.perf_counter() - started, 1)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tally.bench import drain, emitter, freshness, http, queries
-from tally.bench.workload import generate
+from tally.bench.workload import Workload, generate
 from tally.broker import EmbeddedBroker
 from tally.config import Settings
 from tally.runtime import Tally
@@ -41,21 +41,24 @@ async def run(
     connections: int,
     memory_keys: int,
     breakdown_rows: int,
+    only_breakdowns: bool = False,
 ) -> dict[str, Any]:
     figures: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
-        "events": events,
-        "partitions": partitions,
     }
-    workload = generate(events, orgs=orgs)
     with tempfile.TemporaryDirectory(prefix="tally-bench-") as tmp:
         async with EmbeddedBroker() as broker:
             await ensure_topics(broker.bootstrap_servers, partitions)
-            figures["produce_eps"] = round(await drain.produce(broker.bootstrap_servers, workload))
-            figures["ceiling_eps"] = round(
-                await drain.ceiling(broker.bootstrap_servers, partitions, events)
-            )
+            workload = None if only_breakdowns else generate(events, orgs=orgs)
+            if workload is not None:
+                figures.update(events=events, partitions=partitions)
+                figures["produce_eps"] = round(
+                    await drain.produce(broker.bootstrap_servers, workload)
+                )
+                figures["ceiling_eps"] = round(
+                    await drain.ceiling(broker.bootstrap_servers, partitions, events)
+                )
             settings = Settings(
                 data_dir=Path(tmp),
                 bootstrap_servers=broker.bootstrap_servers,
@@ -65,47 +68,57 @@ async def run(
             tally = Tally(settings)
             await tally.start()
             try:
-                figures["tally_drain_eps"] = round(await drain.tally_drain(tally, workload))
-                figures["drain_ratio"] = round(
-                    figures["tally_drain_eps"] / figures["ceiling_eps"], 3
-                )
-                idle = await freshness.freshness(tally, samples, 0)
-                figures["freshness_idle_p50_ms"] = idle["p50_ms"]
-                figures["freshness_idle_p99_ms"] = idle["p99_ms"]
-                loaded = await freshness.freshness(tally, samples, load_rate)
-                figures["backlog_after_load_s"] = await drain.caught_up(tally)
-                figures["freshness_load_rate"] = load_rate
-                figures["freshness_load_eps"] = loaded["load_eps"]
-                figures["freshness_load_p50_ms"] = loaded["p50_ms"]
-                figures["freshness_load_p99_ms"] = loaded["p99_ms"]
-                reads = await http.quota_reads(tally, connections, http_seconds)
-                figures["lookup_us"] = reads["lookup_us"]
-                if "skipped" in reads:
-                    figures["http_skipped"] = reads["skipped"]
-                else:
-                    figures["http_connections"] = connections
-                    for side in ("tally", "bare"):
-                        for k, v in reads[side].items():
-                            figures[f"http_{side}_{k}"] = v
-                    figures["http_ratio"] = reads["ratio"]
+                if workload is not None:
+                    await stream_figures(tally, workload, samples, load_rate, figures)
+                    await http_figures(tally, connections, http_seconds, figures)
                 figures.update(
                     await queries.breakdowns(
-                        tally, breakdown_rows, orgs=100, agents=1000, days=30, queries=200
-                    )
-                )
-                figures.update(
-                    await queries.breakdowns(
-                        tally, breakdown_rows, orgs=100, agents=1000, days=30, queries=200
+                        tally, breakdown_rows, orgs=100, agents=1000, days=30, queries=440
                     )
                 )
             finally:
                 await tally.stop()
-            # Last: its events go to the same topic, after every other figure is taken.
-            figures["emit_us"] = await emitter.emit_cost(
-                broker.bootstrap_servers, Path(tmp) / "spool", 20_000
-            )
-    figures.update(await memory(memory_keys))
+            if workload is not None:
+                # Last: its events go to the same topic, after every other figure is taken.
+                figures["emit_us"] = await emitter.emit_cost(
+                    broker.bootstrap_servers, Path(tmp) / "spool", 20_000
+                )
+    if not only_breakdowns:
+        figures.update(await memory(memory_keys))
     return figures
+
+
+async def stream_figures(
+    tally: Tally, workload: Workload, samples: int, load_rate: int, figures: dict[str, Any]
+) -> None:
+    """Drain against the ceiling, then freshness idle and under load."""
+    figures["tally_drain_eps"] = round(await drain.tally_drain(tally, workload))
+    figures["drain_ratio"] = round(figures["tally_drain_eps"] / figures["ceiling_eps"], 3)
+    idle = await freshness.freshness(tally, samples, 0)
+    figures["freshness_idle_p50_ms"] = idle["p50_ms"]
+    figures["freshness_idle_p99_ms"] = idle["p99_ms"]
+    loaded = await freshness.freshness(tally, samples, load_rate)
+    figures["backlog_after_load_s"] = await drain.caught_up(tally)
+    figures["freshness_load_rate"] = load_rate
+    figures["freshness_load_eps"] = loaded["load_eps"]
+    figures["freshness_load_p50_ms"] = loaded["p50_ms"]
+    figures["freshness_load_p99_ms"] = loaded["p99_ms"]
+
+
+async def http_figures(
+    tally: Tally, connections: int, http_seconds: int, figures: dict[str, Any]
+) -> None:
+    """Quota reads over HTTP, Tally and a bare ASGI app, and the in-process lookup."""
+    reads = await http.quota_reads(tally, connections, http_seconds)
+    figures["lookup_us"] = reads["lookup_us"]
+    if "skipped" in reads:
+        figures["http_skipped"] = reads["skipped"]
+        return
+    figures["http_connections"] = connections
+    for side in ("tally", "bare"):
+        for k, v in reads[side].items():
+            figures[f"http_{side}_{k}"] = v
+    figures["http_ratio"] = reads["ratio"]
 
 
 async def memory(keys: int) -> dict[str, Any]:

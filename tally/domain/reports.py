@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import cast
 
 from tally.domain.usage import LINE_ITEMS
 
@@ -145,9 +146,11 @@ def add(total: Metrics, other: Mapping[str, int]) -> Metrics:
 
 
 def total_of(rows: Iterable[Mapping[str, int]]) -> Metrics:
+    """The figures of `rows` added up (in place: a breakdown may have thousands of rows)."""
     out = zero()
     for row in rows:
-        out = add(out, row)
+        for m in METRICS:
+            out[m] += int(row.get(m, 0))
     return out
 
 
@@ -158,16 +161,35 @@ def fill_days(
     return [(d, add(zero(), by_day.get(d, {}))) for d in span.each_day()]
 
 
+def split_rows(
+    groups: Sequence[str], rows: Sequence[Sequence[object]]
+) -> tuple[list[tuple[tuple[object, ...], Metrics]], Metrics]:
+    """Result rows laid out as `groups` then `METRICS`, as (group values, figures) each, and
+    their total. Column by column: a breakdown may have thousands of rows."""
+    n, width = len(groups), len(groups) + len(METRICS)
+    if any(len(row) != width for row in rows):
+        raise ValueError("row does not match the groups and metrics")
+    columns = list(zip(*rows, strict=True))[n:] if rows else [()] * len(METRICS)
+    for column in columns:
+        if not set(map(type, column)) <= {int}:  # not a float, not a bool
+            bad = next(v for v in column if type(v) is not int)
+            raise TypeError(f"expected an integer figure, got {bad!r}")
+    figures = cast(list[tuple[int, ...]], columns)  # every value checked above
+    total = {m: sum(column) for m, column in zip(METRICS, figures, strict=True)}
+    split = [
+        (tuple(row[:n]), cast(Metrics, dict(zip(METRICS, row[n:], strict=True)))) for row in rows
+    ]
+    return split, total
+
+
 def split_row(groups: Sequence[str], values: Sequence[object]) -> tuple[dict[str, object], Metrics]:
     """A result row laid out as `groups` then `METRICS`, as (group values, figures)."""
     if len(values) != len(groups) + len(METRICS):
         raise ValueError("row does not match the groups and metrics")
     keys = dict(zip(groups, values[: len(groups)], strict=True))
-    figures = {m: _int(v) for m, v in zip(METRICS, values[len(groups) :], strict=True)}
+    figures: Metrics = {}
+    for m, value in zip(METRICS, values[len(groups) :], strict=True):
+        if type(value) is not int:  # not a float, not a bool
+            raise TypeError(f"expected an integer figure, got {value!r}")
+        figures[m] = value
     return keys, figures
-
-
-def _int(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected an integer figure, got {value!r}")
-    return value

@@ -19,6 +19,7 @@ import clickhouse_connect
 import pyarrow as pa
 
 from tally import failpoints, metrics
+from tally.store.backfills import BACKFILLS
 
 
 class StoreError(RuntimeError):
@@ -146,6 +147,9 @@ class Store:
                 continue
             for statement in statements:
                 await self.command(statement)
+            backfill = BACKFILLS.get(name)
+            if backfill is not None:
+                await backfill(self)
             await self.insert("schema_migrations", [[name]], ["name"])
             applied.append(name)
         return applied

@@ -98,6 +98,28 @@ _SUMS = (
 DAILY_KEY = "org_id, toDate(ts) AS day, agent_id, line_item, item, key_mode, mode, partition"
 RUNS_KEY = "org_id, run_id, agent_id, line_item, item, key_mode, partition"
 
+# The rollups derived from usage_daily (migrations/007_report_rollups.sql): each is
+# usage_daily summed over the columns its key leaves out.
+DERIVED_KEYS = {
+    "usage_daily_items": "org_id, day, line_item, item, key_mode, mode, partition",
+    "usage_daily_agents": "org_id, day, agent_id, line_item, key_mode, partition",
+}
+_RESUMS = (
+    "sum(events) AS events, sum(quantity) AS quantity, sum(billable) AS billable,"
+    " sum(cost_micros) AS cost_micros, sum(unpriced) AS unpriced,"
+    " sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,"
+    " sum(cached_input_tokens) AS cached_input_tokens"
+)
+# Figures compared when checking a derived rollup against usage_daily.
+_CHECKED = "tuple(sum(events), sum(quantity), sum(billable), sum(cost_micros), sum(unpriced))"
+
+
+def derived_select(table: str, where: str) -> str:
+    """The SELECT of a derived rollup's materialized view, over the usage_daily rows that
+    match `where` (SQL with bound parameters)."""
+    key = DERIVED_KEYS[table]
+    return f"SELECT {key}, {_RESUMS} FROM usage_daily WHERE {where} GROUP BY {key}"
+
 
 def rollup_gaps(partition: int) -> Query:
     """Days whose daily rollup disagrees with the raw events of a partition.
@@ -120,17 +142,24 @@ def rollup_gaps(partition: int) -> Query:
 
 
 def repair_rollups(partition: int, days: list[date]) -> list[Query]:
-    """Statements that rebuild a partition's rollups for `days` from its raw events."""
+    """Statements that rebuild a partition's rollups for `days` from its raw events.
+
+    The derived rollups are emptied for those days too: the re-insert into usage_daily
+    reaches them through their materialized views.
+    """
     p = {"p": partition, "days": days}
     runs = (
         "SELECT DISTINCT run_id FROM events WHERE partition = {p:UInt16}"
         " AND toDate(ts) IN {days:Array(Date)} AND run_id != ''"
     )
     return [
-        (
-            "ALTER TABLE usage_daily DELETE WHERE partition = {p:UInt16}"
-            " AND day IN {days:Array(Date)} SETTINGS mutations_sync = 2",
-            p,
+        *(
+            (
+                f"ALTER TABLE {table} DELETE WHERE partition = {{p:UInt16}}"
+                " AND day IN {days:Array(Date)} SETTINGS mutations_sync = 2",
+                p,
+            )
+            for table in ("usage_daily", *DERIVED_KEYS)
         ),
         (
             f"INSERT INTO usage_daily SELECT {DAILY_KEY}, {_SUMS} FROM events"
@@ -148,6 +177,35 @@ def repair_rollups(partition: int, days: list[date]) -> list[Query]:
             f"INSERT INTO usage_runs SELECT {RUNS_KEY}, min(ts) AS first_ts, max(ts) AS last_ts,"
             f" {_SUMS} FROM events WHERE partition = {{p:UInt16}} AND run_id IN ({runs})"
             f" GROUP BY {RUNS_KEY} SETTINGS insert_deduplicate = 0",
+            p,
+        ),
+    ]
+
+
+def derived_gaps(partition: int) -> Query:
+    """`(table, day)` for each derived rollup and day whose figures differ from usage_daily's
+    for a partition (both are kept forever: any difference is a gap)."""
+    daily = (
+        f"SELECT day, {_CHECKED} AS f FROM usage_daily WHERE partition = {{p:UInt16}} GROUP BY day"
+    )
+    parts = [
+        f"SELECT '{table}' AS t, day FROM ({daily}) AS d FULL OUTER JOIN"
+        f" (SELECT day, {_CHECKED} AS f FROM {table} WHERE partition = {{p:UInt16}}"
+        " GROUP BY day) AS r USING day WHERE d.f != r.f"
+        for table in DERIVED_KEYS
+    ]
+    sql = " UNION ALL ".join(parts) + " ORDER BY t, day"
+    return sql, {"p": partition}
+
+
+def rebuild_derived(table: str, partition: int, days: list[date]) -> list[Query]:
+    """Statements that rebuild a derived rollup for a partition's `days` from usage_daily."""
+    p = {"p": partition, "days": days}
+    where = "partition = {p:UInt16} AND day IN {days:Array(Date)}"
+    return [
+        (f"ALTER TABLE {table} DELETE WHERE {where} SETTINGS mutations_sync = 2", p),
+        (
+            f"INSERT INTO {table} {derived_select(table, where)} SETTINGS insert_deduplicate = 0",
             p,
         ),
     ]

@@ -1,13 +1,14 @@
 """SQL builders for usage reports and credits: pure functions returning `(sql, params)`.
 
-They read the rollups (`usage_daily`, `usage_runs`) with `GROUP BY` and `sum()`, never
-trusting that SummingMergeTree has merged. Every value a caller supplies is a bound
-parameter; the only words spliced into the SQL come from the fixed tables below.
+They read the rollups (`usage_daily` and the ones derived from it, `usage_runs`) with
+`GROUP BY` and `sum()`, never trusting that SummingMergeTree has merged. Every value a
+caller supplies is a bound parameter; the only words spliced into the SQL come from the
+fixed tables below.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 
 from tally.domain.reports import GROUPS, METRICS, DayRange
@@ -24,7 +25,26 @@ GROUP_COLUMNS = {
 }
 assert tuple(GROUP_COLUMNS) == GROUPS
 
-# One expression per figure, in the order of METRICS; valid on usage_daily and usage_runs.
+# The daily rollups a breakdown can read, smallest first, with the columns each keeps
+# (migrations/007_report_rollups.sql): a breakdown reads the first that has every column it
+# groups or filters by. Each is usage_daily summed over the columns it leaves out, so all
+# give the same figures; the smaller ones hold 3 to 7 times fewer rows per org.
+ROLLUPS = (
+    ("usage_daily_items", frozenset({"day", "line_item", "item", "key_mode", "mode"})),
+    ("usage_daily_agents", frozenset({"day", "agent_id", "line_item", "key_mode"})),
+    ("usage_daily", frozenset(GROUP_COLUMNS.values())),
+)
+
+
+def rollup_for(columns: Iterable[str]) -> str:
+    """The smallest daily rollup with `columns` (and the day, key mode and line item that
+    every breakdown reads)."""
+    need = {"day", "key_mode", "line_item", *columns}
+    return next(table for table, has in ROLLUPS if need <= has)
+
+
+# One expression per figure, in the order of METRICS; valid on every daily rollup and on
+# usage_runs.
 METRIC_SQL = {
     "events": "sum(events)",
     "tokens": "sumIf(quantity, line_item = 'llm')",
@@ -78,7 +98,8 @@ def breakdown(
         where.append("line_item = {line_item:String}")
         params["line_item"] = line_item
     select = ", ".join([*(f"{c} AS g_{c}" for c in columns), _FIGURES])
-    sql = f"SELECT {select} FROM usage_daily WHERE {' AND '.join(where)}"
+    table = rollup_for([*columns, *(["agent_id"] if agent_id is not None else [])])
+    sql = f"SELECT {select} FROM {table} WHERE {' AND '.join(where)}"
     if columns:
         keys = ", ".join(f"g_{c}" for c in columns)
         sql += f" GROUP BY {keys} ORDER BY {keys}"

@@ -26,7 +26,7 @@ from streams.sink import ClickHouseSink
 from tally.catalogue import load_prices
 from tally.domain.partitioning import partition_of
 from tally.domain.pricing import Pricer
-from tally.store import Store, migrations
+from tally.store import Store, backfills, migrations
 from tally.store import queries as q
 from tests.backends import clickhouse_container, drop_database, fresh_database
 from tests.factories import make_event, orgs_on, wire
@@ -296,9 +296,38 @@ async def test_materialized_views_agree_with_the_events(backend: Backend):
     )
     assert len(run_events) > 10 and run_rollup == run_events
 
+    for table, key in q.DERIVED_KEYS.items():
+        derived = await derived_figures(backend.store, table, params)
+        raw_key = key.replace("day", "toDate(ts) AS day")
+        from_raw = await backend.store.query(
+            f"SELECT {raw_key}, count(), sum(quantity), sum(billable), sum(cost_micros),"
+            " sum(1 - priced), sum(input_tokens), sum(output_tokens), sum(cached_input_tokens)"
+            f" FROM events WHERE has({{orgs:Array(String)}}, org_id)"
+            f" GROUP BY {key} ORDER BY {key}",
+            params,
+        )
+        assert len(from_raw) > 10 and derived == from_raw, table
 
-async def stored(store: Store, org: str) -> tuple[int, int, int, int]:
-    """(events rows, distinct event ids, events in usage_daily, events in usage_runs)."""
+
+async def derived_figures(
+    store: Store,
+    table: str,
+    params: dict[str, Any],
+    where: str = "has({orgs:Array(String)}, org_id)",
+) -> list[tuple[Any, ...]]:
+    """A derived rollup's rows, summed by its key (for comparisons)."""
+    key = q.DERIVED_KEYS[table]
+    return await store.query(
+        f"SELECT {key}, sum(events), sum(quantity), sum(billable), sum(cost_micros),"
+        " sum(unpriced), sum(input_tokens), sum(output_tokens), sum(cached_input_tokens)"
+        f" FROM {table} WHERE {where} GROUP BY {key} ORDER BY {key}",
+        params,
+    )
+
+
+async def stored(store: Store, org: str) -> tuple[int, ...]:
+    """(events rows, distinct event ids, events in usage_daily, events in usage_runs,
+    events in each derived rollup)."""
     p = {"o": org}
     rows, ids = (
         await store.query(
@@ -309,7 +338,11 @@ async def stored(store: Store, org: str) -> tuple[int, int, int, int]:
         0
     ]
     runs = (await store.query("SELECT sum(events) FROM usage_runs WHERE org_id = {o:String}", p))[0]
-    return int(rows), int(ids), int(daily[0]), int(runs[0])
+    derived = [
+        (await store.query(f"SELECT sum(events) FROM {t} WHERE org_id = {{o:String}}", p))[0][0]
+        for t in q.DERIVED_KEYS
+    ]
+    return int(rows), int(ids), int(daily[0]), int(runs[0]), *(int(d) for d in derived)
 
 
 async def test_a_retried_insert_is_stored_once_in_events_and_in_the_rollups(backend: Backend):
@@ -330,7 +363,7 @@ async def test_a_retried_insert_is_stored_once_in_events_and_in_the_rollups(back
     await sink.write(result.rows, marks)
     await sink.write(result.rows, marks)
     n = len(values)
-    assert await stored(backend.store, org) == (n, n, n, n)
+    assert await stored(backend.store, org) == (n, n, n, n, n, n)
 
     # The store deduplicates by token, not by content: a different batch with the same rows
     # (which Tally never sends) is stored again, in the events and in both rollups.
@@ -344,7 +377,128 @@ async def test_a_retried_insert_is_stored_once_in_events_and_in_the_rollups(back
             EVENT_COLUMNS,
             settings={**settings, "insert_deduplication_token": f"{control}|{token}"},
         )
-    assert await stored(backend.store, control) == (8, 4, 8, 8)
+    assert await stored(backend.store, control) == (8, 4, 8, 8, 8, 8)
+
+
+# -- the rollups derived from usage_daily -------------------------------------------------
+
+
+async def usage_daily_summed(store: Store, table: str) -> list[tuple[Any, ...]]:
+    """usage_daily summed over what `table` leaves out: what `table` must hold."""
+    key = q.DERIVED_KEYS[table]
+    return await store.query(
+        f"SELECT {key}, sum(events), sum(quantity), sum(billable), sum(cost_micros),"
+        " sum(unpriced), sum(input_tokens), sum(output_tokens), sum(cached_input_tokens)"
+        f" FROM usage_daily GROUP BY {key} ORDER BY {key}"
+    )
+
+
+async def derived_match(store: Store) -> bool:
+    for table in q.DERIVED_KEYS:
+        if await derived_figures(store, table, {}, "1") != await usage_daily_summed(store, table):
+            return False
+    return True
+
+
+async def test_the_report_rollups_migration_backfills_an_existing_store_once(backend: Backend):
+    url = await backend.fresh_url()
+    store = Store(url)
+    await store.start()
+    try:
+        # A store as 006 left it: no derived rollups, and months of data, some of whose raw
+        # events retention has deleted since (the rollups are then the only record).
+        for table in q.DERIVED_KEYS:
+            await store.command(f"DROP VIEW {table}_mv")
+            await store.command(f"DROP TABLE {table}")
+        await store.command(
+            "ALTER TABLE schema_migrations DELETE WHERE name = '007_report_rollups.sql'"
+            " SETTINGS mutations_sync = 2"
+        )
+        sink = ClickHouseSink(store, "backfill", 86_400)
+        now = datetime.now(UTC)
+        orgs = [f"bf-{i}" for i in range(3)]
+        events = [
+            e
+            for org in orgs
+            for ago in (0, 20, 45)  # this month and the two before
+            for e in varied_workload(org, now - timedelta(days=ago))
+        ]
+        states = {p: PartitionState(p) for p in (3, 4)}
+        for i, p in enumerate(states):
+            values = [wire(e) for e in events[i::2]]
+            await run_batch(sink, states[p], values, 0)
+        await store.command(
+            "DELETE FROM events WHERE org_id = 'bf-0' AND ts < {t:DateTime64(3, 'UTC')}",
+            {"t": now - timedelta(days=10)},
+        )
+
+        assert await store.migrate() == ["007_report_rollups.sql"]
+        assert await derived_match(store)
+        counts = {t: await store.query(f"SELECT count() FROM {t}") for t in q.DERIVED_KEYS}
+        assert all(n[0][0] > 30 for n in counts.values()), counts
+        snapshot = {t: await derived_figures(store, t, {}, "1") for t in q.DERIVED_KEYS}
+        months = await store.query("SELECT uniqExact(toYYYYMM(day)) FROM usage_daily")
+        assert months[0][0] >= 2
+
+        # Run again, and three at once: the same rows, none counted twice.
+        await backfills.report_rollups(store)
+        racers = [Store(url) for _ in range(3)]
+        try:
+            await asyncio.gather(*(r.start() for r in racers))
+            await asyncio.gather(*(backfills.report_rollups(r) for r in racers))
+        finally:
+            for r in racers:
+                await r.stop()
+        assert {t: await derived_figures(store, t, {}, "1") for t in q.DERIVED_KEYS} == snapshot
+        leftovers = await store.query(
+            "SELECT name FROM system.tables WHERE database = currentDatabase()"
+            " AND name LIKE '%backfill%'"
+        )
+        assert leftovers == []
+
+        # From now on the materialized views keep them in step, late events included.
+        late = [make_event(org_id="bf-1", ts=iso(now - timedelta(days=44)), input_tokens=77)]
+        await run_batch(sink, states[3], [wire(e) for e in late], 1_000)
+        assert await derived_match(store)
+        assert (
+            await derived_figures(store, "usage_daily_items", {}, "1")
+            != snapshot["usage_daily_items"]
+        )
+    finally:
+        await store.stop()
+        await drop_database(backend.admin, url)
+
+
+async def test_the_worker_rebuilds_derived_rollups_that_disagree(backend: Backend):
+    url = await backend.fresh_url()
+    store = Store(url)
+    await store.start()
+    try:
+        sink = ClickHouseSink(store, "derived-repair", 86_400)
+        now = datetime.now(UTC)
+        events = [e for ago in (0, 3) for e in varied_workload("dr", now - timedelta(days=ago))]
+        await run_batch(sink, PartitionState(5), [wire(e) for e in events], 0)
+        assert await derived_match(store) and await sink.repair(5) == []
+        today = now.date()
+        # A batch half stored (usage_daily written, the derived rollups not), and one
+        # stored twice in a derived rollup: both are found and rebuilt.
+        await store.command(
+            "ALTER TABLE usage_daily_items DELETE WHERE day = {d:Date} SETTINGS mutations_sync = 2",
+            {"d": today},
+        )
+        await store.command(
+            "INSERT INTO usage_daily_agents SELECT * FROM usage_daily_agents"
+            " WHERE day = {d:Date} SETTINGS insert_deduplicate = 0",
+            {"d": today - timedelta(days=3)},
+        )
+        assert not await derived_match(store)
+        assert await sink.repair(4) == []  # another partition: nothing of its own to fix
+        assert await sink.repair(5) == sorted({today, today - timedelta(days=3)})
+        assert await derived_match(store)
+        assert await sink.repair(5) == []
+    finally:
+        await store.stop()
+        await drop_database(backend.admin, url)
 
 
 # -- watermarks and the rebuilt state ------------------------------------------------------

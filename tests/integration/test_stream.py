@@ -191,6 +191,12 @@ async def test_rollups_missing_after_a_partial_insert_are_rebuilt_from_events(
         {"o": org},
     )
     assert daily == [(420, 4)] and runs == [(420, 4)]
+    for table in ("usage_daily_items", "usage_daily_agents"):  # rebuilt with usage_daily
+        derived = await stack.store.query(
+            f"SELECT sum(billable), sum(events) FROM {table} WHERE org_id = {{o:String}}",
+            {"o": org},
+        )
+        assert derived == [(420, 4)], table
     assert await stack.worker.sink.repair(partition) == []  # nothing left to repair
 
 

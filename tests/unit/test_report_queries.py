@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime
 import pytest
 
 from tally.domain.reports import METRICS, DayRange
+from tally.store import queries as q
 from tally.store import reports as sql
 
 EVIL = "x' OR 1=1 --"
@@ -78,3 +79,46 @@ def test_live_cost_splits_the_opening_day_at_the_millisecond():
     assert "FROM events" in text and "FROM usage_daily" in text
     assert placeholders(text) == set(params)
     assert sql.epoch_ms(datetime(1970, 1, 1, 0, 0, 0, 1000, tzinfo=UTC)) == 1
+
+
+def table_of(text: str) -> str:
+    return re.findall(r" FROM (\w+) WHERE", text)[0]
+
+
+@pytest.mark.parametrize(
+    ("groups", "filters", "table"),
+    [
+        ((), {}, "usage_daily_items"),
+        (("day",), {}, "usage_daily_items"),
+        (("day", "line_item"), {"line_item": "llm"}, "usage_daily_items"),
+        (("item", "key_mode", "mode"), {}, "usage_daily_items"),
+        (("agent",), {}, "usage_daily_agents"),
+        (("day",), {"agent_id": "bot"}, "usage_daily_agents"),
+        (("day", "agent", "line_item", "key_mode"), {}, "usage_daily_agents"),
+        (("agent", "item"), {}, "usage_daily"),
+        (("mode",), {"agent_id": "bot"}, "usage_daily"),
+        (("day", "agent", "line_item", "item", "key_mode", "mode"), {}, "usage_daily"),
+    ],
+)
+def test_a_breakdown_reads_the_smallest_rollup_that_has_its_columns(groups, filters, table):
+    text, _ = sql.breakdown("acme", SPAN, groups, ["live"], **filters)
+    assert table_of(text) == table
+    assert sql.rollup_for(()) == "usage_daily_items"
+
+
+def test_derived_rollup_statements_bind_the_partition_and_days():
+    days = [date(2026, 11, 2), date(2026, 11, 3)]
+    text, params = q.derived_gaps(7)
+    assert params == {"p": 7} and placeholders(text) == {"p"}
+    assert all(f"FROM {t} WHERE partition" in text for t in q.DERIVED_KEYS)
+    for table, key in q.DERIVED_KEYS.items():
+        delete, insert = q.rebuild_derived(table, 7, days)
+        assert delete[0].startswith(f"ALTER TABLE {table} DELETE WHERE")
+        assert insert[0].startswith(f"INSERT INTO {table} SELECT {key},")
+        assert "FROM usage_daily WHERE" in insert[0] and insert[0].count(f"GROUP BY {key}") == 1
+        assert delete[1] == insert[1] == {"p": 7, "days": days}
+        assert placeholders(delete[0]) == placeholders(insert[0]) == {"p", "days"}
+    # A repair from the events empties the derived rollups for the same days first: the
+    # re-insert into usage_daily reaches them through their views.
+    deletes = [s for s, _ in q.repair_rollups(7, days) if s.startswith("ALTER TABLE usage_daily")]
+    assert [s.split()[2] for s in deletes] == ["usage_daily", *q.DERIVED_KEYS]

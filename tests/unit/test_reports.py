@@ -90,3 +90,22 @@ def test_split_row():
         reports.split_row(("day",), row)
     with pytest.raises(TypeError):
         reports.split_row((), (*range(len(METRICS) - 1), 1.5))
+
+
+def test_split_rows_splits_each_row_and_adds_them_up():
+    rows = [
+        (date(2026, 1, 2), "bot", *range(len(METRICS))),
+        (date(2026, 1, 3), "bot", *(10 * i for i in range(len(METRICS)))),
+    ]
+    split, total = reports.split_rows(("day", "agent"), rows)
+    assert split == [(tuple(row[:2]), reports.split_row(("day", "agent"), row)[1]) for row in rows]
+    assert total == {m: 11 * i for i, m in enumerate(METRICS)}
+    assert total == reports.total_of(figures for _, figures in split)
+    assert reports.split_rows(("day",), []) == ([], reports.zero())
+    ungrouped = (tuple(range(len(METRICS))),)
+    assert reports.split_rows((), ungrouped)[1] == dict(zip(METRICS, ungrouped[0], strict=True))
+    with pytest.raises(ValueError):
+        reports.split_rows(("day",), rows)
+    for bad in (1.5, True):
+        with pytest.raises(TypeError):
+            reports.split_rows((), [(*range(len(METRICS) - 1), bad)])

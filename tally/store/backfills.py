@@ -1,0 +1,54 @@
+"""What a migration's new tables need from before they existed.
+
+`Store.migrate()` runs a migration's backfill after its statements and before recording it.
+Migrations may run in several processes at once, and a process may die half-way and run
+the migration again: a backfill must leave the same rows however often it runs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from tally.store.queries import DERIVED_KEYS, derived_select
+
+if TYPE_CHECKING:
+    from tally.store import Store
+
+
+async def report_rollups(store: Store) -> None:
+    """Fill the rollups derived from usage_daily (007) with what usage_daily holds.
+
+    Month by month (the tables' partitions), each derived month is computed into a staging
+    table of this run's own and swapped in whole (`REPLACE PARTITION`): a second run, a
+    concurrent one or a run after a crash replaces it with the same rows, never adds them
+    twice. Rows usage_daily receives meanwhile reach the derived rollups through their
+    materialized views; run migrations before starting the workers (docs/deploy.md), and
+    the worker's check (`ClickHouseSink.repair`) rebuilds any day that disagrees. A run
+    killed half-way can leave its staging table (`<table>_backfill_<id>`) behind: a copy,
+    safe to drop.
+    """
+    months = [
+        str(row[0])
+        for row in await store.query("SELECT DISTINCT _partition_id FROM usage_daily ORDER BY 1")
+    ]
+    for table in DERIVED_KEYS:
+        for month in months:
+            if not month.isdigit():  # toYYYYMM(day): only digits reach the SQL text
+                raise ValueError(f"unexpected partition of usage_daily: {month!r}")
+            stage = f"{table}_backfill_{uuid.uuid4().hex[:12]}"
+            await store.command(f"CREATE TABLE {stage} AS {table}")
+            try:
+                select = derived_select(table, "_partition_id = {month:String}")
+                await store.command(f"INSERT INTO {stage} {select}", {"month": month})
+                await store.command(
+                    f"ALTER TABLE {table} REPLACE PARTITION ID '{month}' FROM {stage}"
+                )
+            finally:
+                await store.command(f"DROP TABLE IF EXISTS {stage}")
+
+
+BACKFILLS: dict[str, Callable[[Store], Awaitable[None]]] = {
+    "007_report_rollups.sql": report_rollups,
+}
