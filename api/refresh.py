@@ -10,34 +10,26 @@ store is down a replica keeps serving what it has.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
+from api.background import Background
 from api.registry import FULL_RELOAD_S, Registry
 from tally import metrics
 
 log = logging.getLogger("tally.registry")
 
 
-class RegistryRefresher:
+class RegistryRefresher(Background):
     """`start()` / `stop()` a task that refreshes `registry` every `interval_s` seconds."""
+
+    name = "tally-registry-refresh"
 
     def __init__(self, registry: Registry, interval_s: float) -> None:
         self.registry = registry
         self.interval_s = interval_s
         self.refreshes = 0
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="tally-registry-refresh")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        super().__init__()
 
     async def _run(self) -> None:
         last_full = time.monotonic()  # the registry was loaded in full at start-up

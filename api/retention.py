@@ -4,10 +4,10 @@ every org's plan in force). Rollups are kept: quotas, breakdowns and bills do no
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import UTC, datetime
 
+from api.background import Background
 from api.state import Services
 from api.subscriptions import account
 from tally.domain.retention import cutoffs
@@ -19,11 +19,13 @@ DELETE = (
 )
 
 
-class RetentionSweeper:
+class RetentionSweeper(Background):
+    name = "tally-retention"
+
     def __init__(self, services: Services, interval_s: float) -> None:
         self.services = services
         self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        super().__init__()
 
     async def sweep(self, now: datetime | None = None) -> int:
         """Delete what has expired; returns how many orgs had a retention to apply."""
@@ -37,16 +39,6 @@ class RetentionSweeper:
         for cutoff, orgs in groups.items():
             await svc.store.command(DELETE, {"orgs": orgs, "cutoff": cutoff})
         return sum(len(orgs) for orgs in groups.values())
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="tally-retention")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     async def _run(self) -> None:
         while True:
