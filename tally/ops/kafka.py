@@ -43,16 +43,23 @@ async def reader(bootstrap: str, timeout: float = 5.0) -> AsyncIterator[AIOKafka
         fetch_max_wait_ms=50,
         request_timeout_ms=int(timeout * 1000) + 1000,
     )
-    try:
-        await asyncio.wait_for(consumer.start(), timeout)
-    except (KafkaError, OSError, TimeoutError) as exc:
-        with contextlib.suppress(Exception):
-            await consumer.stop()
-        raise BrokerUnavailable(f"broker {bootstrap} is unreachable: {exc!r}") from None
+    await _start(consumer, bootstrap, timeout)
     try:
         yield consumer
     finally:
         await consumer.stop()
+
+
+async def _start(
+    client: AIOKafkaConsumer | AIOKafkaProducer, bootstrap: str, timeout: float
+) -> None:
+    """Start a client, or stop it again and say that the broker is unreachable."""
+    try:
+        await asyncio.wait_for(client.start(), timeout)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        with contextlib.suppress(Exception):
+            await client.stop()
+        raise BrokerUnavailable(f"broker {bootstrap} is unreachable: {exc!r}") from None
 
 
 async def partitions(consumer: AIOKafkaConsumer, topic: str, timeout: float = 5.0) -> list[int]:
@@ -199,12 +206,7 @@ async def writer(bootstrap: str, timeout: float = 10.0) -> AsyncIterator[AIOKafk
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=1 << 20
     )
-    try:
-        await asyncio.wait_for(producer.start(), timeout)
-    except (KafkaError, OSError, TimeoutError) as exc:
-        with contextlib.suppress(Exception):
-            await producer.stop()
-        raise BrokerUnavailable(f"broker {bootstrap} is unreachable: {exc!r}") from None
+    await _start(producer, bootstrap, timeout)
     try:
         yield producer
     finally:
