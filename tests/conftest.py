@@ -134,5 +134,27 @@ def send(producer: AIOKafkaProducer) -> Send:
     return _send
 
 
+async def stored_rows(stack: Tally, org: str) -> int:
+    """How many raw events of `org` are in the store's events table."""
+    assert stack.store is not None
+    rows = await stack.store.query(
+        "SELECT count() FROM events WHERE org_id = {o:String}", {"o": org}
+    )
+    return int(rows[0][0])
+
+
+async def rows_reach(stack: Tally, org: str, expected: int, timeout: float = 20) -> None:
+    """Wait until `org` has `expected` raw events stored. The quota counters may show events
+    before their rows are inserted (the worker publishes counters first), so a test that reads
+    the store after a quota figure waits for this too."""
+
+    async def check() -> int | None:
+        n = await stored_rows(stack, org)
+        assert n <= expected, f"stored {n} events of {org}, more than the {expected} sent"
+        return n if n == expected else None
+
+    await eventually(check, timeout=timeout)
+
+
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}

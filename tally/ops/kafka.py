@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
+
+log = logging.getLogger("tally.ops")
+CLOSE_TIMEOUT_S = 3.0
 
 
 class BrokerUnavailable(RuntimeError):
@@ -47,7 +51,7 @@ async def reader(bootstrap: str, timeout: float = 5.0) -> AsyncIterator[AIOKafka
     try:
         yield consumer
     finally:
-        await consumer.stop()
+        await _stop(consumer)
 
 
 async def _start(
@@ -58,8 +62,18 @@ async def _start(
         await asyncio.wait_for(client.start(), timeout)
     except (KafkaError, OSError, TimeoutError) as exc:
         with contextlib.suppress(Exception):
-            await client.stop()
+            await _stop(client)
         raise BrokerUnavailable(f"broker {bootstrap} is unreachable: {exc!r}") from None
+
+
+async def _stop(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+    """Close a client within CLOSE_TIMEOUT_S. aiokafka's consumer can wait on its own
+    cancelled fetch task in stop(); a command that has its answer must not hang on that.
+    (The cancellation from the timeout lets stop() finish: aiokafka suppresses it there.)"""
+    try:
+        await asyncio.wait_for(client.stop(), CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("the Kafka connection did not close within %.0fs; leaving it", CLOSE_TIMEOUT_S)
 
 
 async def partitions(consumer: AIOKafkaConsumer, topic: str, timeout: float = 5.0) -> list[int]:
@@ -113,7 +127,7 @@ async def group_reader(bootstrap: str, group_id: str) -> AsyncIterator[AIOKafkaC
     try:
         yield consumer
     finally:
-        await consumer.stop()
+        await _stop(consumer)
 
 
 async def committed(consumer: AIOKafkaConsumer, topic: str, parts: Iterable[int]) -> dict[int, int]:
@@ -141,14 +155,25 @@ async def wait_committed(
 
 
 async def scan(
-    consumer: AIOKafkaConsumer, topic: str, ranges: dict[int, tuple[int, int]]
+    consumer: AIOKafkaConsumer,
+    topic: str,
+    ranges: dict[int, tuple[int, int]],
+    stall: float = 5.0,
+    timeout: float = 30.0,
 ) -> AsyncIterator[list[Message]]:
-    """Every message of `low <= offset < high` per partition, once each, in fetch batches."""
+    """Every message of `low <= offset < high` per partition, once each, in fetch batches.
+
+    A partition that yields nothing new for `stall` seconds is sought again at the offset
+    it is due to read; one that still yields nothing `timeout` seconds after its last
+    message raises BrokerUnavailable, naming the offsets it did not return."""
     expect = {p: low for p, (low, high) in ranges.items() if high > low}
     tps = {p: TopicPartition(topic, p) for p in expect}
     consumer.assign(list(tps.values()))
     for p, tp in tps.items():
         consumer.seek(tp, expect[p])
+    loop = asyncio.get_running_loop()
+    moved = {p: loop.time() for p in expect}
+    sought = dict(moved)
     while expect:
         fetched = await consumer.getmany(*[tps[p] for p in expect], timeout_ms=200)
         for tp, msgs in fetched.items():
@@ -168,12 +193,23 @@ async def scan(
                 for m in msgs
                 if expect[p] <= m.offset < high
             ]
-            if msgs:
-                expect[p] = max(expect[p], msgs[-1].offset + 1)
+            if msgs and msgs[-1].offset + 1 > expect[p]:
+                expect[p] = msgs[-1].offset + 1
+                moved[p] = loop.time()
             if expect[p] >= high:
                 del expect[p]
             if batch:
                 yield batch
+        now = loop.time()
+        for p in expect:
+            if now - moved[p] > timeout:
+                raise BrokerUnavailable(
+                    f"{topic}/{p}: the broker returned no message from offset {expect[p]}"
+                    f" (the log ends at {ranges[p][1]}) within {timeout:.0f}s"
+                )
+            if now - max(moved[p], sought[p]) > stall:
+                consumer.seek(tps[p], expect[p])
+                sought[p] = now
 
 
 async def read_at(

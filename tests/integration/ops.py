@@ -69,7 +69,12 @@ async def tally(*args: str, timeout: float = 120, **env: str) -> Run:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"tally {' '.join(args)} did not finish within {timeout}s") from None
     assert proc.returncode is not None
     return Run(proc.returncode, out.decode(), err.decode())
 

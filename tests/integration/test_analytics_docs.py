@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tests.conftest import ADMIN_KEY, OrgFactory, Send, bearer, eventually
+from tests.conftest import ADMIN_KEY, OrgFactory, Send, bearer, eventually, rows_reach
 from tests.factories import make_event
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "analytics.md"
@@ -30,6 +30,7 @@ async def test_the_documented_queries_run_and_agree_with_the_api(
         body = (await client.get("/api/v2/credits", headers=bearer(key))).json()
         return body if body["spent_micros"] > 0 else None
 
+    await rows_reach(stack, org, 1)
     credits = await eventually(debited)
     queries = examples()
     assert len(queries) >= 3

@@ -20,7 +20,7 @@ from tally.domain import counters
 from tally.domain.counters import encode_key
 from tally.domain.pricing import Pricer
 from tally.domain.usage import measure
-from tests.conftest import OrgFactory, Send, bearer, eventually
+from tests.conftest import OrgFactory, Send, bearer, eventually, rows_reach
 from tests.factories import make_event
 from tests.integration.ops import samples, serve, tally, value
 
@@ -166,6 +166,7 @@ async def test_a_fixed_dead_letter_replayed_twice_is_counted_once(
     assert run.code == 0, run.err
     assert "replayed 1;" in run.out
     await eventually(lambda: _used_is(client, key, 12))
+    await rows_reach(stack, org, 1)  # the quota may show it before it is stored
 
     # Replayed again, with a line still broken: the fixed one is known, the broken one refused.
     fix.write_bytes(orjson.dumps({**letter, "value": fixed}) + b"\n" + orjson.dumps(letter))
@@ -181,6 +182,7 @@ async def test_a_fixed_dead_letter_replayed_twice_is_counted_once(
     assert forced.code == 0 and "replayed 1;" in forced.out
     await send(make_event(org_id=org, input_tokens=1, output_tokens=0))  # after the replays
     await eventually(lambda: _used_is(client, key, 13))
+    await rows_reach(stack, org, 2)  # the fixed event and the one after the replays
     rows = await stack.store.query(
         "SELECT count() FROM events WHERE event_id = {e:String}", {"e": bad["event_id"]}
     )
@@ -227,6 +229,7 @@ async def test_reconcile_finds_injected_differences_and_reports_clean_otherwise(
     # The next event republishes the absolute value: the counter heals itself.
     await send(make_event(org_id=org, input_tokens=1, output_tokens=0))
     await eventually(lambda: _used_is(client, key, 2101))
+    await rows_reach(stack, org, 21)  # stored before the store goes down
 
     # Events on the broker that the store does not have.
     failpoints.enable("store.insert", "error")
@@ -245,6 +248,7 @@ async def test_reconcile_finds_injected_differences_and_reports_clean_otherwise(
 
     # A stored row counted twice.
     await eventually(lambda: _used_is(client, key, 2136))
+    await rows_reach(stack, org, 26)
     row = await stack.store.query(
         f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE event_id = {{e:String}}",
         {"e": events[0]["event_id"]},

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer
 from tally import failpoints
 from tally.config import DLQ_TOPIC
 from tally.domain import counters
-from tests.conftest import OrgFactory, Send, bearer, eventually
+from tests.conftest import OrgFactory, Send, bearer, eventually, rows_reach, stored_rows
 from tests.factories import make_event
 
 
@@ -69,6 +69,7 @@ async def test_store_outage_loses_nothing_and_quota_reads_keep_answering(
     org, key = await new_org()
     await send(make_event(org_id=org, input_tokens=100, output_tokens=0))
     await eventually(lambda: _is(client, key, 100))
+    await rows_reach(stack, org, 1)  # stored before the store goes down
     failpoints.enable("store.insert", "error")
     try:
         await send(*[make_event(org_id=org, input_tokens=10, output_tokens=1) for _ in range(50)])
@@ -76,24 +77,13 @@ async def test_store_outage_loses_nothing_and_quota_reads_keep_answering(
         await eventually(lambda: _is(client, key, 100 + 50 * 11), timeout=20)
         for _ in range(5):  # ...while nothing of the 50 is stored and the worker stays put
             await asyncio.sleep(1)
-            assert await stored(stack, org) == 1
+            assert await stored_rows(stack, org) == 1
             assert await used(client, key) == 100 + 50 * 11
         assert stack.worker.sink.failures > 0
     finally:
         failpoints.disable("store.insert")
-    await eventually(lambda: _stored_is(stack, org, 51), timeout=20)
+    await rows_reach(stack, org, 51)
     assert await used(client, key) == 100 + 50 * 11
-
-
-async def stored(stack, org: str) -> int:
-    rows = await stack.store.query(
-        "SELECT count() FROM events WHERE org_id = {o:String}", {"o": org}
-    )
-    return int(rows[0][0])
-
-
-async def _stored_is(stack, org: str, expected: int) -> bool:
-    return await stored(stack, org) == expected
 
 
 async def _is(client, key: str, expected: int) -> bool:
@@ -144,7 +134,7 @@ async def test_late_events_land_in_the_day_and_window_of_their_ts(
     )
     await send(make_event(org_id=org, input_tokens=3, output_tokens=0))
     await eventually(lambda: _is(client, key, 23))
-    await eventually(lambda: _stored_is(stack, org, 3))  # the quota may show them first
+    await rows_reach(stack, org, 3)
     rows = await stack.store.query(
         "SELECT day, sum(billable) FROM usage_daily WHERE org_id = {o:String} GROUP BY day"
         " ORDER BY day",
@@ -168,7 +158,7 @@ async def test_rollups_missing_after_a_partial_insert_are_rebuilt_from_events(
         ]
     )
     await eventually(lambda: _is(client, key, 420))
-    await eventually(lambda: _stored_is(stack, org, 4))  # the quota may show them first
+    await rows_reach(stack, org, 4)
     rows = await stack.store.query(
         "SELECT any(partition) FROM events WHERE org_id = {o:String}", {"o": org}
     )
@@ -211,7 +201,7 @@ async def test_raw_events_past_the_plan_retention_go_and_the_rollups_stay(
     recent = make_event(org_id=org, input_tokens=2, output_tokens=0)
     await send(old, recent)
     await eventually(lambda: _is(client, key, 42))  # both in the current billing window
-    await eventually(lambda: _rows(stack, org, 2))
+    await rows_reach(stack, org, 2)
 
     from api.retention import RetentionSweeper
 
@@ -233,10 +223,3 @@ async def test_raw_events_past_the_plan_retention_go_and_the_rollups_stay(
     )[0][0]
     assert await stack.worker.sink.repair(partition) == []
     assert await used(client, key) == 42  # quotas and bills are built from what stays
-
-
-async def _rows(stack, org: str, n: int) -> bool:
-    rows = await stack.store.query(
-        "SELECT count() FROM events WHERE org_id = {o:String}", {"o": org}
-    )
-    return rows[0][0] == n
