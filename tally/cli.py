@@ -49,9 +49,10 @@ def _logging(settings: Settings) -> None:
 
 async def _serve(settings: Settings, *, worker: bool, api: bool) -> None:
     from api.app import create_app
-    from tally.runtime import Tally
+    from tally.runtime import Tally, tune_gc
     from tally.store import redact
 
+    tune_gc()
     tally = Tally(settings, worker=worker, api=api)
     metrics_server = None
     if not api and settings.metrics_port is not None:
@@ -256,8 +257,10 @@ def bench(
 ) -> None:
     """Measure Tally against the machine's ceiling; prints a table, then one JSON line."""
     from tally.bench.run import main as run_bench
+    from tally.runtime import tune_gc
 
     logging.basicConfig(level=logging.WARNING)
+    tune_gc()  # as `tally up` runs, for the ceiling and Tally alike
     run_bench(
         events=events,
         orgs=orgs,
