@@ -174,7 +174,14 @@ def process(
     first = pending[-1].last_offset + 1 if pending else state.next_offset
     result = BatchResult(partition, first - 1, epoch=log_epoch, ingested_at=ingested.timestamp())
     seen = state.seen
-    earlier = [p.event_ids for p in pending]
+    # The event ids of the batches before this one, looked up once per event.
+    earlier: set[str] | tuple[()] = (
+        set().union(*(p.event_ids for p in pending))
+        if len(pending) > 1
+        else pending[0].event_ids
+        if pending
+        else ()
+    )
     event_ids, deltas, types = result.event_ids, result.deltas, result.types
     row = result.rows.append
     last: Message | None = None
@@ -192,7 +199,7 @@ def process(
             _misrouted(result, record, event["org_id"], partitions, partition)
             continue
         event_id = event["event_id"]
-        if event_id in seen or event_id in event_ids or any(event_id in e for e in earlier):
+        if event_id in seen or event_id in event_ids or event_id in earlier:
             result.duplicates += 1
             continue
         event_ids.add(event_id)

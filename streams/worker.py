@@ -40,6 +40,9 @@ Prepared = list[tuple[TopicPartition, BatchResult]]
 STOP_DRAIN_S = 30.0
 STORE_POLL_MS = 5
 PUBLISH_EVERY_S = 0.05
+# A publication costs per key sent: a few changed keys go at once, more wait for the next
+# PUBLISH_EVERY_S (under load a key changes in every fetch: only its latest value matters).
+PUBLISH_AT_ONCE_KEYS = 16
 STORE_EVERY_S = 0.25
 
 
@@ -384,9 +387,15 @@ class Worker:
             self._early.update(projected(state, result, self._unapplied(tp.partition)))
 
     async def _publish_early(self, at_once: bool = False) -> None:
-        """Send the counters of prepared batches, at most every PUBLISH_EVERY_S: under load a
-        key changes in every fetch, and its latest value is all a reader needs."""
-        if self._early and (at_once or time.monotonic() - self._sent_early_at >= PUBLISH_EVERY_S):
+        """Send the counters of prepared batches: a few keys at once, many at most every
+        PUBLISH_EVERY_S (under load a key changes in every fetch, and its latest value is all
+        a reader needs)."""
+        early = self._early
+        if early and (
+            at_once
+            or len(early) <= PUBLISH_AT_ONCE_KEYS
+            or time.monotonic() - self._sent_early_at >= PUBLISH_EVERY_S
+        ):
             early, self._early = self._early, {}
             await self._publish(early)
             self._sent_early_at = time.monotonic()

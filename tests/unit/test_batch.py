@@ -165,6 +165,22 @@ def test_a_batch_prepared_while_the_previous_one_is_stored_sees_it():
     assert state.sessions == {} and state.next_offset == 4
 
 
+def test_an_event_in_any_batch_still_being_stored_is_a_duplicate():
+    state = PartitionState(0)
+    first = process(state, records(ev(event_id="a"), ev(event_id="b")), PRICER, NOW, "e")
+    second = process(state, records(ev(event_id="c"), start=2), PRICER, NOW, "e", pending=[first])
+    third = process(
+        state,
+        records(ev(event_id="a"), ev(event_id="c"), ev(event_id="d"), start=3),
+        PRICER,
+        NOW,
+        "e",
+        pending=[first, second],
+    )
+    assert third.duplicates == 2 and [r[1] for r in third.rows] == ["d"]
+    assert (third.last_offset, third.event_ids) == (5, {"d"})
+
+
 def test_counters_published_before_the_store_are_what_apply_makes_of_them():
     state = PartitionState(0)
     run(state, ev(input_tokens=100, output_tokens=0))
