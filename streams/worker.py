@@ -396,7 +396,7 @@ class Worker:
             or len(early) <= PUBLISH_AT_ONCE_KEYS
             or time.monotonic() - self._sent_early_at >= PUBLISH_EVERY_S
         ):
-            early, self._early = self._early, {}
+            self._early = {}
             await self._publish(early)
             self._sent_early_at = time.monotonic()
 

@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -19,17 +20,20 @@ from tally.bench.stats import percentile
 from tally.broker import die_with_parent
 from tally.config import EVENTS_TOPIC
 from tally.domain import counters
+from tally.domain.partitioning import partition_of
 from tally.runtime import Tally
 
+LOAD_ORGS = [f"load-org-{i}" for i in range(50)]
 
-def _event(org: str, tokens: int) -> bytes:
+
+def _event(org: str, tokens: int, event_id: str | None = None, ts: str | None = None) -> bytes:
     return orjson.dumps(
         {
-            "event_id": uuid.uuid4().hex,
+            "event_id": event_id or uuid.uuid4().hex,
             "org_id": org,
             "agent_id": "probe",
             "key_mode": "live",
-            "ts": datetime.now(UTC).isoformat(),
+            "ts": ts or datetime.now(UTC).isoformat(),
             "type": "llm.usage",
             "model": "gpt-4o-mini",
             "input_tokens": tokens,
@@ -38,33 +42,58 @@ def _event(org: str, tokens: int) -> bytes:
     )
 
 
-async def _load(bootstrap: str, rate: int, seconds: float) -> None:
+async def _load(bootstrap: str, rate: int, seconds: float, limit: int | None = None) -> int:
     """Background traffic at `rate` events/s across 50 orgs, in 10 ms ticks, for at most
-    `seconds`; prints the events sent so far once a second."""
+    `seconds` (or `limit` events); prints the events sent so far and its own CPU seconds,
+    once a second; returns the events sent.
+
+    Each tick's events go out as one record batch per partition, each event on its org's
+    partition (as a keyed send would put it): a send per event would cost this process half
+    a core at 10,000 events/s, taken from the two cores Tally is measured on, where agent
+    runtimes would run on machines of their own."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
+    partitions = len(await producer.partitions_for(EVENTS_TOPIC))
+    orgs = [(org, org.encode(), partition_of(org, partitions)) for org in LOAD_ORGS]
+    run = uuid.uuid4().hex[:12]
     sent, started, reported = 0, time.perf_counter(), 0.0
     try:
-        while (elapsed := time.perf_counter() - started) < seconds:
-            due = int(elapsed * rate)
-            for i in range(sent, min(due, sent + rate)):  # at most a second's worth a tick
-                org = f"load-org-{i % 50}"
-                await producer.send(EVENTS_TOPIC, _event(org, 1), key=org.encode())
-            sent = max(sent, min(due, sent + rate))
+        while (elapsed := time.perf_counter() - started) < seconds and sent != limit:
+            upto = min(int(elapsed * rate), sent + rate)  # at most a second's worth a tick
+            if limit is not None:
+                upto = min(upto, limit)
+            ts = datetime.now(UTC).isoformat()
+            batches: dict[int, Any] = {}
+            for i in range(sent, upto):
+                org, key, partition = orgs[i % len(orgs)]
+                value = _event(org, 1, event_id=f"load-{run}-{i}", ts=ts)
+                batch = batches.get(partition)
+                if batch is None:
+                    batch = batches[partition] = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None) is None:  # full
+                    await producer.send_batch(batch, EVENTS_TOPIC, partition=partition)
+                    batch = batches[partition] = producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None)
+            for partition, batch in batches.items():
+                await producer.send_batch(batch, EVENTS_TOPIC, partition=partition)
+            sent = max(sent, upto)
             if elapsed - reported >= 1:
-                print(sent, flush=True)
+                print(sent, round(time.process_time(), 3), flush=True)
                 reported = elapsed
             await asyncio.sleep(0.01)
     finally:
         await producer.stop()
+    return sent
 
 
 class _Load:
-    """The background load in a process of its own; `stop()` returns the events/s it sent."""
+    """The background load in a process of its own; `stop()` returns the events/s it sent
+    and the share of a core it used doing so."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.sent = 0
+        self.cpu = 0.0
         self.started = time.perf_counter()
         self._reader = asyncio.create_task(self._read())
 
@@ -84,15 +113,16 @@ class _Load:
     async def _read(self) -> None:
         assert self.proc.stdout is not None
         async for line in self.proc.stdout:
-            self.sent = int(line)
+            sent, cpu = line.split()
+            self.sent, self.cpu = int(sent), float(cpu)
 
-    async def stop(self) -> int:
-        rate = self.sent / (time.perf_counter() - self.started)
+    async def stop(self) -> tuple[int, float]:
+        elapsed = time.perf_counter() - self.started
         if self.proc.returncode is None:
             self.proc.terminate()
         await self.proc.wait()
         self._reader.cancel()
-        return round(rate)
+        return round(self.sent / elapsed), round(self.cpu / elapsed, 2)
 
 
 async def freshness(tally: Tally, samples: int, background_rate: int) -> dict[str, float]:
@@ -107,7 +137,7 @@ async def freshness(tally: Tally, samples: int, background_rate: int) -> dict[st
     load = await _Load.start(bootstrap, background_rate) if background_rate else None
     org = f"probe-{uuid.uuid4().hex[:8]}"
     latencies = []
-    load_eps = 0
+    load_eps, load_cpu = 0, 0.0
     try:
         await asyncio.sleep(1.0 if load else 0)
         expected = 0
@@ -122,12 +152,13 @@ async def freshness(tally: Tally, samples: int, background_rate: int) -> dict[st
             await asyncio.sleep(0.01)
     finally:
         if load:
-            load_eps = await load.stop()
+            load_eps, load_cpu = await load.stop()
         await producer.stop()
     return {
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
         "load_eps": load_eps,
+        "load_cpu": load_cpu,  # cores the load generator itself used
     }
 
 

@@ -101,6 +101,7 @@ async def stream_figures(
     figures["backlog_after_load_s"] = await drain.caught_up(tally)
     figures["freshness_load_rate"] = load_rate
     figures["freshness_load_eps"] = loaded["load_eps"]
+    figures["freshness_load_cpu"] = loaded["load_cpu"]
     figures["freshness_load_p50_ms"] = loaded["p50_ms"]
     figures["freshness_load_p99_ms"] = loaded["p99_ms"]
 
