@@ -20,8 +20,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from tally.config import COUNTERS_TOPIC
 from tally.domain import counters
 from tally.domain.counters import HEARTBEAT_KEY, CounterKey, decode_key
+from tally.kafka_clients import stop_client
 
 log = logging.getLogger("tally.counters")
+CLOSE_TIMEOUT_S = 5.0
 
 
 class CounterTable:
@@ -116,7 +118,7 @@ class CounterTable:
                 await self._task
             self._task = None
         if self._consumer is not None:
-            await self._consumer.stop()
+            await stop_client(self._consumer, CLOSE_TIMEOUT_S)
             self._consumer = None
 
     async def _run(self, tps: list[TopicPartition]) -> None:

@@ -32,12 +32,14 @@ from tally import failpoints, metrics
 from tally.config import COUNTERS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, Settings
 from tally.domain.counters import HEARTBEAT_KEY, CounterKey, encode_key
 from tally.domain.pricing import Pricer
+from tally.kafka_clients import stop_client
 
 log = logging.getLogger("tally.worker")
 
 
 Prepared = list[tuple[TopicPartition, BatchResult]]
 STOP_DRAIN_S = 30.0
+CLOSE_TIMEOUT_S = 10.0
 STORE_POLL_MS = 5
 PUBLISH_EVERY_S = 0.05
 # A publication costs per key sent: a few changed keys go at once, more wait for the next
@@ -132,7 +134,7 @@ class Worker:
                     self._inflight[1].cancel()
                 self._inflight, self._queued = None, []
         if self._consumer is not None:
-            await self._consumer.stop()
+            await stop_client(self._consumer, CLOSE_TIMEOUT_S)
             self._consumer = None
         if self._producer is not None:
             await self._producer.stop()

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-log = logging.getLogger("tally.ops")
-CLOSE_TIMEOUT_S = 3.0
+from tally.kafka_clients import stop_client
+
+CLOSE_TIMEOUT_S = 3.0  # a command that has its answer does not wait longer to close
 
 
 class BrokerUnavailable(RuntimeError):
@@ -51,7 +51,7 @@ async def reader(bootstrap: str, timeout: float = 5.0) -> AsyncIterator[AIOKafka
     try:
         yield consumer
     finally:
-        await _stop(consumer)
+        await stop_client(consumer, CLOSE_TIMEOUT_S)
 
 
 async def _start(
@@ -62,18 +62,8 @@ async def _start(
         await asyncio.wait_for(client.start(), timeout)
     except (KafkaError, OSError, TimeoutError) as exc:
         with contextlib.suppress(Exception):
-            await _stop(client)
+            await stop_client(client, CLOSE_TIMEOUT_S)
         raise BrokerUnavailable(f"broker {bootstrap} is unreachable: {exc!r}") from None
-
-
-async def _stop(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
-    """Close a client within CLOSE_TIMEOUT_S. aiokafka's consumer can wait on its own
-    cancelled fetch task in stop(); a command that has its answer must not hang on that.
-    (The cancellation from the timeout lets stop() finish: aiokafka suppresses it there.)"""
-    try:
-        await asyncio.wait_for(client.stop(), CLOSE_TIMEOUT_S)
-    except TimeoutError:
-        log.warning("the Kafka connection did not close within %.0fs; leaving it", CLOSE_TIMEOUT_S)
 
 
 async def partitions(consumer: AIOKafkaConsumer, topic: str, timeout: float = 5.0) -> list[int]:
@@ -127,7 +117,7 @@ async def group_reader(bootstrap: str, group_id: str) -> AsyncIterator[AIOKafkaC
     try:
         yield consumer
     finally:
-        await _stop(consumer)
+        await stop_client(consumer, CLOSE_TIMEOUT_S)
 
 
 async def committed(consumer: AIOKafkaConsumer, topic: str, parts: Iterable[int]) -> dict[int, int]:
