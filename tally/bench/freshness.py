@@ -1,7 +1,8 @@
 """Freshness: from emitting one event to the quota read showing it.
 
 The background load comes from a process of its own, as agent runtimes are: producing
-10,000 events/s costs a good part of a core, which a runtime pays, not the worker.
+10,000 events/s costs CPU that a runtime pays, not the worker (the bench reports how much
+of a core: `freshness_load_cpu`).
 """
 
 from __future__ import annotations
