@@ -24,6 +24,9 @@ from tally.kafka_clients import stop_client
 
 log = logging.getLogger("tally.counters")
 CLOSE_TIMEOUT_S = 5.0
+# How long a value handed over by the worker in this process outranks older values still on
+# their way through the topic (the topic brings every value back within a fraction of this).
+HANDED_OVER_FOR_MS = 60_000
 
 
 class CounterTable:
@@ -36,6 +39,9 @@ class CounterTable:
         # Window totals already summed, per (org, name): {(first day, end day): total}, kept
         # current as values arrive, so that a quota read is a lookup, not a sum of days.
         self._sums: dict[tuple[str, str], dict[tuple[int, int], int]] = {}
+        # Keys the worker in this process handed over (`hand_over`), with the time in ms their
+        # value is current to, for HANDED_OVER_FOR_MS.
+        self._handed: dict[CounterKey, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -65,6 +71,21 @@ class CounterTable:
             for span in windows:
                 if span[0] <= bucket < span[1]:
                     windows[span] += value - before
+
+    def hand_over(self, values: dict[CounterKey, int], at_ms: int) -> None:
+        """Values from the worker in this process, as it prepares each fetch: quota reads see
+        them without the round trip through the topic. The topic brings them back later,
+        with the messages published before them; a message published no later than the
+        value handed over for its key is not applied, so a read never goes back to it."""
+        handed = self._handed
+        for key, value in values.items():
+            self.set(key, value)
+            handed[key] = at_ms
+
+    def _forget_handed(self, now_ms: int) -> None:
+        cutoff = now_ms - HANDED_OVER_FOR_MS
+        for key in [k for k, at in self._handed.items() if at < cutoff]:
+            del self._handed[key]
 
     def expire(self, now: datetime) -> int:
         """Drop counters no quota read can need any more; returns how many."""
@@ -126,11 +147,14 @@ class CounterTable:
         assert consumer is not None
         pending = set(tps)
         next_offset: dict[int, int] = {}
-        last_expire = time.monotonic()
+        last_expire = last_forget = time.monotonic()
         while True:
             if time.monotonic() - last_expire > 60:
                 self.expire(datetime.now(UTC))
                 last_expire = time.monotonic()
+            if self._handed and time.monotonic() - last_forget > 10:
+                self._forget_handed(int(time.time() * 1000))
+                last_forget = time.monotonic()
             fetched = await consumer.getmany(timeout_ms=100, max_records=50_000)
             for tp in tps:
                 high = consumer.highwater(tp)
@@ -177,7 +201,12 @@ class CounterTable:
         if org == HEARTBEAT_KEY:
             self.beats[int(name)] = (int(data["t"]), int(data["v"]))
             return
-        self.set((org, name, bucket), int(data["v"]))
+        counter = (org, name, bucket)
+        if self._handed:
+            at = self._handed.get(counter)
+            if at is not None and int(data["t"]) <= at:
+                return  # this value, or a later one, was handed over already
+        self.set(counter, int(data["v"]))
         self.applied += 1
 
     def staleness_s(self) -> float | None:

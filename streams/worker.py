@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 import zlib
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import orjson
@@ -86,6 +87,10 @@ class Worker:
         self._sent_early_at = 0.0
         self._stored_at = 0.0
         self.ready = asyncio.Event()
+        # Where counters go at once, besides the counters topic, when the API's counter table
+        # is in this process (`tally up`): called with the values and the time in ms they
+        # are current to, as each fetch is prepared (see CounterTable.hand_over).
+        self.hand_over: Callable[[dict[CounterKey, int], int], None] | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -383,10 +388,15 @@ class Worker:
         that quota reads see their events without waiting for the insert. This is safe: the
         values are absolute and a function of the events alone, so if the worker dies before
         the batches are stored, they are read and counted again and the same values come out;
-        the offsets still move only once the batches are stored."""
+        the offsets still move only once the batches are stored. A counter table in this
+        process has them at once; the topic has them at the next publication."""
+        values: dict[CounterKey, int] = {}
         for tp, result in prepared:
             state = self.states[tp.partition]
-            self._early.update(projected(state, result, self._unapplied(tp.partition)))
+            values.update(projected(state, result, self._unapplied(tp.partition)))
+        self._early.update(values)
+        if self.hand_over is not None and values:
+            self.hand_over(values, int(time.time() * 1000))
 
     async def _publish_early(self, at_once: bool = False) -> None:
         """Send the counters of prepared batches: a few keys at once, many at most every
@@ -440,7 +450,10 @@ class Worker:
                 )
             # The batch's meters went out when it was prepared (_count_early): publishing
             # them now could move a key back behind a batch prepared since. Sessions remain.
-            await self._publish({k: v for k, v in changed.items() if k not in result.deltas})
+            sessions = {k: v for k, v in changed.items() if k not in result.deltas}
+            if self.hand_over is not None and sessions:
+                self.hand_over(sessions, int(time.time() * 1000))
+            await self._publish(sessions)
             self.processed += len(result.rows)
             self.duplicates += result.duplicates
             metrics.batch_done(result.types, result.duplicates)

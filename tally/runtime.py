@@ -97,6 +97,9 @@ class Tally:
             await self.retention.start()
             if self.worker is not None:
                 worker = self.worker
+                # One process: the worker's counters reach quota reads without the round
+                # trip through the counters topic (which still carries them to other APIs).
+                worker.hand_over = counters.hand_over
 
                 async def worker_ready() -> bool:
                     return worker.ready.is_set()

@@ -3,8 +3,11 @@
 import random
 from datetime import UTC, datetime
 
-from api.counter_table import CounterTable
+import orjson
+
+from api.counter_table import HANDED_OVER_FOR_MS, CounterTable
 from tally.domain import counters
+from tally.domain.counters import encode_key
 
 
 def test_window_totals_follow_every_value_that_arrives():
@@ -30,3 +33,35 @@ def test_expiring_old_days_drops_the_window_totals_with_them():
     assert table.total("a", counters.TOKENS, old) == 5
     assert table.expire(now) == 1
     assert table.total("a", counters.TOKENS, old) == 0
+
+
+def _message(table: CounterTable, key, value: int, t: int) -> None:
+    """A counters-topic message as the table's consumer applies it."""
+    table._apply(encode_key(key), orjson.dumps({"v": value, "t": t}))
+
+
+def test_a_value_handed_over_is_read_at_once_and_older_messages_do_not_undo_it():
+    table = CounterTable("unused:9092")
+    key, other = ("a", counters.TOKENS, 100), ("b", counters.TOKENS, 100)
+    _message(table, key, 5, t=900)
+    table.hand_over({key: 20}, at_ms=1_000)
+    assert table.get(key) == 20
+    assert table.total("a", counters.TOKENS, range(90, 101)) == 20
+    _message(table, key, 10, t=990)  # published before: on its way when 20 was handed over
+    _message(table, key, 20, t=1_000)  # the same publication coming back
+    assert table.get(key) == 20
+    assert table.total("a", counters.TOKENS, range(90, 101)) == 20
+    _message(table, other, 7, t=990)  # keys not handed over take the topic's values
+    assert table.get(other) == 7
+    _message(table, key, 30, t=1_010)  # published later (another worker after a rebalance)
+    assert table.get(key) == 30
+    assert table.total("a", counters.TOKENS, range(90, 101)) == 30
+
+
+def test_handed_over_keys_are_forgotten_after_a_while():
+    table = CounterTable("unused:9092")
+    key = ("a", counters.TOKENS, 100)
+    table.hand_over({key: 20}, at_ms=1_000)
+    table._forget_handed(1_000 + HANDED_OVER_FOR_MS + 1)
+    _message(table, key, 25, t=1_000)  # the topic alone decides again
+    assert table.get(key) == 25
