@@ -88,14 +88,15 @@ async def _load(bootstrap: str, rate: int, seconds: float, limit: int | None = N
 
 
 class _Load:
-    """The background load in a process of its own; `stop()` returns the events/s it sent
-    and the share of a core it used doing so."""
+    """The background load in a process of its own. `running()` waits for its first report
+    (a second of sending); `stop()` returns the events/s it sent from then on and the share
+    of a core it used doing so, so that the process's start-up counts in neither."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
-        self.sent = 0
-        self.cpu = 0.0
-        self.started = time.perf_counter()
+        self.first: tuple[float, int, float] | None = None  # (when, sent, cpu) first reported
+        self.last: tuple[float, int, float] | None = None
+        self._started = asyncio.Event()
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
@@ -115,15 +116,24 @@ class _Load:
         assert self.proc.stdout is not None
         async for line in self.proc.stdout:
             sent, cpu = line.split()
-            self.sent, self.cpu = int(sent), float(cpu)
+            self.last = (time.perf_counter(), int(sent), float(cpu))
+            if self.first is None:
+                self.first = self.last
+                self._started.set()
+
+    async def running(self, timeout: float = 60) -> None:
+        await asyncio.wait_for(self._started.wait(), timeout)
 
     async def stop(self) -> tuple[int, float]:
-        elapsed = time.perf_counter() - self.started
         if self.proc.returncode is None:
             self.proc.terminate()
         await self.proc.wait()
         self._reader.cancel()
-        return round(self.sent / elapsed), round(self.cpu / elapsed, 2)
+        if self.first is None or self.last is None or self.last[0] <= self.first[0]:
+            return 0, 0.0
+        elapsed = self.last[0] - self.first[0]
+        sent, cpu = self.last[1] - self.first[1], self.last[2] - self.first[2]
+        return round(sent / elapsed), round(cpu / elapsed, 2)
 
 
 async def freshness(tally: Tally, samples: int, background_rate: int) -> dict[str, float]:
@@ -140,7 +150,8 @@ async def freshness(tally: Tally, samples: int, background_rate: int) -> dict[st
     latencies = []
     load_eps, load_cpu = 0, 0.0
     try:
-        await asyncio.sleep(1.0 if load else 0)
+        if load:
+            await load.running()
         expected = 0
         for i in range(samples):
             day = counters.epoch_day(datetime.now(UTC))
