@@ -24,7 +24,7 @@ log = logging.getLogger("tally.sink")
 
 COUNTER_HISTORY_DAYS = 70
 MINUTE_HISTORY_S = 3_600
-BLOCK_ROWS = 2_000
+BLOCK_ROWS = 500
 
 _TIME = pa.timestamp("us", tz="UTC")
 _TYPES = {

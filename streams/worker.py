@@ -263,7 +263,6 @@ class Worker:
                 # and never holds back what quota reads see.
                 prepared = await self._prepare(batch) if batch else []
                 if prepared:
-                    self._count_early(prepared)
                     self._queued.extend(prepared)
                 else:
                     await self._check_logs()
@@ -368,7 +367,6 @@ class Worker:
                 await self._settle()
                 await self._log_reset(tp, msgs[0].offset, read_to)
                 return []
-        started = time.perf_counter()
         now = datetime.now(UTC)
         results: Prepared = []
         for tp, msgs in fetched.items():
@@ -378,22 +376,26 @@ class Worker:
             # A fetch may start at the first offset of the record batch holding our mark.
             records = msgs if msgs[0].offset >= first else [m for m in msgs if m.offset >= first]
             if records:
+                started = time.perf_counter()
                 result = process(state, records, self.pricer, now, state.epoch, before)
+                self._time("process", started)
                 results.append((tp, result))
-        self._time("process", started)
+                self._count_early(state, result, before)
+                # Let the fetcher ask for the partition's next records, and quota reads run,
+                # before the next partition's work.
+                await asyncio.sleep(0)
         return results
 
-    def _count_early(self, prepared: Prepared) -> None:
-        """What prepared batches make of the counters, to publish before they are stored, so
-        that quota reads see their events without waiting for the insert. This is safe: the
+    def _count_early(
+        self, state: PartitionState, result: BatchResult, before: list[BatchResult]
+    ) -> None:
+        """What a prepared batch makes of the counters, to publish before it is stored, so
+        that quota reads see its events without waiting for the insert. This is safe: the
         values are absolute and a function of the events alone, so if the worker dies before
-        the batches are stored, they are read and counted again and the same values come out;
-        the offsets still move only once the batches are stored. A counter table in this
-        process has them at once; the topic has them at the next publication."""
-        values: dict[CounterKey, int] = {}
-        for tp, result in prepared:
-            state = self.states[tp.partition]
-            values.update(projected(state, result, self._unapplied(tp.partition)))
+        the batch is stored, it is read and counted again and the same values come out; the
+        offsets still move only once the batch is stored. A counter table in this process
+        has them at once; the topic has them at the next publication."""
+        values = projected(state, result, before)
         self._early.update(values)
         if self.hand_over is not None and values:
             self.hand_over(values, int(time.time() * 1000))
