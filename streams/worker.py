@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import OffsetAndMetadata
 
 from schemas.prices import PriceBook
@@ -32,6 +33,7 @@ from streams.sink import ClickHouseSink
 from tally import failpoints, metrics
 from tally.config import COUNTERS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, Settings
 from tally.domain.counters import HEARTBEAT_KEY, CounterKey, encode_key
+from tally.domain.partitioning import key_partition
 from tally.domain.pricing import Pricer
 from tally.kafka_clients import stop_client
 
@@ -548,13 +550,29 @@ class Worker:
             delay = min(delay * 2, 5.0)
 
     async def _publish(self, values: dict[CounterKey, int]) -> None:
-        """Send absolute counter values: republishing one is always harmless."""
-        assert self._producer is not None
+        """Send absolute counter values: republishing one is always harmless. They go out as
+        one record batch per partition of the topic, each message to the partition a keyed
+        send would pick (so a key's values stay in order on one partition)."""
+        producer = self._producer
+        assert producer is not None
+        if not values:
+            return
+        partitions = len(await producer.partitions_for(COUNTERS_TOPIC))
         at = int(time.time() * 1000)
-        for key, value in values.items():
-            await self._producer.send(
-                COUNTERS_TOPIC, orjson.dumps({"v": value, "t": at}), key=encode_key(key)
-            )
+        batches: dict[int, BatchBuilder] = {}
+        for counter, value in values.items():
+            key = encode_key(counter)
+            message = orjson.dumps({"v": value, "t": at})
+            partition = key_partition(key, partitions)
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = producer.create_batch()
+            if batch.append(key=key, value=message, timestamp=None) is None:  # full
+                await producer.send_batch(batch, COUNTERS_TOPIC, partition=partition)
+                batch = batches[partition] = producer.create_batch()
+                batch.append(key=key, value=message, timestamp=None)
+        for partition, batch in batches.items():
+            await producer.send_batch(batch, COUNTERS_TOPIC, partition=partition)
 
     async def _heartbeat(self) -> None:
         """Per owned partition: the time the counters are current to and the lag behind it."""

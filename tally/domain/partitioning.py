@@ -40,6 +40,13 @@ def murmur2(data: bytes) -> int:
 @lru_cache(maxsize=1 << 16)
 def partition_of(org_id: str, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for key `org_id` among `partitions`."""
+    return key_partition(org_id.encode(), partitions)
+
+
+@lru_cache(maxsize=1 << 18)
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for message key `key` (the worker
+    batches counter messages per partition itself, to the partitions `send(key=...)` picks)."""
     if partitions < 1:
         raise ValueError(f"a topic has at least one partition, not {partitions}")
-    return (murmur2(org_id.encode()) & 0x7FFFFFFF) % partitions
+    return (murmur2(key) & 0x7FFFFFFF) % partitions

@@ -6,7 +6,8 @@ import string
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from tally.domain.partitioning import partition_of
+from tally.domain.counters import encode_key
+from tally.domain.partitioning import key_partition, partition_of
 
 COUNTS = (1, 2, 3, 4, 6, 7, 8, 12, 16, 24, 48, 100, 1024)
 
@@ -26,6 +27,15 @@ def test_the_partition_of_an_org_is_the_one_aiokafka_picks_for_its_key():
         parts = list(range(n))
         for org in keys(3_000):
             assert partition_of(org, n) == partitioner(org.encode(), parts, parts), (org, n)
+
+
+def test_the_partition_of_a_counter_key_is_the_one_aiokafka_picks_for_it():
+    partitioner = DefaultPartitioner()
+    for n in COUNTS:
+        parts = list(range(n))
+        for i, org in enumerate(keys(500)):
+            key = encode_key((org, "tokens", 20_000 + i))
+            assert key_partition(key, n) == partitioner(key, parts, parts), (org, n)
 
 
 def test_every_partition_gets_orgs_and_a_count_below_one_is_refused():
