@@ -88,6 +88,7 @@ class Worker:
         self._early: dict[CounterKey, int] = {}
         self._sent_early_at = 0.0
         self._stored_at = 0.0
+        self._committing: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
         # Where counters go at once, besides the counters topic, when the API's counter table
         # is in this process (`tally up`): called with the values and the time in ms they
@@ -140,6 +141,11 @@ class Worker:
                 if self._inflight is not None:
                     self._inflight[1].cancel()
                 self._inflight, self._queued = None, []
+        if self._committing is not None:
+            try:
+                await asyncio.wait_for(self._committed(), STOP_DRAIN_S)
+            except Exception as exc:  # informational offsets: the stored marks count
+                log.warning("last offset commit did not finish at shutdown: %r", exc)
         if self._consumer is not None:
             await stop_client(self._consumer, CLOSE_TIMEOUT_S)
             self._consumer = None
@@ -320,6 +326,7 @@ class Worker:
         if self._queued:
             self._start_store()
             await self._complete()
+        await self._committed()
 
     def _unapplied(self, partition: int) -> list[BatchResult]:
         """The partition's batches prepared but not yet applied, oldest first."""
@@ -461,12 +468,28 @@ class Worker:
             self.processed += len(result.rows)
             self.duplicates += result.duplicates
             metrics.batch_done(result.types, result.duplicates)
+        # Waiting for the broker to acknowledge them and to take the offsets (informational:
+        # the stored marks are what a restart reads) happens behind the loop, one at a time.
+        await self._committed()
+        offsets = {tp: OffsetAndMetadata(r.last_offset + 1, "") for tp, r in results}
+        self._committing = asyncio.create_task(self._commit(offsets))
+        self._time("publish", started)
+
+    async def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        assert self._consumer is not None
         await self._flush_producer()
         failpoints.hit("worker.after_publish")
-        await self._consumer.commit(
-            {tp: OffsetAndMetadata(r.last_offset + 1, "") for tp, r in results}
-        )
-        self._time("publish", started)
+        await self._consumer.commit(offsets)
+
+    async def _committed(self) -> None:
+        """Wait for the last commit (and the publications before it) to finish."""
+        task = self._committing
+        if task is not None:
+            try:
+                await task
+            finally:
+                if task.done():  # not when only this wait was cancelled: stop() waits again
+                    self._committing = None
 
     def _time(self, phase: str, started: float) -> None:
         elapsed = time.perf_counter() - started
