@@ -193,8 +193,10 @@ async def test_rollups_missing_after_a_partial_insert_are_rebuilt_from_events(
 async def test_raw_events_past_the_plan_retention_go_and_the_rollups_stay(
     client, new_org: OrgFactory, send: Send, stack
 ):
-    org, key = await new_org(plan="free")  # free keeps raw events 7 days
     now = datetime.now(UTC)
+    # Free keeps raw events 7 days; a billing window from 10 days back holds both events,
+    # whatever the day of the month.
+    org, key = await new_org(plan="free", signup_date=(now - timedelta(days=10)).date())
     old = make_event(
         org_id=org, ts=(now - timedelta(days=9)).isoformat(), input_tokens=40, output_tokens=0
     )
