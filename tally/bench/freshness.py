@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from tally.bench.stats import percentile
+from tally.bench.stats import cpu_seconds, percentile
 from tally.broker import die_with_parent
 from tally.config import EVENTS_TOPIC
 from tally.domain import counters
@@ -136,8 +136,11 @@ class _Load:
         return round(sent / elapsed), round(cpu / elapsed, 2)
 
 
-async def freshness(tally: Tally, samples: int, background_rate: int) -> dict[str, float]:
-    """p50/p99 milliseconds from send to visible in the counter table."""
+async def freshness(
+    tally: Tally, samples: int, background_rate: int, broker_pid: int | None = None
+) -> dict[str, float]:
+    """p50/p99 milliseconds from send to visible in the counter table, and the cores the
+    broker used while probing (`broker_cpu`; 0.0 when its process is not known)."""
     assert tally.services is not None and tally.settings.bootstrap_servers
     table = tally.services.counters
     producer = AIOKafkaProducer(
@@ -149,9 +152,11 @@ async def freshness(tally: Tally, samples: int, background_rate: int) -> dict[st
     org = f"probe-{uuid.uuid4().hex[:8]}"
     latencies = []
     load_eps, load_cpu = 0, 0.0
+    broker_cpu = 0.0
     try:
         if load:
             await load.running()
+        broker_from = (time.perf_counter(), cpu_seconds(broker_pid) if broker_pid else None)
         expected = 0
         for i in range(samples):
             day = counters.epoch_day(datetime.now(UTC))
@@ -162,6 +167,9 @@ async def freshness(tally: Tally, samples: int, background_rate: int) -> dict[st
                 await asyncio.sleep(0.001)
             latencies.append((time.perf_counter() - started) * 1000)
             await asyncio.sleep(0.01)
+        if broker_pid and broker_from[1] is not None:
+            used = (cpu_seconds(broker_pid) or broker_from[1]) - broker_from[1]
+            broker_cpu = round(used / (time.perf_counter() - broker_from[0]), 2)
     finally:
         if load:
             load_eps, load_cpu = await load.stop()
@@ -171,6 +179,7 @@ async def freshness(tally: Tally, samples: int, background_rate: int) -> dict[st
         "p99_ms": percentile(latencies, 99),
         "load_eps": load_eps,
         "load_cpu": load_cpu,  # cores the load generator itself used
+        "broker_cpu": broker_cpu,
     }
 
 

@@ -69,7 +69,7 @@ async def run(
             await tally.start()
             try:
                 if workload is not None:
-                    await stream_figures(tally, workload, samples, load_rate, figures)
+                    await stream_figures(tally, workload, samples, load_rate, figures, broker.pid)
                     await http_figures(tally, connections, http_seconds, figures)
                 figures.update(
                     await queries.breakdowns(
@@ -89,19 +89,28 @@ async def run(
 
 
 async def stream_figures(
-    tally: Tally, workload: Workload, samples: int, load_rate: int, figures: dict[str, Any]
+    tally: Tally,
+    workload: Workload,
+    samples: int,
+    load_rate: int,
+    figures: dict[str, Any],
+    broker_pid: int | None = None,
 ) -> None:
     """Drain against the ceiling, then freshness idle and under load."""
     figures["tally_drain_eps"] = round(await drain.tally_drain(tally, workload))
     figures["drain_ratio"] = round(figures["tally_drain_eps"] / figures["ceiling_eps"], 3)
-    idle = await freshness.freshness(tally, samples, 0)
+    idle = await freshness.freshness(tally, samples, 0, broker_pid)
     figures["freshness_idle_p50_ms"] = idle["p50_ms"]
     figures["freshness_idle_p99_ms"] = idle["p99_ms"]
-    loaded = await freshness.freshness(tally, samples, load_rate)
+    figures["freshness_idle_broker_cpu"] = idle["broker_cpu"]
+    loaded = await freshness.freshness(tally, samples, load_rate, broker_pid)
     figures["backlog_after_load_s"] = await drain.caught_up(tally)
     figures["freshness_load_rate"] = load_rate
     figures["freshness_load_eps"] = loaded["load_eps"]
     figures["freshness_load_cpu"] = loaded["load_cpu"]
+    # The embedded broker's cost per request grows with the record batches it holds (see
+    # docs/benchmarks.md): the cores it took while probing under load.
+    figures["freshness_load_broker_cpu"] = loaded["broker_cpu"]
     figures["freshness_load_p50_ms"] = loaded["p50_ms"]
     figures["freshness_load_p99_ms"] = loaded["p99_ms"]
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 
-from tally.bench.freshness import LOAD_ORGS, _load
+from tally.bench.freshness import LOAD_ORGS, _load, freshness
 from tally.domain import counters
 from tests.conftest import eventually
 
@@ -26,3 +27,14 @@ async def test_the_background_load_is_delivered_to_each_orgs_partition_and_count
 
     await eventually(counted, timeout=20)
     assert stack.worker.forwarded == forwarded  # none arrived on another org's partition
+
+
+async def test_freshness_reports_its_samples_and_the_cores_the_broker_took(stack, broker):
+    assert broker.pid is not None
+    figures = await freshness(stack, samples=150, background_rate=2_000, broker_pid=broker.pid)
+    assert 0 < figures["p50_ms"] <= figures["p99_ms"]
+    assert figures["load_eps"] > 0
+    # The broker served the probes and the load: it used some CPU, and at most both cores.
+    assert 0 < figures["broker_cpu"] <= (os.cpu_count() or 1)
+    without = await freshness(stack, samples=5, background_rate=0)
+    assert without["broker_cpu"] == 0.0  # no process named, no figure
