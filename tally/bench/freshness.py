@@ -156,7 +156,8 @@ async def freshness(
     try:
         if load:
             await load.running()
-        broker_from = (time.perf_counter(), cpu_seconds(broker_pid) if broker_pid else None)
+        probing_from = time.perf_counter()
+        broker_from = cpu_seconds(broker_pid) if broker_pid else None
         expected = 0
         for i in range(samples):
             day = counters.epoch_day(datetime.now(UTC))
@@ -167,9 +168,9 @@ async def freshness(
                 await asyncio.sleep(0.001)
             latencies.append((time.perf_counter() - started) * 1000)
             await asyncio.sleep(0.01)
-        if broker_pid and broker_from[1] is not None:
-            used = (cpu_seconds(broker_pid) or broker_from[1]) - broker_from[1]
-            broker_cpu = round(used / (time.perf_counter() - broker_from[0]), 2)
+        broker_to = cpu_seconds(broker_pid) if broker_pid else None
+        if broker_from is not None and broker_to is not None:
+            broker_cpu = round((broker_to - broker_from) / (time.perf_counter() - probing_from), 2)
     finally:
         if load:
             load_eps, load_cpu = await load.stop()
