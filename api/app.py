@@ -34,6 +34,9 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
         version="0.1.0",
         description="Usage metering for AI-agent platforms: quotas, admission and breakdowns.",
         lifespan=lifespan,
+        # Tally measures itself (`tally.metrics`, Prometheus); FastAPI's own OpenTelemetry
+        # hooks would otherwise look for a configured provider on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.services = services
     errors.install(app)

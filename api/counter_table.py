@@ -34,6 +34,7 @@ class CounterTable:
         self.bootstrap_servers = bootstrap_servers
         self.values: dict[CounterKey, int] = {}
         self.beats: dict[int, tuple[int, int]] = {}  # partition -> (current-to ms, lag)
+        self._freshness: tuple[int | None, int | None] = (None, None)  # of `beats`
         self.ready = asyncio.Event()
         self.applied = 0
         # Window totals already summed, per (org, name): {(first day, end day): total}, kept
@@ -97,9 +98,7 @@ class CounterTable:
 
     def freshness(self) -> tuple[int | None, int | None]:
         """(time in ms the counters are current to, events not yet counted), if known."""
-        if not self.beats:
-            return None, None
-        return min(t for t, _ in self.beats.values()), sum(lag for _, lag in self.beats.values())
+        return self._freshness
 
     async def broker_reachable(self) -> bool:
         """A metadata round trip to the broker, within a second."""
@@ -199,7 +198,13 @@ class CounterTable:
         org, name, bucket = decode_key(key)
         data = orjson.loads(value)
         if org == HEARTBEAT_KEY:
-            self.beats[int(name)] = (int(data["t"]), int(data["v"]))
+            beats = self.beats
+            beats[int(name)] = (int(data["t"]), int(data["v"]))
+            # Read by every quota read; summed here, once per heartbeat.
+            self._freshness = (
+                min(t for t, _ in beats.values()),
+                sum(lag for _, lag in beats.values()),
+            )
             return
         counter = (org, name, bucket)
         if self._handed:

@@ -9,6 +9,7 @@ validation cost several times the read itself, which is a few dict lookups.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -54,11 +55,16 @@ class QuotaFastPath:
                 body = model.__pydantic_serializer__.to_json(model)
                 headers = [(b"content-length", str(len(body)).encode()), _JSON]
                 for name, value in quota.freshness(svc).items():
-                    headers.append((name.lower().encode(), value.encode()))
+                    headers.append((_header_name(name), value.encode()))
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
+
+
+@functools.cache
+def _header_name(name: str) -> bytes:
+    return name.lower().encode()
 
 
 def _bearer(headers: list[tuple[bytes, bytes]]) -> str | None:

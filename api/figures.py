@@ -1,7 +1,9 @@
 """What an org has used, read from the in-memory counter table (never from ClickHouse).
 
 Monthly meters are per-UTC-day counters summed over the org's billing window; the request
-bursts read the current day and minute buckets; sessions the org's running count.
+bursts read the current day and minute buckets; sessions the org's running count. Every
+figure is `None` until the table has caught up. A quota read of one meter reads that meter
+alone; `used()` reads them all (the overview, admission checks).
 """
 
 from __future__ import annotations
@@ -16,17 +18,42 @@ from tally.domain.windows import Window
 UNAVAILABLE = Used(None, None, None, None, None, None, None)
 
 
+def monthly(table: CounterTable, org_id: str, name: str, window: Window) -> int | None:
+    """A monthly meter (`tally.domain.counters` name) summed over the billing window."""
+    if not table.ready.is_set():
+        return None
+    return table.total(org_id, name, day_buckets(window))
+
+
+def requests_day(table: CounterTable, org_id: str, now: datetime) -> int | None:
+    if not table.ready.is_set():
+        return None
+    return table.get((org_id, c.REQUESTS, c.epoch_day(now)))
+
+
+def requests_minute(table: CounterTable, org_id: str, now: datetime) -> int | None:
+    if not table.ready.is_set():
+        return None
+    return table.get((org_id, c.REQUESTS_MINUTE, c.epoch_minute(now)))
+
+
+def sessions(table: CounterTable, org_id: str) -> int | None:
+    """Sessions running now (a count that briefly dips below 0 reads as 0)."""
+    if not table.ready.is_set():
+        return None
+    return max(table.get((org_id, c.SESSIONS, 0)), 0)
+
+
 def used(table: CounterTable, org_id: str, window: Window, now: datetime) -> Used:
-    """Every figure of `org_id` at `now`; all `None` until the table has caught up."""
+    """Every figure of `org_id` at `now`."""
     if not table.ready.is_set():
         return UNAVAILABLE
-    days = day_buckets(window)
     return Used(
-        tokens=table.total(org_id, c.TOKENS, days),
-        tool_calls=table.total(org_id, c.TOOL_CALLS, days),
-        requests=table.total(org_id, c.REQUESTS, days),
-        requests_day=table.get((org_id, c.REQUESTS, c.epoch_day(now))),
-        requests_minute=table.get((org_id, c.REQUESTS_MINUTE, c.epoch_minute(now))),
-        upstream_cost_micros=table.total(org_id, c.UPSTREAM_COST, days),
-        sessions=max(table.get((org_id, c.SESSIONS, 0)), 0),
+        tokens=monthly(table, org_id, c.TOKENS, window),
+        tool_calls=monthly(table, org_id, c.TOOL_CALLS, window),
+        requests=monthly(table, org_id, c.REQUESTS, window),
+        requests_day=requests_day(table, org_id, now),
+        requests_minute=requests_minute(table, org_id, now),
+        upstream_cost_micros=monthly(table, org_id, c.UPSTREAM_COST, window),
+        sessions=sessions(table, org_id),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from prometheus_client import Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tally import metrics
@@ -15,6 +16,9 @@ class HttpMetrics:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # The labelled series, looked up once each (`labels()` costs as much as a quota read's
+        # own lookups).
+        self._series: dict[tuple[str, str, int], Histogram] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -32,7 +36,11 @@ class HttpMetrics:
         try:
             await self.app(scope, receive, send_status)
         finally:
+            elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            metrics.http_seconds.labels(route, scope["method"], str(status)).observe(
-                time.perf_counter() - started
-            )
+            labels = (route, scope["method"], status)
+            series = self._series.get(labels)
+            if series is None:
+                series = metrics.http_seconds.labels(route, scope["method"], str(status))
+                self._series[labels] = series
+            series.observe(elapsed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import UTC, datetime
 
@@ -22,7 +23,10 @@ from schemas.api import (
     SessionQuota,
     TokenQuota,
 )
-from tally.domain.quota import Meter, Overview, overview
+from tally.domain import counters as c
+from tally.domain.quota import Meter, Overview, Sessions, meter, overview
+from tally.domain.quota import figures as quota_figures
+from tally.domain.windows import day_window, minute_window
 
 router = APIRouter(prefix="/api/v2", tags=["quota"], responses=errors("unauthorized"))
 
@@ -32,12 +36,17 @@ def freshness(svc: Services) -> dict[str, str]:
     headers = {}
     current_ms, lag = svc.counters.freshness()
     if current_ms is not None:
-        stamp = datetime.fromtimestamp(current_ms / 1000, UTC)
-        headers["X-Tally-Counters-As-Of"] = stamp.isoformat().replace("+00:00", "Z")
+        headers["X-Tally-Counters-As-Of"] = _as_of(current_ms)
         headers["X-Tally-Staleness-Ms"] = str(max(0, int(time.time() * 1000) - current_ms))
     if lag is not None:
         headers["X-Tally-Stream-Lag"] = str(lag)
     return headers
+
+
+@functools.lru_cache(maxsize=64)
+def _as_of(ms: int) -> str:
+    """A time in ms as RFC 3339 in UTC (the same few values are asked for again and again)."""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
 def freshness_headers(svc: Services, response: Response) -> None:
@@ -45,16 +54,27 @@ def freshness_headers(svc: Services, response: Response) -> None:
     response.headers.update(freshness(svc))
 
 
+def _account(svc: Services, key: ApiKey) -> tuple[datetime, Account]:
+    """Now, and the org's account (plan, subscription, billing window) at that time."""
+    now = datetime.now(UTC)
+    return now, account(svc.registry, svc.plans, key.org_id, now)
+
+
 def read(svc: Services, key: ApiKey) -> tuple[Account, Overview]:
     """The org's account and every meter, now (memory only)."""
-    now = datetime.now(UTC)
-    acct = account(svc.registry, svc.plans, key.org_id, now)
+    now, acct = _account(svc, key)
     used = figures.used(svc.counters, key.org_id, acct.window, now)
     return acct, overview(acct.plan, acct.window, now, used)
 
 
+# Each quota read computes its own meter only (the overview computes all of them, and a read
+# is the hot path of every gateway call); `tally.domain.quota.meter` does the arithmetic.
+
+
 def tokens_body(svc: Services, key: ApiKey) -> TokenQuota:
-    m = read(svc, key)[1].tokens
+    _, acct = _account(svc, key)
+    used = figures.monthly(svc.counters, key.org_id, c.TOKENS, acct.window)
+    m = meter(acct.plan.tokens_per_period, used, acct.window)
     return TokenQuota(
         limit=m.limit,
         used=m.used,
@@ -65,15 +85,28 @@ def tokens_body(svc: Services, key: ApiKey) -> TokenQuota:
 
 
 def tool_calls_body(svc: Services, key: ApiKey) -> MeterQuota:
-    return _meter(read(svc, key)[1].tool_calls)
+    _, acct = _account(svc, key)
+    used = figures.monthly(svc.counters, key.org_id, c.TOOL_CALLS, acct.window)
+    return _meter(meter(acct.plan.tool_calls_per_month, used, acct.window))
 
 
 def requests_body(svc: Services, key: ApiKey) -> RequestQuota:
-    return _requests(read(svc, key)[1])
+    now, acct = _account(svc, key)
+    table, org, plan = svc.counters, key.org_id, acct.plan
+    used = figures.monthly(table, org, c.REQUESTS, acct.window)
+    return _requests(
+        meter(plan.requests_per_month, used, acct.window),
+        meter(
+            plan.requests_per_minute, figures.requests_minute(table, org, now), minute_window(now)
+        ),
+        meter(plan.requests_per_day, figures.requests_day(table, org, now), day_window(now)),
+    )
 
 
 def sessions_body(svc: Services, key: ApiKey) -> SessionQuota:
-    return _sessions(read(svc, key)[1])
+    _, acct = _account(svc, key)
+    f = quota_figures(acct.plan.concurrent_sessions, figures.sessions(svc.counters, key.org_id))
+    return SessionQuota(limit=f.limit, active=f.used, remaining=f.remaining)
 
 
 def _meter(m: Meter) -> MeterQuota:
@@ -86,16 +119,19 @@ def _meter(m: Meter) -> MeterQuota:
     )
 
 
-def _requests(o: Overview) -> RequestQuota:
+def _requests(month: Meter, minute: Meter, day: Meter) -> RequestQuota:
     return RequestQuota(
-        **_meter(o.requests).model_dump(),
-        minute=_meter(o.requests_minute),
-        day=_meter(o.requests_day),
+        limit=month.limit,
+        used=month.used,
+        remaining=month.remaining,
+        window_start=month.window.start,
+        window_end=month.window.end,
+        minute=_meter(minute),
+        day=_meter(day),
     )
 
 
-def _sessions(o: Overview) -> SessionQuota:
-    s = o.sessions
+def _sessions(s: Sessions) -> SessionQuota:
     return SessionQuota(limit=s.limit, active=s.active, remaining=s.remaining)
 
 
@@ -161,8 +197,8 @@ async def quota(
         meters=QuotaMeters(
             tokens=_meter(o.tokens),
             tool_calls=_meter(o.tool_calls),
-            requests=_requests(o),
+            requests=_requests(o.requests, o.requests_minute, o.requests_day),
             upstream_cost_micros=_meter(o.upstream_cost_micros),
-            sessions=_sessions(o),
+            sessions=_sessions(o.sessions),
         ),
     )

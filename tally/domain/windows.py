@@ -35,18 +35,27 @@ def _shift(year: int, month: int, by: int) -> tuple[int, int]:
     return index // 12, index % 12 + 1
 
 
+# The window last computed for each anchor day: one period contains `now` for a given anchor,
+# so while it still does it is the answer (every quota read asks for the current one).
+_last: dict[int, Window] = {}
+
+
 def monthly_window(anchor_day: int, now: datetime) -> Window:
     """The monthly period anchored on `anchor_day` (1-31) that contains `now`."""
-    if not 1 <= anchor_day <= 31:
-        raise ValueError("anchor_day must be between 1 and 31")
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
+    last = _last.get(anchor_day)
+    if last is not None and last.start <= now < last.end:
+        return last
+    if not 1 <= anchor_day <= 31:
+        raise ValueError("anchor_day must be between 1 and 31")
     now = now.astimezone(UTC)
     start = _anchored(now.year, now.month, anchor_day)
     if now < start:
         start = _anchored(*_shift(now.year, now.month, -1), anchor_day)
     end = _anchored(*_shift(start.year, start.month, 1), anchor_day)
-    return Window(start, end)
+    window = _last[anchor_day] = Window(start, end)
+    return window
 
 
 def day_window(now: datetime) -> Window:

@@ -1,6 +1,8 @@
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tally.domain.quota import billing_window, day_buckets, figures
 from tally.domain.windows import day_window, minute_window, monthly_window
@@ -91,3 +93,30 @@ def test_leap_day_anchor():
     assert (w.start, w.end) == (at(2029, 2, 28), at(2029, 3, 29))
     w = billing_window(date(2028, 2, 29), at(2032, 2, 29))
     assert (w.start, w.end) == (at(2032, 2, 29), at(2032, 3, 29))
+
+
+@given(
+    anchor=st.integers(1, 31),
+    times=st.lists(
+        st.datetimes(
+            min_value=datetime(2000, 1, 1),
+            max_value=datetime(2100, 1, 1),
+            timezones=st.just(UTC),
+        ),
+        min_size=1,
+        max_size=20,
+    ),
+)
+def test_the_window_of_any_time_asked_in_any_order_is_the_one_containing_it(anchor, times):
+    """Asked back and forth in time, each answer is the anchored period holding that time
+    (the last window per anchor is reused only while it holds the time asked about)."""
+    import calendar
+
+    for t in times:
+        w = monthly_window(anchor, t)
+        assert w.contains(t)
+        last = calendar.monthrange(w.start.year, w.start.month)[1]
+        assert w.start.day == min(anchor, last) and w.start.time() == time(0)
+        month_after = calendar.monthrange(w.end.year, w.end.month)[1]
+        assert w.end.day == min(anchor, month_after) and w.end.time() == time(0)
+        assert (w.end.year * 12 + w.end.month) - (w.start.year * 12 + w.start.month) == 1
