@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from api import errors, openapi
 from api.fastpath import QuotaFastPath
@@ -28,8 +30,19 @@ from api.state import Services
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
+class TallyAPI(FastAPI):
+    """The FastAPI app, with the quota reads answered in front of it (`api.fastpath`)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._entry = QuotaFastPath(super().__call__, self)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._entry(scope, receive, send)
+
+
 def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
-    app = FastAPI(
+    app = TallyAPI(
         title="Tally",
         version="0.1.0",
         description="Usage metering for AI-agent platforms: quotas, admission and breakdowns.",
@@ -52,7 +65,6 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
     app.include_router(subscriptions.router)
     app.include_router(ops.router)
     app.include_router(ops.admin)
-    app.add_middleware(QuotaFastPath, api=app)  # inside HttpMetrics: reads are measured
     app.add_middleware(HttpMetrics)
     openapi.install(app)
     return app

@@ -35,6 +35,10 @@ class CounterTable:
         self.values: dict[CounterKey, int] = {}
         self.beats: dict[int, tuple[int, int]] = {}  # partition -> (current-to ms, lag)
         self._freshness: tuple[int | None, int | None] = (None, None)  # of `beats`
+        # What a quota read's answer can be cached by: a count per org that moves whenever
+        # one of its values does, and one for the whole table (caught up, expired).
+        self._org_changes: dict[str, int] = {}
+        self._table_changes = 0
         self.ready = asyncio.Event()
         self.applied = 0
         # Window totals already summed, per (org, name): {(first day, end day): total}, kept
@@ -45,6 +49,10 @@ class CounterTable:
         self._handed: dict[CounterKey, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
+
+    def changes(self, org_id: str) -> tuple[int, int]:
+        """Moves whenever anything a read of `org_id` gives may have changed."""
+        return self._table_changes, self._org_changes.get(org_id, 0)
 
     def get(self, key: CounterKey) -> int:
         return self.values.get(key, 0)
@@ -66,8 +74,12 @@ class CounterTable:
         """Take a key's latest absolute value, and move the window totals that include it."""
         before = self.values.get(key, 0)
         self.values[key] = value
-        windows = self._sums.get((key[0], key[1]))
-        if windows and value != before:
+        if value == before:
+            return
+        org = key[0]
+        self._org_changes[org] = self._org_changes.get(org, 0) + 1
+        windows = self._sums.get((org, key[1]))
+        if windows:
             bucket = key[2]
             for span in windows:
                 if span[0] <= bucket < span[1]:
@@ -94,6 +106,7 @@ class CounterTable:
         for k in stale:
             del self.values[k]
         self._sums.clear()  # summed again on the next read of each window
+        self._table_changes += 1
         return len(stale)
 
     def freshness(self) -> tuple[int | None, int | None]:
@@ -191,6 +204,7 @@ class CounterTable:
             if not pending and not self.ready.is_set():
                 log.info("counter table caught up: %d keys", len(self.values))
                 self.ready.set()
+                self._table_changes += 1
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None or value is None:

@@ -1,27 +1,38 @@
 """Quota reads without the framework: the hot path of every gateway call, in plain ASGI.
 
 A `GET` of a quota read with `Authorization: Bearer <known key>` and no query string is
-answered here, from the same functions as the FastAPI routes (`api.routes.quota`) and with
-the same bytes; anything else (no key, an unknown one, a query string, another method) goes
-on to the routes, which word the error. Routing, dependency injection and response
-validation cost several times the read itself, which is a few dict lookups.
+answered here, before FastAPI's middleware and routing, from the same functions as the
+FastAPI routes (`api.routes.quota`) and with the same bytes; anything else (no key, an
+unknown one, a query string, another method) goes on to the app, whose routes word the
+error. Routing, dependency injection, response validation and the middleware stack cost
+several times the read itself, which is a few dict lookups.
+
+An org's answer is kept and given again, with fresh freshness headers, for as long as
+nothing it was made of can have changed: the org's counters (`CounterTable.changes`), the
+orgs and accounts (their `generation`), and the time (`Account.until`: the billing window
+ends, a scheduled change takes effect; and the minute, for the request bursts). The key is
+authenticated on every request.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import NamedTuple
 
 from fastapi import FastAPI
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api import metrics
 from api.registry import ApiKey
 from api.routes import quota
 from api.state import Services
+from api.subscriptions import Account
 
-Read = Callable[[Services, ApiKey], BaseModel]
+Read = Callable[[Services, ApiKey, datetime, Account], BaseModel]
 READS: dict[str, Read] = {
     "/api/v2/quota/tokens": quota.tokens_body,
     "/api/v2/quota/tool-calls": quota.tool_calls_body,
@@ -29,37 +40,66 @@ READS: dict[str, Read] = {
     "/api/v2/sessions/quota": quota.sessions_body,
 }
 _JSON = (b"content-type", b"application/json")
+MAX_KEPT = 100_000  # answers kept (four reads per org); all are dropped past it
 
 
-class _Route(NamedTuple):
-    """What `api.metrics.HttpMetrics` labels a request with: the route's path."""
-
-    path: str
+class _Answer(NamedTuple):
+    body: bytes
+    counters: tuple[int, int]  # CounterTable.changes(org) when it was made
+    accounts: tuple[int, int]  # the registry's and the accounts' generation
+    until: float  # epoch seconds it holds to
 
 
 class QuotaFastPath:
+    """`app` with the quota reads answered in front of it; `api` holds the services."""
+
     def __init__(self, app: ASGIApp, api: FastAPI) -> None:
         self.app = app
         self.api = api
-        self.routes = {path: _Route(path) for path in READS}
+        self.kept: dict[tuple[str, str], _Answer] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        read = READS.get(scope["path"]) if scope["type"] == "http" else None
+        path = scope["path"]
+        read = READS.get(path) if scope["type"] == "http" else None
         if read is not None and scope["method"] == "GET" and not scope["query_string"]:
+            started = time.perf_counter()
             svc: Services = self.api.state.services
             key = _bearer(scope["headers"])
             record = svc.registry.authenticate(key) if key else None
             if record is not None:
-                scope["route"] = self.routes[scope["path"]]
-                model = read(svc, record)
-                body = model.__pydantic_serializer__.to_json(model)
+                body = self._answer(svc, path, read, record)
                 headers = [(b"content-length", str(len(body)).encode()), _JSON]
                 for name, value in quota.freshness(svc).items():
                     headers.append((_header_name(name), value.encode()))
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
+                metrics.observe(path, "GET", 200, time.perf_counter() - started)
                 return
         await self.app(scope, receive, send)
+
+    def _answer(self, svc: Services, path: str, read: Read, record: ApiKey) -> bytes:
+        org = record.org_id
+        counters = svc.counters.changes(org)
+        registry = svc.registry
+        accounts = (registry.generation, registry.accounts.generation)
+        kept = self.kept.get((path, org))
+        if (
+            kept is not None
+            and kept.counters == counters
+            and kept.accounts == accounts
+            and time.time() < kept.until
+        ):
+            return kept.body
+        now, acct = quota.current(svc, record)
+        model = read(svc, record, now, acct)
+        body = model.__pydantic_serializer__.to_json(model)
+        minute_ends = (int(now.timestamp()) // 60 + 1) * 60
+        if len(self.kept) >= MAX_KEPT:
+            self.kept.clear()
+        self.kept[path, org] = _Answer(
+            body, counters, accounts, min(acct.until.timestamp(), minute_ends)
+        )
+        return body
 
 
 @functools.cache

@@ -9,6 +9,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tally import metrics
 
+# The labelled series, looked up once each (`labels()` costs as much as a quota read's own
+# lookups). As many as the histogram has: one per route template, method and status.
+_series: dict[tuple[str, str, int], Histogram] = {}
+
+
+def observe(route: str, method: str, status: int, seconds: float) -> None:
+    """One request's duration under its route template (`api.fastpath` answers some itself)."""
+    labels = (route, method, status)
+    series = _series.get(labels)
+    if series is None:
+        series = _series[labels] = metrics.http_seconds.labels(route, method, str(status))
+    series.observe(seconds)
+
 
 class HttpMetrics:
     """Observe each HTTP request's duration under its route template, never its raw path
@@ -16,9 +29,6 @@ class HttpMetrics:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        # The labelled series, looked up once each (`labels()` costs as much as a quota read's
-        # own lookups).
-        self._series: dict[tuple[str, str, int], Histogram] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -36,11 +46,5 @@ class HttpMetrics:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            labels = (route, scope["method"], status)
-            series = self._series.get(labels)
-            if series is None:
-                series = metrics.http_seconds.labels(route, scope["method"], str(status))
-                self._series[labels] = series
-            series.observe(elapsed)
+            observe(route, scope["method"], status, time.perf_counter() - started)

@@ -156,6 +156,8 @@ class Registry:
         self.orgs: dict[str, Org] = {}
         self.keys: dict[str, ApiKey] = {}
         self.accounts = Accounts(store)  # subscriptions, overrides, workspace settings
+        # Moves whenever the orgs change (with `accounts.generation`: quota reads cache by it).
+        self.generation = 0
         self._since = {"keys": -1, "orgs": -1}  # newest version read, less the margin
 
     async def refresh(self, full: bool = True) -> Snapshot:
@@ -182,6 +184,7 @@ class Registry:
         """Merge a snapshot into memory (no I/O, so no request sees half of it)."""
         if snapshot.orgs:
             self.orgs = merge_orgs(self.orgs, snapshot.orgs)
+            self.generation += 1
         if snapshot.keys:
             self.keys = merge_keys(self.keys, snapshot.keys, self.orgs)
         for table, newest in (("keys", snapshot.newest_key), ("orgs", snapshot.newest_org)):
@@ -199,6 +202,7 @@ class Registry:
             ("org_id", "plan", "signup_date", "created_at", "version"),
         )
         self.orgs[org_id] = org
+        self.generation += 1
         return org
 
     async def create_key(self, org_id: str, mode: str) -> tuple[str, ApiKey]:

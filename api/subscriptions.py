@@ -20,7 +20,7 @@ import orjson
 from pydantic import ValidationError
 
 from schemas.plans import Catalogue, Plan, PlanOverrides, apply_overrides
-from tally.domain.subscriptions import Change, Subscription, initial, state_at
+from tally.domain.subscriptions import Change, Subscription, initial, state_until
 from tally.domain.windows import Window
 from tally.store import Store
 
@@ -128,6 +128,8 @@ class Accounts:
         self._override_seq: dict[str, int] = {}
         self._model_seq: dict[str, int] = {}
         self._since = -1  # newest seq read, less the margin
+        # Moves whenever anything `account()` reads changes (quota reads cache by it).
+        self.generation = 0
 
     @property
     def lock(self) -> asyncio.Lock:
@@ -191,6 +193,8 @@ class Accounts:
                 self._model_seq[org_id] = seq
         self._seq = max(self._seq, snapshot.newest)
         self._since = max(self._since, snapshot.newest - MARGIN_US)
+        if snapshot.changes or snapshot.overrides or snapshot.default_models:
+            self.generation += 1
 
     def effective(self, org_id: str, plan: Plan, overrides: PlanOverrides | None) -> Plan:
         """`plan` with the org's overrides applied, computed once per plan and overrides."""
@@ -208,8 +212,12 @@ class Accounts:
         return result
 
     def subscription(self, org: Org, now: datetime) -> Subscription:
+        return self.subscription_until(org, now)[0]
+
+    def subscription_until(self, org: Org, now: datetime) -> tuple[Subscription, datetime | None]:
+        """The subscription at `now`, and the time it may change by itself (`state_until`)."""
         start = initial(org.plan, org.signup_date)
-        return state_at(start, self.changes.get(org.org_id, ()), now)
+        return state_until(start, self.changes.get(org.org_id, ()), now)
 
     def history(self, org_id: str) -> list[Change]:
         return list(self.changes.get(org_id, ()))
@@ -231,6 +239,7 @@ class Accounts:
         self._seq_of[c] = seq
         # A new list rather than an append: a refresh may be comparing the old one.
         self.changes[org_id] = [*self.changes.get(org_id, ()), c]
+        self.generation += 1
 
     async def set_overrides(self, org_id: str, overrides: PlanOverrides, now: datetime) -> None:
         body = orjson.dumps(overrides.updates()).decode()
@@ -242,6 +251,7 @@ class Accounts:
         )
         self.overrides[org_id] = overrides
         self._override_seq[org_id] = seq
+        self.generation += 1
 
     async def set_default_model(self, org_id: str, model: str | None, now: datetime) -> None:
         seq = self._next_seq(now)
@@ -252,6 +262,7 @@ class Accounts:
         )
         self.default_models[org_id] = model
         self._model_seq[org_id] = seq
+        self.generation += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +275,9 @@ class Account:
     window: Window
     default_model: str | None
     overridden: tuple[str, ...]
+    # All of the above holds until then, unless a change is recorded: the window ends, a
+    # scheduled change takes effect, or a change recorded for later comes due.
+    until: datetime
 
     @property
     def anchor(self) -> date:
@@ -289,14 +303,16 @@ def plan_in_force(catalogue: Catalogue, name: str) -> Plan:
 def account(registry: Registry, catalogue: Catalogue, org_id: str, now: datetime) -> Account:
     org = registry.orgs[org_id]
     accounts = registry.accounts
-    sub = accounts.subscription(org, now)
+    sub, later = accounts.subscription_until(org, now)
+    window = sub.window(now)
     base = plan_in_force(catalogue, sub.plan)
     overrides = accounts.overrides.get(org_id) if base.custom else None
     return Account(
         org=org,
         subscription=sub,
         plan=accounts.effective(org_id, base, overrides),
-        window=sub.window(now),
+        window=window,
         default_model=accounts.default_models.get(org_id),
         overridden=tuple(overrides.updates()) if overrides else (),
+        until=window.end if later is None or later > window.end else later,
     )

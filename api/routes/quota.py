@@ -54,7 +54,7 @@ def freshness_headers(svc: Services, response: Response) -> None:
     response.headers.update(freshness(svc))
 
 
-def _account(svc: Services, key: ApiKey) -> tuple[datetime, Account]:
+def current(svc: Services, key: ApiKey) -> tuple[datetime, Account]:
     """Now, and the org's account (plan, subscription, billing window) at that time."""
     now = datetime.now(UTC)
     return now, account(svc.registry, svc.plans, key.org_id, now)
@@ -62,17 +62,17 @@ def _account(svc: Services, key: ApiKey) -> tuple[datetime, Account]:
 
 def read(svc: Services, key: ApiKey) -> tuple[Account, Overview]:
     """The org's account and every meter, now (memory only)."""
-    now, acct = _account(svc, key)
+    now, acct = current(svc, key)
     used = figures.used(svc.counters, key.org_id, acct.window, now)
     return acct, overview(acct.plan, acct.window, now, used)
 
 
 # Each quota read computes its own meter only (the overview computes all of them, and a read
 # is the hot path of every gateway call); `tally.domain.quota.meter` does the arithmetic.
+# Each takes the time and the account of `current()`.
 
 
-def tokens_body(svc: Services, key: ApiKey) -> TokenQuota:
-    _, acct = _account(svc, key)
+def tokens_body(svc: Services, key: ApiKey, now: datetime, acct: Account) -> TokenQuota:
     used = figures.monthly(svc.counters, key.org_id, c.TOKENS, acct.window)
     m = meter(acct.plan.tokens_per_period, used, acct.window)
     return TokenQuota(
@@ -84,14 +84,12 @@ def tokens_body(svc: Services, key: ApiKey) -> TokenQuota:
     )
 
 
-def tool_calls_body(svc: Services, key: ApiKey) -> MeterQuota:
-    _, acct = _account(svc, key)
+def tool_calls_body(svc: Services, key: ApiKey, now: datetime, acct: Account) -> MeterQuota:
     used = figures.monthly(svc.counters, key.org_id, c.TOOL_CALLS, acct.window)
     return _meter(meter(acct.plan.tool_calls_per_month, used, acct.window))
 
 
-def requests_body(svc: Services, key: ApiKey) -> RequestQuota:
-    now, acct = _account(svc, key)
+def requests_body(svc: Services, key: ApiKey, now: datetime, acct: Account) -> RequestQuota:
     table, org, plan = svc.counters, key.org_id, acct.plan
     used = figures.monthly(table, org, c.REQUESTS, acct.window)
     return _requests(
@@ -103,8 +101,7 @@ def requests_body(svc: Services, key: ApiKey) -> RequestQuota:
     )
 
 
-def sessions_body(svc: Services, key: ApiKey) -> SessionQuota:
-    _, acct = _account(svc, key)
+def sessions_body(svc: Services, key: ApiKey, now: datetime, acct: Account) -> SessionQuota:
     f = quota_figures(acct.plan.concurrent_sessions, figures.sessions(svc.counters, key.org_id))
     return SessionQuota(limit=f.limit, active=f.used, remaining=f.remaining)
 
@@ -148,7 +145,7 @@ async def token_quota(
 ) -> TokenQuota:
     """Tokens used this billing period against the plan's allowance."""
     freshness_headers(svc, response)
-    return tokens_body(svc, key)
+    return tokens_body(svc, key, *current(svc, key))
 
 
 @router.get("/quota/tool-calls", response_model=MeterQuota, responses=fresh(MeterQuota))
@@ -157,7 +154,7 @@ async def tool_call_quota(
 ) -> MeterQuota:
     """Successful live tool calls this billing period (failed and test-key calls are free)."""
     freshness_headers(svc, response)
-    return tool_calls_body(svc, key)
+    return tool_calls_body(svc, key, *current(svc, key))
 
 
 @router.get("/quota/requests", response_model=RequestQuota, responses=fresh(RequestQuota))
@@ -166,7 +163,7 @@ async def request_quota(
 ) -> RequestQuota:
     """Live gateway requests this billing period, with the minute and day burst windows."""
     freshness_headers(svc, response)
-    return requests_body(svc, key)
+    return requests_body(svc, key, *current(svc, key))
 
 
 @router.get("/sessions/quota", response_model=SessionQuota, responses=fresh(SessionQuota))
@@ -175,7 +172,7 @@ async def session_quota(
 ) -> SessionQuota:
     """Sessions running now against the plan's concurrency limit."""
     freshness_headers(svc, response)
-    return sessions_body(svc, key)
+    return sessions_body(svc, key, *current(svc, key))
 
 
 @router.get("/quota", response_model=QuotaOverview, responses=fresh(QuotaOverview))

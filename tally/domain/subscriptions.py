@@ -107,14 +107,28 @@ def _settle(s: Subscription, t: datetime) -> Subscription:
 
 def state_at(start: Subscription, changes: Iterable[Change], t: datetime) -> Subscription:
     """The subscription in force at `t`, given every change in the order it was recorded."""
+    return state_until(start, changes, t)[0]
+
+
+def state_until(
+    start: Subscription, changes: Iterable[Change], t: datetime
+) -> tuple[Subscription, datetime | None]:
+    """`state_at(t)`, and the first time after `t` at which it may be different with no
+    new change recorded: a scheduled change taking effect, or a change recorded for later
+    (`None`: it stays as it is)."""
     s = start
+    later = None
     for c in changes:
         if c.recorded_at > t:
+            later = c.recorded_at
             break
         s = _settle(s, c.recorded_at)
         now_or_later = c.kind in ("status", "resume") or c.immediate
         s = _apply(s, c) if now_or_later else replace(s, pending=c)
-    return _settle(s, t)
+    s = _settle(s, t)
+    if s.pending is not None and (later is None or s.pending.effective_at < later):
+        later = s.pending.effective_at
+    return s, later
 
 
 def _anchor_after(s: Subscription, current: Plan, target: Plan, signup: date, at: datetime) -> date:

@@ -256,8 +256,8 @@ async def test_test_keys_are_never_capped(client, new_org: OrgFactory, send: Sen
     await eventually(lambda: _used_active(client, live, 2))
 
 
-async def _used_active(client: httpx.AsyncClient, key: str, n: int) -> bool:
-    return (await get(client, key, "/api/v2/sessions/quota")).json()["active"] == n
+async def _used_active(client: httpx.AsyncClient, key: str, n: int, query: str = "") -> bool:
+    return (await get(client, key, "/api/v2/sessions/quota" + query)).json()["active"] == n
 
 
 async def test_trial_ended_and_past_due_refuse_runs_but_not_reads(client, new_org: OrgFactory):
@@ -384,3 +384,53 @@ async def test_the_fast_path_leaves_everything_unusual_to_the_routes(stack, new_
 async def _tokens_are(client, key: str, n: int) -> bool:
     r = await client.get("/api/v2/quota/tokens", headers=bearer(key))
     return r.json()["used"] == n
+
+
+async def test_a_quota_read_never_answers_from_before_a_change(
+    client, new_org: OrgFactory, send: Send
+):
+    """Reads are answered from a kept answer while nothing it was made of has changed: a
+    plan change, overrides, usage, a session or another org's traffic shows at once."""
+    org, key = await new_org("free")
+    other, other_key = await new_org("free")
+
+    async def limits() -> dict[str, object]:
+        return {path: (await get(client, key, path)).json().get("limit") for path in QUOTA_READS}
+
+    assert await limits() == {
+        "/api/v2/quota/tokens": 15_000_000,
+        "/api/v2/quota/tool-calls": 1000,
+        "/api/v2/quota/requests": 10_000,
+        "/api/v2/sessions/quota": 3,
+    }
+    assert (await limits())["/api/v2/quota/tokens"] == 15_000_000  # the kept answers
+    r = await client.put(
+        f"/api/v2/admin/orgs/{org}/subscription", json={"plan": "developer"}, headers=ADMIN
+    )
+    assert r.status_code == 200, r.text
+    assert (await limits())["/api/v2/quota/tokens"] == 65_000_000  # the very next read
+    assert (await limits())["/api/v2/sessions/quota"] == 10
+
+    r = await client.put(
+        f"/api/v2/admin/orgs/{org}/subscription", json={"plan": "enterprise"}, headers=ADMIN
+    )
+    assert r.status_code == 200, r.text
+    r = await client.put(
+        f"/api/v2/admin/orgs/{org}/overrides",
+        json={"tokens_per_period": 7_000_000},
+        headers=ADMIN,
+    )
+    assert r.status_code == 200, r.text
+    assert (await limits())["/api/v2/quota/tokens"] == 7_000_000
+
+    # Usage: the kept answer goes as soon as the counters move; another org's stays its own.
+    await get(client, other_key, "/api/v2/quota/tokens")
+    await send(make_event(org_id=org, input_tokens=40, output_tokens=2))
+    await send(make_event("session.started", org_id=org, session_id="kept-1"))
+    # Waited for through the routes (a query string): then the fast path's next answer.
+    await eventually(lambda: _used(client, key, "/api/v2/quota/tokens?via=route", 42))
+    await eventually(lambda: _used_active(client, key, 1, "?via=route"))
+    assert (await get(client, key, "/api/v2/sessions/quota")).json()["active"] == 1
+    tokens = (await get(client, key, "/api/v2/quota/tokens")).json()
+    assert (tokens["used"], tokens["remaining"]) == (42, 7_000_000 - 42)
+    assert (await get(client, other_key, "/api/v2/quota/tokens")).json()["used"] == 0

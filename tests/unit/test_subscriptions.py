@@ -3,6 +3,8 @@
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tally.catalogue import load_plans
 from tally.domain.subscriptions import (
@@ -12,6 +14,7 @@ from tally.domain.subscriptions import (
     change_status,
     initial,
     state_at,
+    state_until,
 )
 
 CAT = load_plans()
@@ -38,18 +41,21 @@ def plan(name: str):
 def run(start, *steps):
     """Apply (time, target plan name | ('status', status, trial_end) | 'cancel') in order."""
     changes: list[Change] = []
-    s = start
     for t, what in steps:
-        s = state_at(start, changes, t)
-        if what == "cancel":
-            c = change_plan(s, plan(s.plan), CAT.default, SIGNUP, t, cancel=True)
-        elif isinstance(what, tuple):
-            c = change_status(s, plan(s.plan), what[1], what[2], t)
-        else:
-            c = change_plan(s, plan(s.plan), plan(what), SIGNUP, t)
+        c = step(start, changes, t, what)
         if c is not None:
             changes.append(c)
     return changes
+
+
+def step(start, changes, t, what) -> Change | None:
+    """The change one request at `t` records (see `run`)."""
+    s = state_at(start, changes, t)
+    if what == "cancel":
+        return change_plan(s, plan(s.plan), CAT.default, SIGNUP, t, cancel=True)
+    if isinstance(what, tuple):
+        return change_status(s, plan(s.plan), what[1], what[2], t)
+    return change_plan(s, plan(s.plan), plan(what), SIGNUP, t)
 
 
 def test_a_new_org_is_on_its_plan_anchored_on_signup():
@@ -220,3 +226,46 @@ def test_enterprise_upgrade_is_immediate():
     changes = run(start, (at(2026, 2, 1), "enterprise"))
     s = state_at(start, changes, at(2026, 2, 1) + timedelta(milliseconds=1))
     assert (s.plan, s.anchor) == ("enterprise", SIGNUP)
+
+
+_STEP = st.one_of(
+    st.sampled_from(["free", "developer", "starter", "pro", "scale", "cancel"]),
+    st.tuples(
+        st.just("status"),
+        st.sampled_from(["active", "trial", "past_due"]),
+        st.none() | st.integers(0, 60).map(lambda d: at(2026, 3, 1) + timedelta(days=d)),
+    ),
+)
+
+
+@given(
+    first=st.sampled_from(["free", "starter", "pro"]),
+    steps=st.lists(st.tuples(st.integers(0, 120 * 24), _STEP), max_size=6),
+    asked=st.integers(-24, 150 * 24),
+    probes=st.lists(st.floats(0, 1, exclude_max=True), min_size=1, max_size=8),
+)
+def test_the_state_holds_until_the_time_state_until_gives(first, steps, asked, probes):
+    """Between `t` and the time `state_until` gives, the subscription in force is the one at
+    `t` (what lets the quota API keep an org's account until then)."""
+    start = initial(first, SIGNUP)
+    base = at(2026, 2, 1)
+    changes: list[Change] = []
+    for h, what in sorted(steps, key=lambda step: step[0]):
+        try:
+            c = step(start, changes, base + timedelta(hours=h), what)
+        except SubscriptionError:  # refused (a trial with no end, say): nothing recorded
+            continue
+        if c is not None:
+            changes.append(c)
+    t = base + timedelta(hours=asked)
+    s, later = state_until(start, changes, t)
+    assert s == state_at(start, changes, t)
+    end = later if later is not None else t + timedelta(days=400)
+    assert end > t
+    for p in probes:
+        probe = min(t + (end - t) * p, end - timedelta(microseconds=1))  # before `end`
+        assert state_at(start, changes, probe) == s, (probe, later)
+    if later is not None:  # something does happen then: a change is recorded or takes effect
+        recorded = {c.recorded_at for c in changes}
+        effective = {c.effective_at for c in changes}
+        assert later in recorded | effective
