@@ -59,8 +59,8 @@ class QuotaFastPath:
         self.kept: dict[tuple[str, str], _Answer] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope["path"]
-        read = READS.get(path) if scope["type"] == "http" else None
+        path = scope["path"] if scope["type"] == "http" else ""
+        read = READS.get(path)
         if read is not None and scope["method"] == "GET" and not scope["query_string"]:
             started = time.perf_counter()
             svc: Services = self.api.state.services

@@ -434,3 +434,33 @@ async def test_a_quota_read_never_answers_from_before_a_change(
     tokens = (await get(client, key, "/api/v2/quota/tokens")).json()
     assert (tokens["used"], tokens["remaining"]) == (42, 7_000_000 - 42)
     assert (await get(client, other_key, "/api/v2/quota/tokens")).json()["used"] == 0
+
+
+async def test_the_app_runs_a_lifespan_in_front_of_the_fast_path(stack):
+    """The quota reads are answered in front of FastAPI; every other scope reaches it,
+    lifespan events included."""
+    import contextlib
+
+    from api.app import create_app
+
+    events: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        events.append("started")
+        yield
+        events.append("stopped")
+
+    app = create_app(stack.services, lifespan=lifespan)
+    incoming = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    sent: list[str] = []
+
+    async def receive():
+        return next(incoming)
+
+    async def send(message):
+        sent.append(message["type"])
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+    assert events == ["started", "stopped"]
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
