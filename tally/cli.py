@@ -49,7 +49,7 @@ def _logging(settings: Settings) -> None:
 
 async def _serve(settings: Settings, *, worker: bool, api: bool) -> None:
     from api.app import create_app
-    from tally.runtime import Tally, tune_gc
+    from tally.runtime import Tally, settle_gc, tune_gc
     from tally.store import redact
 
     tune_gc()
@@ -65,6 +65,7 @@ async def _serve(settings: Settings, *, worker: bool, api: bool) -> None:
     try:
         if worker:
             await tally.start_worker()
+        settle_gc()
         if api:
             assert tally.services is not None
             app = create_app(tally.services)

@@ -41,6 +41,15 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def settle_gc() -> None:
+    """Once started: keep what start-up loaded (modules, the registry, the catalogue, the
+    worker's state) out of every later collection. Each full collection otherwise scanned
+    all of it again (70-90 ms over 137,000 objects in the API), and every collection costs
+    quota reads their p99 (docs/benchmarks.md). Objects made later are collected as usual."""
+    gc.collect()
+    gc.freeze()
+
+
 class Tally:
     def __init__(
         self,

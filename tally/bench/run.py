@@ -16,7 +16,7 @@ from tally.bench import drain, emitter, freshness, http, queries
 from tally.bench.workload import Workload, generate
 from tally.broker import EmbeddedBroker
 from tally.config import Settings
-from tally.runtime import Tally
+from tally.runtime import Tally, settle_gc
 from tally.topics import ensure_topics
 
 GOALS = {
@@ -67,6 +67,7 @@ async def run(
             )
             tally = Tally(settings)
             await tally.start()
+            settle_gc()  # as `tally up` does once started
             try:
                 if workload is not None:
                     await stream_figures(tally, workload, samples, load_rate, figures, broker.pid)
