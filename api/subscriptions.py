@@ -211,9 +211,6 @@ class Accounts:
         self._effective[org_id] = (plan, overrides, result)
         return result
 
-    def subscription(self, org: Org, now: datetime) -> Subscription:
-        return self.subscription_until(org, now)[0]
-
     def subscription_until(self, org: Org, now: datetime) -> tuple[Subscription, datetime | None]:
         """The subscription at `now`, and the time it may change by itself (`state_until`)."""
         start = initial(org.plan, org.signup_date)
