@@ -16,7 +16,9 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
+
+import pyarrow as pa
 
 from schemas.events import InvalidEvent
 from streams.decode import decode
@@ -53,6 +55,32 @@ EVENT_COLUMNS = (
     "ingested_at",
     "log_epoch",
 )
+
+_TIME = pa.timestamp("us", tz="UTC")
+_TYPES = {
+    "ts": _TIME,
+    "ingested_at": _TIME,
+    "quantity": pa.uint64(),
+    "billable": pa.uint64(),
+    "cost_micros": pa.int64(),
+    "priced": pa.uint8(),
+    "input_tokens": pa.uint64(),
+    "output_tokens": pa.uint64(),
+    "cached_input_tokens": pa.uint64(),
+    "success": pa.uint8(),
+    "cache_hit": pa.uint8(),
+    "partition": pa.uint16(),
+    "offset": pa.uint64(),
+}
+EVENT_SCHEMA = pa.schema([(name, _TYPES.get(name, pa.string())) for name in EVENT_COLUMNS])
+
+
+def event_block(rows: list[list[object]]) -> pa.Table:
+    """The rows of `events` as one block of Arrow columns."""
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(EVENT_SCHEMA)
+    arrays = [pa.array(c, type=t) for c, t in zip(columns, EVENT_SCHEMA.types, strict=True)]
+    return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
+
 
 STARTED, ENDED = 1, 2
 SESSION_BITS = {"session.started": STARTED, "session.ended": ENDED}
@@ -157,6 +185,27 @@ class BatchResult:
     duplicates: int = 0
     ingested_at: float = 0.0
     types: dict[str, int] = field(default_factory=dict)  # stored events by type (metrics)
+    block: pa.Table | None = None  # rows made a column at a time (streams.columns)
+
+    @property
+    def stored(self) -> int:
+        """The events the batch stores."""
+        return len(self.rows) + (self.block.num_rows if self.block is not None else 0)
+
+
+def begin(
+    state: PartitionState, now: datetime, log_epoch: str, pending: Sequence[BatchResult]
+) -> BatchResult:
+    """An empty result for the batch that follows `pending` (or the state's mark)."""
+    first = pending[-1].last_offset + 1 if pending else state.next_offset
+    return BatchResult(state.partition, first - 1, epoch=log_epoch, ingested_at=now.timestamp())
+
+
+def earlier_ids(pending: Sequence[BatchResult]) -> set[str] | tuple[()]:
+    """The event ids of the batches before this one, to look up once per event."""
+    if len(pending) > 1:
+        return set().union(*(p.event_ids for p in pending))
+    return pending[0].event_ids if pending else ()
 
 
 def process(
@@ -168,22 +217,14 @@ def process(
     pending: Sequence[BatchResult] = (),
 ) -> BatchResult:
     """What a batch changes, given the state and the batches before it that are not yet
-    applied (`pending`, oldest first: the worker prepares batches while one is stored)."""
-    ingested = now.astimezone(UTC)
+    applied (`pending`, oldest first: the worker prepares batches while one is stored).
+
+    This is the definition, an event at a time; `streams.columns.process` computes the same
+    for a fetch of the common shape a column at a time, and hands any other fetch to it."""
+    now = now.astimezone(UTC)
+    result = begin(state, now, log_epoch, pending)
     partition, partitions = state.partition, state.partitions
-    first = pending[-1].last_offset + 1 if pending else state.next_offset
-    result = BatchResult(partition, first - 1, epoch=log_epoch, ingested_at=ingested.timestamp())
-    seen = state.seen
-    # The event ids of the batches before this one, looked up once per event.
-    earlier: set[str] | tuple[()] = (
-        set().union(*(p.event_ids for p in pending))
-        if len(pending) > 1
-        else pending[0].event_ids
-        if pending
-        else ()
-    )
-    event_ids, deltas, types = result.event_ids, result.deltas, result.types
-    row = result.rows.append
+    seen, event_ids, earlier = state.seen, result.event_ids, earlier_ids(pending)
     last: Message | None = None
     for record in records:
         last = record
@@ -203,46 +244,61 @@ def process(
             result.duplicates += 1
             continue
         event_ids.add(event_id)
-        usage = measure(event, pricer)
-        org, kind, ts = event["org_id"], event["type"], event["ts"]
-        types[kind] = types.get(kind, 0) + 1
-        counters.add(deltas, org, ts, usage)
-        if kind in SESSION_BITS and event["key_mode"] == "live":
-            _session(result, state, pending, (org, event["session_id"]), SESSION_BITS[kind])
-        get = event.get
-        row(
-            [
-                org,
-                event_id,
-                kind,
-                ts,
-                event["agent_id"],
-                event["run_id"],
-                event["session_id"],
-                event["key_mode"],
-                usage.line_item,
-                usage.item,
-                usage.quantity,
-                usage.billable,
-                usage.cost_micros,
-                int(usage.priced),
-                get("input_tokens", 0),
-                get("output_tokens", 0),
-                get("cached_input_tokens", 0),
-                get("mode", ""),
-                get("tool", ""),
-                int(get("success", True)),
-                int(get("cache_hit", False)),
-                partition,
-                record.offset,
-                ingested,
-                log_epoch,
-            ]
-        )
+        count(result, state, pending, event, record.offset, pricer, now)
     if last is not None:
         result.last_offset = last.offset
         result.last_crc = zlib.crc32(last.value or b"")
     return result
+
+
+def count(
+    result: BatchResult,
+    state: PartitionState,
+    pending: Sequence[BatchResult],
+    event: dict[str, Any],
+    offset: int,
+    pricer: Pricer,
+    now: datetime,
+) -> None:
+    """Add one decoded, routed and new event to `result`: its type, counters, session and
+    row (stored at `now`, the batch's time)."""
+    usage = measure(event, pricer)
+    org, kind, ts = event["org_id"], event["type"], event["ts"]
+    types = result.types
+    types[kind] = types.get(kind, 0) + 1
+    counters.add(result.deltas, org, ts, usage)
+    if kind in SESSION_BITS and event["key_mode"] == "live":
+        _session(result, state, pending, (org, event["session_id"]), SESSION_BITS[kind])
+    get = event.get
+    result.rows.append(
+        [
+            org,
+            event["event_id"],
+            kind,
+            ts,
+            event["agent_id"],
+            event["run_id"],
+            event["session_id"],
+            event["key_mode"],
+            usage.line_item,
+            usage.item,
+            usage.quantity,
+            usage.billable,
+            usage.cost_micros,
+            int(usage.priced),
+            get("input_tokens", 0),
+            get("output_tokens", 0),
+            get("cached_input_tokens", 0),
+            get("mode", ""),
+            get("tool", ""),
+            int(get("success", True)),
+            int(get("cache_hit", False)),
+            result.partition,
+            offset,
+            now,
+            result.epoch,
+        ]
+    )
 
 
 def _misrouted(

@@ -47,7 +47,7 @@ _Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS)]
 _Mode = Literal["managed", "byok"]
 
 
-class _Envelope(msgspec.Struct, tag_field="type", kw_only=True):
+class WireEnvelope(msgspec.Struct, tag_field="type", kw_only=True):
     event_id: _Id
     org_id: _Id
     agent_id: _Id
@@ -60,7 +60,7 @@ class _Envelope(msgspec.Struct, tag_field="type", kw_only=True):
     )
 
 
-class _LlmUsage(_Envelope, tag="llm.usage"):
+class WireLlmUsage(WireEnvelope, tag="llm.usage"):
     model: _Name
     input_tokens: _Count
     output_tokens: _Count
@@ -68,33 +68,39 @@ class _LlmUsage(_Envelope, tag="llm.usage"):
     mode: _Mode = "managed"
 
 
-class _ToolCall(_Envelope, tag="tool.call"):
+class WireToolCall(WireEnvelope, tag="tool.call"):
     connector: _Name
     tool: _Name
     success: bool
 
 
-class _GatewayRequest(_Envelope, tag="gateway.request"):
+class WireGatewayRequest(WireEnvelope, tag="gateway.request"):
     model: _Name
     cache_hit: bool = False
     mode: _Mode = "managed"
 
 
-class _SessionStarted(_Envelope, tag="session.started"):
+class WireSessionStarted(WireEnvelope, tag="session.started"):
     session_id: _Id
 
 
-class _SessionEnded(_Envelope, tag="session.ended"):
+class WireSessionEnded(WireEnvelope, tag="session.ended"):
     session_id: _Id
 
 
-class _StorageUsage(_Envelope, tag="storage.usage"):
+class WireStorageUsage(WireEnvelope, tag="storage.usage"):
     kind: Literal["knowledge_base", "traces"]
     byte_seconds: Annotated[int, msgspec.Meta(ge=0, le=MAX_BYTE_SECONDS)]
 
 
-_wire = msgspec.json.Decoder(
-    _LlmUsage | _ToolCall | _GatewayRequest | _SessionStarted | _SessionEnded | _StorageUsage
+# The common shapes of the wire, as msgspec structs (what `streams.columns` reads too).
+wire = msgspec.json.Decoder(
+    WireLlmUsage
+    | WireToolCall
+    | WireGatewayRequest
+    | WireSessionStarted
+    | WireSessionEnded
+    | WireStorageUsage
 ).decode
 
 
@@ -109,14 +115,21 @@ _known: set[str] = set()
 _KNOWN_MAX = 1 << 16
 
 
-def _id(value: str) -> str:
+def known_id(value: str) -> bool:
+    """Whether `value` has the contract's form of an id (remembered for the ids that repeat)."""
     if value in _known:
-        return value
+        return True
     if not _ID(value):
-        raise _Slow
+        return False
     if len(_known) >= _KNOWN_MAX:
         _known.clear()
     _known.add(value)
+    return True
+
+
+def _id(value: str) -> str:
+    if not known_id(value):
+        raise _Slow
     return value
 
 
@@ -153,7 +166,7 @@ def _time(ts: str) -> datetime:
 
 def _fast(raw: bytes) -> dict[str, Any]:
     try:
-        event = _wire(raw)
+        event = wire(raw)
     except (msgspec.MsgspecError, ValueError):  # refused, not JSON, or not UTF-8
         raise _Slow from None
     when = _time(event.ts)
@@ -171,7 +184,7 @@ def _fast(raw: bytes) -> dict[str, Any]:
         "key_mode": event.key_mode,
         "ts": when,
     }
-    if type(event) is _LlmUsage:
+    if type(event) is WireLlmUsage:
         if event.cached_input_tokens > event.input_tokens:
             raise _Slow
         out["type"] = "llm.usage"
@@ -180,22 +193,22 @@ def _fast(raw: bytes) -> dict[str, Any]:
         out["output_tokens"] = event.output_tokens
         out["cached_input_tokens"] = event.cached_input_tokens
         out["mode"] = event.mode
-    elif type(event) is _ToolCall:
+    elif type(event) is WireToolCall:
         out["type"] = "tool.call"
         out["connector"] = event.connector
         out["tool"] = event.tool
         out["success"] = event.success
-    elif type(event) is _GatewayRequest:
+    elif type(event) is WireGatewayRequest:
         out["type"] = "gateway.request"
         out["model"] = event.model
         out["cache_hit"] = event.cache_hit
         out["mode"] = event.mode
-    elif type(event) is _StorageUsage:
+    elif type(event) is WireStorageUsage:
         out["type"] = "storage.usage"
         out["kind"] = event.kind
         out["byte_seconds"] = event.byte_seconds
     else:
-        out["type"] = "session.started" if type(event) is _SessionStarted else "session.ended"
+        out["type"] = "session.started" if type(event) is WireSessionStarted else "session.ended"
     return out
 
 

@@ -11,11 +11,12 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 
 import pyarrow as pa
 
-from streams.batch import ENDED, EVENT_COLUMNS, STARTED, PartitionState
+from streams.batch import ENDED, STARTED, PartitionState, event_block
 from tally.domain import counters
 from tally.store import Store
 from tally.store import queries as q
@@ -26,31 +27,6 @@ COUNTER_HISTORY_DAYS = 70
 MINUTE_HISTORY_S = 3_600
 BLOCK_ROWS = 500
 
-_TIME = pa.timestamp("us", tz="UTC")
-_TYPES = {
-    "ts": _TIME,
-    "ingested_at": _TIME,
-    "quantity": pa.uint64(),
-    "billable": pa.uint64(),
-    "cost_micros": pa.int64(),
-    "priced": pa.uint8(),
-    "input_tokens": pa.uint64(),
-    "output_tokens": pa.uint64(),
-    "cached_input_tokens": pa.uint64(),
-    "success": pa.uint8(),
-    "cache_hit": pa.uint8(),
-    "partition": pa.uint16(),
-    "offset": pa.uint64(),
-}
-EVENT_SCHEMA = pa.schema([(name, _TYPES.get(name, pa.string())) for name in EVENT_COLUMNS])
-
-
-def event_block(rows: list[list[object]]) -> pa.Table:
-    """The rows of `events` as one block of Arrow columns."""
-    columns = list(zip(*rows, strict=True)) if rows else [()] * len(EVENT_SCHEMA)
-    arrays = [pa.array(c, type=t) for c, t in zip(columns, EVENT_SCHEMA.types, strict=True)]
-    return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
-
 
 class ClickHouseSink:
     def __init__(self, store: Store, log_epoch: str, dedup_window_s: int) -> None:
@@ -59,10 +35,15 @@ class ClickHouseSink:
         self.dedup_window_s = dedup_window_s
         self.failures = 0
 
-    async def write(self, rows: list[list[object]], marks: dict[int, tuple[str, int, int]]) -> None:
-        """Store rows, then per partition the next offset and the CRC-32 of the message
-        before it; retry until both are stored."""
-        if not rows and not marks:
+    async def write(
+        self,
+        rows: list[list[object]],
+        marks: dict[int, tuple[str, int, int]],
+        blocks: Sequence[pa.Table] = (),
+    ) -> None:
+        """Store rows (and blocks of rows already in columns), then per partition the next
+        offset and the CRC-32 of the message before it; retry until both are stored."""
+        if not rows and not marks and not blocks:
             return
         now = datetime.now(UTC)
         offset_rows = [[e, p, nxt, crc, now] for p, (e, nxt, crc) in marks.items()]
@@ -70,11 +51,11 @@ class ClickHouseSink:
         token = ",".join(f"{e}|{p}:{n}" for p, (e, n, _) in sorted(marks.items()))
         # Converted a slice at a time on the loop, which runs in between: converting holds
         # the interpreter either way, and one long stretch would hold up quota reads.
-        blocks = []
+        parts = list(blocks)
         for i in range(0, len(rows), BLOCK_ROWS):
-            blocks.append(event_block(rows[i : i + BLOCK_ROWS]))
+            parts.append(event_block(rows[i : i + BLOCK_ROWS]))
             await asyncio.sleep(0)
-        block = pa.concat_tables(blocks) if blocks else event_block([])
+        block = pa.concat_tables(parts) if parts else event_block([])
         delay = 0.1
         while True:
             try:

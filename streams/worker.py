@@ -27,8 +27,9 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import OffsetAndMetadata
 
 from schemas.prices import PriceBook
+from streams import columns
 from streams.assignor import CountingAssignor
-from streams.batch import BatchResult, PartitionState, apply, process, projected
+from streams.batch import BatchResult, PartitionState, apply, projected
 from streams.sink import ClickHouseSink
 from tally import failpoints, metrics
 from tally.config import COUNTERS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, Settings
@@ -304,7 +305,7 @@ class Worker:
     def _backlog(self) -> int:
         """Rows prepared and waiting for the insert after the one under way; at four fetches'
         worth the loop waits for the store (a bound on memory while the store is slow)."""
-        return sum(len(r.rows) for _, r in self._queued)
+        return sum(r.stored for _, r in self._queued)
 
     def _due(self) -> bool:
         """Insert a fetch's worth at once, or what there is every STORE_EVERY_S: the counters
@@ -386,7 +387,7 @@ class Worker:
             records = msgs if msgs[0].offset >= first else [m for m in msgs if m.offset >= first]
             if records:
                 started = time.perf_counter()
-                result = process(state, records, self.pricer, now, state.epoch, before)
+                result = columns.process(state, records, self.pricer, now, state.epoch, before)
                 self._time("process", started)
                 results.append((tp, result))
                 self._count_early(state, result, before)
@@ -431,9 +432,12 @@ class Worker:
         started = time.perf_counter()
         await asyncio.gather(self._dead_letters(results), self._forward(results))
         rows = [row for _, r in results for row in r.rows]
+        blocks = [r.block for _, r in results if r.block is not None]
         failpoints.hit("worker.before_insert")
         await self.sink.write(
-            rows, {tp.partition: (r.epoch, r.last_offset + 1, r.last_crc) for tp, r in results}
+            rows,
+            {tp.partition: (r.epoch, r.last_offset + 1, r.last_crc) for tp, r in results},
+            blocks,
         )
         failpoints.hit("worker.after_insert")
         self._time("store", started)
@@ -455,7 +459,7 @@ class Worker:
                     "partition %d applied through offset %d: %d rows, %d duplicates, changed %s",
                     tp.partition,
                     result.last_offset,
-                    len(result.rows),
+                    result.stored,
                     result.duplicates,
                     {k: v for k, v in changed.items() if k[1] == "tokens"},
                 )
@@ -465,7 +469,7 @@ class Worker:
             if self.hand_over is not None and sessions:
                 self.hand_over(sessions, int(time.time() * 1000))
             await self._publish(sessions)
-            self.processed += len(result.rows)
+            self.processed += result.stored
             self.duplicates += result.duplicates
             metrics.batch_done(result.types, result.duplicates)
         # Waiting for the broker to acknowledge them and to take the offsets (informational:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Generic, NamedTuple, TypeVar
 
 from schemas.prices import ConnectorRate, ModelRate, PriceBook, StorageRate
@@ -43,12 +43,26 @@ class _Schedule(Generic[R]):
         self.latest: tuple[datetime, R] | None = (
             (self.starts[-1], self.rates[-1]) if rates else None
         )
+        self.latest_us = micros(self.starts[-1]) if rates else None
 
     def at(self, t: datetime) -> R | None:
         if self.latest is not None and t >= self.latest[0]:
             return self.latest[1]
         i = bisect_right(self.starts, t) - 1
         return self.rates[i] if i >= 0 else None
+
+
+class RateChanges(Exception):
+    """An item's rate changes after the time asked for: no one rate holds from it on."""
+
+
+def micros(t: datetime) -> int:
+    """An aware time as microseconds since the Unix epoch."""
+    return (t - _EPOCH) // _MICROSECOND
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class Pricer:
@@ -90,3 +104,21 @@ class Pricer:
         if rate is None:
             return UNPRICED
         return Price(_div_round(byte_seconds * rate.per_gb_month, GB_MONTH_BYTE_SECONDS), True)
+
+    def llm_rate_from(self, model: str, since_us: int) -> ModelRate | None:
+        """The model's rate for every time from `since_us` (microseconds since the epoch)
+        on, None if it has none; raises RateChanges if it changes after `since_us`."""
+        return _steady(self._models.get(model), since_us)
+
+    def tool_call_rate_from(self, connector: str, since_us: int) -> ConnectorRate | None:
+        """As `llm_rate_from`, for a connector's rate per call."""
+        return _steady(self._connectors.get(connector, self._default_connector), since_us)
+
+
+def _steady(schedule: _Schedule[R] | None, since_us: int) -> R | None:
+    if schedule is None or schedule.latest is None:
+        return None
+    assert schedule.latest_us is not None
+    if since_us < schedule.latest_us:
+        raise RateChanges
+    return schedule.latest[1]

@@ -1,0 +1,414 @@
+"""A fetch of the common shape, a column at a time: the worker's hot path.
+
+`process()` computes what `streams.batch.process` (the definition, an event at a time)
+computes, for a whole fetch at once: msgspec reads each message into the wire structs of
+`streams.decode`, their fields become columns, and the checks, prices, counters and the rows
+to store are worked out over the columns by Arrow's compute functions instead of event by
+event in the interpreter. LLM usage, tool calls and gateway requests (nearly every event) go
+this way; the sessions and storage events of a fetch go through `batch.count` one at a time.
+
+It takes a fetch only when every message in it is one `streams.decode`'s fast path takes, of
+an org that maps to this partition, when each model and connector has one rate in force from
+the fetch's earliest event on, and when the sums fit in 64 bits. Any other fetch goes to
+`batch.process` whole, which dead-letters, forwards and prices it event by event: the result
+is the same either way (tests/unit/test_columns.py).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import msgspec
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas.events import TS_MAX, TS_MIN, InvalidEvent
+from streams import batch
+from streams.batch import EVENT_COLUMNS, EVENT_SCHEMA, BatchResult, Message, PartitionState
+from streams.decode import (
+    WireGatewayRequest,
+    WireLlmUsage,
+    WireToolCall,
+    decode,
+    known_id,
+    wire,
+)
+from tally.domain import counters
+from tally.domain.counters import CounterKey
+from tally.domain.partitioning import partition_of
+from tally.domain.pricing import MTOK, Pricer, RateChanges, micros
+
+# What `streams.decode` checks event by event, as patterns over a column: an id is 1 to 128
+# printable ASCII characters (msgspec checks the length), a time has the RFC 3339 form the
+# fast path's `_time` takes (a `T` or a space, `Z` or an offset, 1 to 9 digits of fraction).
+_ID_FORM = r"^[!-~]+$"
+_TIME_FORM = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
+_NS, _US = pa.timestamp("ns", tz="UTC"), pa.timestamp("us", tz="UTC")
+_US_PER_MINUTE = 60_000_000
+_MINUTES_PER_DAY = 1_440
+_US_PER_DAY = _US_PER_MINUTE * _MINUTES_PER_DAY
+# A column summed must stay below this: Arrow sums 64-bit integers without a check.
+_SUM_LIMIT = 1 << 62
+
+# The types taken a column at a time, by code; the others (sessions, storage) are code 3 and
+# a duplicate is code 4.
+_KINDS = (WireLlmUsage, WireToolCall, WireGatewayRequest)
+_CODE: dict[Any, int] = {kind: code for code, kind in enumerate(_KINDS)}
+_OTHER, _DUPLICATE = 3, 4
+
+
+class _Slow(Exception):
+    """Not a fetch of the common shape: the definition, event by event, takes it."""
+
+
+def process(
+    state: PartitionState,
+    records: Iterable[Message],
+    pricer: Pricer,
+    now: datetime,
+    log_epoch: str,
+    pending: Sequence[BatchResult] = (),
+) -> BatchResult:
+    """`batch.process`, a column at a time for a fetch of the common shape."""
+    records = records if isinstance(records, list) else list(records)
+    result = take(state, records, pricer, now, log_epoch, pending)
+    if result is None:
+        return batch.process(state, records, pricer, now, log_epoch, pending)
+    return result
+
+
+def take(
+    state: PartitionState,
+    records: list[Message],
+    pricer: Pricer,
+    now: datetime,
+    log_epoch: str,
+    pending: Sequence[BatchResult] = (),
+) -> BatchResult | None:
+    """The batch's result computed a column at a time, or None if it is not of the common
+    shape (nothing is changed then)."""
+    if not records:
+        return None
+    try:
+        return _columns(state, records, pricer, now.astimezone(UTC), log_epoch, pending)
+    except (_Slow, RateChanges, pa.ArrowInvalid):
+        # ArrowInvalid: a time that names no instant (Feb 30, 24:00) or a product that
+        # overflows 64 bits; the definition explains or computes it with Python's integers.
+        return None
+
+
+def _columns(
+    state: PartitionState,
+    records: list[Message],
+    pricer: Pricer,
+    now: datetime,
+    log_epoch: str,
+    pending: Sequence[BatchResult],
+) -> BatchResult:
+    try:
+        events = [wire(r.value) for r in records]  # type: ignore[arg-type]
+    except (msgspec.MsgspecError, ValueError, TypeError):  # refused, not JSON, no value
+        raise _Slow from None
+    ids = [e.event_id for e in events]
+    orgs = [e.org_id for e in events]
+    agents = [e.agent_id for e in events]
+    runs = [e.run_id for e in events]
+    sessions = [e.session_id for e in events]
+    if state.partitions and any(
+        partition_of(org, state.partitions) != state.partition for org in set(orgs)
+    ):
+        raise _Slow  # forwarded event by event
+    for column in (orgs, agents, runs, sessions):
+        if not all(known_id(v) for v in set(column) if v is not None):
+            raise _Slow
+    id_column = pa.array(ids, pa.string())
+    time_text = pa.array([e.ts for e in events], pa.string())
+    if not _all(pc.match_substring_regex(id_column, _ID_FORM)) or not _all(
+        pc.match_substring_regex(time_text, _TIME_FORM)
+    ):
+        raise _Slow
+    ts = time_text.cast(_NS).cast(_US, safe=False)  # fractions truncated, as Python does
+    ts_us = ts.cast(pa.int64())
+    lo, hi = pc.min_max(ts_us).values()
+    if lo.as_py() < micros(TS_MIN) or hi.as_py() >= micros(TS_MAX):
+        raise _Slow
+
+    result = batch.begin(state, now, log_epoch, pending)
+    duplicates = _duplicates(ids, state.seen, batch.earlier_ids(pending), result.event_ids)
+    result.duplicates = len(duplicates)
+    codes = [_CODE.get(type(e), _OTHER) for e in events]
+    for i in duplicates:
+        codes[i] = _DUPLICATE
+    code_column = pa.array(codes, pa.int8())
+    others = pc.indices_nonzero(pc.equal(code_column, _OTHER)).to_pylist()
+    # A duplicate is not counted, but one the contract refuses is a dead letter: the few
+    # duplicates are checked by the definition's decoder, which decodes the others too.
+    decoded = {}
+    for i in [*duplicates, *others]:
+        try:
+            decoded[i] = decode(records[i].value)  # type: ignore[arg-type]
+        except InvalidEvent:
+            raise _Slow from None
+
+    common = _Common(
+        id_column,
+        pa.array(orgs, pa.string()),
+        pa.array(agents, pa.string()),
+        pc.fill_null(pa.array(runs, pa.string()), ""),
+        pc.fill_null(pa.array(sessions, pa.string()), ""),
+        pa.array([e.key_mode for e in events], pa.string()),
+        ts,
+        ts_us,
+        pa.array([r.offset for r in records], pa.uint64()),
+    )
+    blocks = []
+    for code, kind in enumerate(_KINDS):
+        rows = pc.indices_nonzero(pc.equal(code_column, code))
+        if len(rows):
+            of_kind = [events[i] for i in rows.to_pylist()]
+            part = common.take(rows)
+            make = _llm if kind is WireLlmUsage else _tool if kind is WireToolCall else _request
+            columns = make(part, of_kind, pricer, result.deltas)
+            columns.update(
+                org_id=part.org,
+                event_id=part.event_id,
+                ts=part.ts,
+                agent_id=part.agent,
+                run_id=part.run,
+                session_id=part.session,
+                key_mode=part.key_mode,
+                partition=_constant(state.partition, pa.uint16(), len(part.org)),
+                offset=part.offset,
+                ingested_at=_constant(now, _US, len(part.org)),
+                log_epoch=_constant(log_epoch, pa.string(), len(part.org)),
+            )
+            blocks.append(
+                pa.Table.from_arrays([columns[c] for c in EVENT_COLUMNS], schema=EVENT_SCHEMA)
+            )
+            name = str(kind.__struct_config__.tag)
+            result.types[name] = result.types.get(name, 0) + len(part.org)
+    for i in others:  # sessions and storage, event by event in offset order
+        batch.count(result, state, pending, decoded[i], records[i].offset, pricer, now)
+    if result.rows:
+        blocks.append(batch.event_block(result.rows))
+        result.rows = []
+    result.block = pa.concat_tables(blocks) if blocks else None
+    last = records[-1]
+    result.last_offset = last.offset
+    result.last_crc = zlib.crc32(last.value or b"")
+    return result
+
+
+def _duplicates(
+    ids: list[str], seen: dict[str, float], earlier: set[str] | tuple[()], new: set[str]
+) -> list[int]:
+    """The positions of events seen before (in the dedup window, the batches before, or
+    earlier in this one: the first copy counts); the others' ids are added to `new`."""
+    unique = set(ids)
+    if len(unique) == len(ids) and seen.keys().isdisjoint(unique) and unique.isdisjoint(earlier):
+        new.update(unique)
+        return []
+    duplicates = []
+    for i, event_id in enumerate(ids):
+        if event_id in seen or event_id in new or event_id in earlier:
+            duplicates.append(i)
+        else:
+            new.add(event_id)
+    return duplicates
+
+
+class _Common(NamedTuple):
+    """The envelope's columns of a fetch, or of one type's events in it."""
+
+    event_id: pa.Array
+    org: pa.Array
+    agent: pa.Array
+    run: pa.Array
+    session: pa.Array
+    key_mode: pa.Array
+    ts: pa.Array
+    ts_us: pa.Array
+    offset: pa.Array
+
+    def take(self, rows: pa.Array) -> _Common:
+        return _Common(*(column.take(rows) for column in self))
+
+
+def _llm(
+    part: _Common, events: list[Any], pricer: Pricer, deltas: dict[CounterKey, int]
+) -> dict[str, pa.Array]:
+    """LLM usage: tokens billed when live, priced by the model's rate (`Pricer.llm`)."""
+    model = pa.array([e.model for e in events], pa.string())
+    inp = pa.array([e.input_tokens for e in events], pa.int64())
+    out = pa.array([e.output_tokens for e in events], pa.int64())
+    cached = pa.array([e.cached_input_tokens for e in events], pa.int64())
+    mode = pa.array([e.mode for e in events], pa.string())
+    if not _all(pc.less_equal(cached, inp)):
+        raise _Slow
+    n = len(model)
+    live = pc.equal(part.key_mode, "live")
+    quantity = pc.add_checked(inp, out)
+    billable = pc.if_else(live, quantity, 0)
+    since = pc.min(part.ts_us).as_py()
+    names = pc.unique(model)
+    rates = [pricer.llm_rate_from(m, since) for m in names.to_pylist()]
+    at = pc.index_in(model, value_set=names)
+    in_rate, cached_rate, out_rate = (
+        pa.array([getattr(r, a) if r else 0 for r in rates], pa.int64()).take(at)
+        for a in ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok")
+    )
+    priced = pa.array([r is not None for r in rates], pa.bool_()).take(at)
+    numerator = pc.add_checked(
+        pc.add_checked(
+            pc.multiply_checked(pc.subtract_checked(inp, cached), in_rate),
+            pc.multiply_checked(cached, cached_rate),
+        ),
+        pc.multiply_checked(out, out_rate),
+    )
+    # Rounded half up, as pricing's _div_round: (2n + d) // (2d).
+    cost = pc.divide(pc.add_checked(pc.multiply_checked(numerator, 2), MTOK), 2 * MTOK)
+    cost = pc.if_else(live, cost, 0)
+    upstream = pc.if_else(pc.equal(mode, "managed"), cost, 0)
+    _count_days(
+        deltas,
+        part,
+        {
+            counters.TOKENS: billable,
+            counters.COST_PREFIX + "llm": cost,
+            counters.UPSTREAM_COST: upstream,
+            counters.UNPRICED: pc.cast(pc.invert(priced), pa.int64()),
+        },
+    )
+    return {
+        "type": _constant("llm.usage", pa.string(), n),
+        "line_item": _constant("llm", pa.string(), n),
+        "item": model,
+        "quantity": quantity.cast(pa.uint64()),
+        "billable": billable.cast(pa.uint64()),
+        "cost_micros": cost,
+        "priced": priced.cast(pa.uint8()),
+        "input_tokens": inp.cast(pa.uint64()),
+        "output_tokens": out.cast(pa.uint64()),
+        "cached_input_tokens": cached.cast(pa.uint64()),
+        "mode": mode,
+        "tool": _constant("", pa.string(), n),
+        "success": _constant(1, pa.uint8(), n),
+        "cache_hit": _constant(0, pa.uint8(), n),
+    }
+
+
+def _tool(
+    part: _Common, events: list[Any], pricer: Pricer, deltas: dict[CounterKey, int]
+) -> dict[str, pa.Array]:
+    """Tool calls: billed when live and successful, at the connector's rate per call."""
+    connector = pa.array([e.connector for e in events], pa.string())
+    tool = pa.array([e.tool for e in events], pa.string())
+    success = pa.array([e.success for e in events], pa.bool_())
+    n = len(connector)
+    billed = pc.and_(pc.equal(part.key_mode, "live"), success)
+    since = pc.min(part.ts_us).as_py()
+    names = pc.unique(connector)
+    rates = [pricer.tool_call_rate_from(c, since) for c in names.to_pylist()]
+    at = pc.index_in(connector, value_set=names)
+    per_call = pa.array([r.per_call if r else 0 for r in rates], pa.int64()).take(at)
+    has_rate = pa.array([r is not None for r in rates], pa.bool_()).take(at)
+    cost = pc.if_else(billed, per_call, 0)
+    priced = pc.if_else(billed, has_rate, True)
+    billable = pc.cast(billed, pa.int64())
+    _count_days(
+        deltas,
+        part,
+        {
+            counters.TOOL_CALLS: billable,
+            counters.COST_PREFIX + "tool_calls": cost,
+            counters.UNPRICED: pc.cast(pc.invert(priced), pa.int64()),
+        },
+    )
+    return {
+        "type": _constant("tool.call", pa.string(), n),
+        "line_item": _constant("tool_calls", pa.string(), n),
+        "item": connector,
+        "quantity": _constant(1, pa.uint64(), n),
+        "billable": billable.cast(pa.uint64()),
+        "cost_micros": cost,
+        "priced": priced.cast(pa.uint8()),
+        "input_tokens": _constant(0, pa.uint64(), n),
+        "output_tokens": _constant(0, pa.uint64(), n),
+        "cached_input_tokens": _constant(0, pa.uint64(), n),
+        "mode": _constant("", pa.string(), n),
+        "tool": tool,
+        "success": success.cast(pa.uint8()),
+        "cache_hit": _constant(0, pa.uint8(), n),
+    }
+
+
+def _request(
+    part: _Common, events: list[Any], pricer: Pricer, deltas: dict[CounterKey, int]
+) -> dict[str, pa.Array]:
+    """Gateway requests: one billed per live request, per day and per minute; no cost."""
+    model = pa.array([e.model for e in events], pa.string())
+    cache_hit = pa.array([e.cache_hit for e in events], pa.bool_())
+    mode = pa.array([e.mode for e in events], pa.string())
+    n = len(model)
+    billable = pc.cast(pc.equal(part.key_mode, "live"), pa.int64())
+    minute = pc.divide(part.ts_us, _US_PER_MINUTE)
+    sums = (
+        pa.table({"org": part.org, "minute": minute, "n": billable})
+        .group_by(["org", "minute"])
+        .aggregate([("n", "sum")])
+    )
+    for org, m, count in zip(*(sums.column(c).to_pylist() for c in sums.column_names), strict=True):
+        if count:  # sums of non-negative values: zero only if every value was
+            for key in (
+                (org, counters.REQUESTS_MINUTE, m),
+                (org, counters.REQUESTS, m // _MINUTES_PER_DAY),
+            ):
+                deltas[key] = deltas.get(key, 0) + count
+    return {
+        "type": _constant("gateway.request", pa.string(), n),
+        "line_item": _constant("requests", pa.string(), n),
+        "item": model,
+        "quantity": _constant(1, pa.uint64(), n),
+        "billable": billable.cast(pa.uint64()),
+        "cost_micros": _constant(0, pa.int64(), n),
+        "priced": _constant(1, pa.uint8(), n),
+        "input_tokens": _constant(0, pa.uint64(), n),
+        "output_tokens": _constant(0, pa.uint64(), n),
+        "cached_input_tokens": _constant(0, pa.uint64(), n),
+        "mode": mode,
+        "tool": _constant("", pa.string(), n),
+        "success": _constant(1, pa.uint8(), n),
+        "cache_hit": cache_hit.cast(pa.uint8()),
+    }
+
+
+def _count_days(deltas: dict[CounterKey, int], part: _Common, meters: dict[str, pa.Array]) -> None:
+    """Add each meter's sum per org and day to `deltas`, as `counters.add` does event by
+    event: a key only where some event adds to it (every value is non-negative)."""
+    names = list(meters)
+    for values in meters.values():
+        top = pc.max(values).as_py()
+        if top and top * len(values) >= _SUM_LIMIT:
+            raise _Slow
+    table = pa.table(
+        {"org": part.org, "day": pc.divide(part.ts_us, _US_PER_DAY), **meters},
+    )
+    sums = table.group_by(["org", "day"]).aggregate([(name, "sum") for name in names])
+    orgs = sums.column("org").to_pylist()
+    days = sums.column("day").to_pylist()
+    for name in names:
+        for org, day, value in zip(orgs, days, sums.column(f"{name}_sum").to_pylist(), strict=True):
+            if value:
+                key = (org, name, day)
+                deltas[key] = deltas.get(key, 0) + value
+
+
+def _constant(value: object, type_: pa.DataType, n: int) -> pa.Array:
+    return pc.fill_null(pa.nulls(n, type_), pa.scalar(value, type_))
+
+
+def _all(mask: pa.Array) -> bool:
+    return pc.all(mask).as_py() is not False  # None: every value was null (none to check)
