@@ -149,7 +149,7 @@ def _columns(
     decoded = {}
     for i in [*duplicates, *others]:
         try:
-            decoded[i] = decode(records[i].value)  # type: ignore[arg-type]
+            decoded[i] = decode(records[i].value)
         except InvalidEvent:
             raise _Slow from None
 
