@@ -389,7 +389,6 @@ def apply(state: PartitionState, result: BatchResult) -> dict[CounterKey, int]:
             value = state.counters.get(key, 0) + step
             state.counters[key] = value
             changed[key] = value
-    for event_id in result.event_ids:
-        state.seen[event_id] = result.ingested_at
+    state.seen.update(dict.fromkeys(result.event_ids, result.ingested_at))
     state.next_offset = max(state.next_offset, result.last_offset + 1)
     return changed
