@@ -7,14 +7,20 @@ the migration again: a backfill must leave the same rows however often it runs.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from tally.store.queries import DERIVED_KEYS, derived_select
+from tally.store.queries import DERIVED_KEYS, derived_month_matches, derived_select
 
 if TYPE_CHECKING:
     from tally.store import Store
+
+log = logging.getLogger("tally.store")
+REPLACE_ATTEMPTS = 10
 
 
 async def report_rollups(store: Store) -> None:
@@ -23,7 +29,10 @@ async def report_rollups(store: Store) -> None:
     Month by month (the tables' partitions), each derived month is computed into a staging
     table of this run's own and swapped in whole (`REPLACE PARTITION`): a second run, a
     concurrent one or a run after a crash replaces it with the same rows, never adds them
-    twice. Rows usage_daily receives meanwhile reach the derived rollups through their
+    twice. Two runs replacing the same month at the same moment can both leave their rows
+    (MergeTree does not order two concurrent replaces of one partition): each run checks
+    the month against usage_daily after its replace and replaces it again if it disagrees.
+    Rows usage_daily receives meanwhile reach the derived rollups through their
     materialized views; run migrations before starting the workers (docs/deploy.md), and
     the worker's check (`ClickHouseSink.repair`) rebuilds any day that disagrees. A run
     killed half-way can leave its staging table (`<table>_backfill_<id>`) behind: a copy,
@@ -37,16 +46,34 @@ async def report_rollups(store: Store) -> None:
         for month in months:
             if not month.isdigit():  # toYYYYMM(day): only digits reach the SQL text
                 raise ValueError(f"unexpected partition of usage_daily: {month!r}")
-            stage = f"{table}_backfill_{uuid.uuid4().hex[:12]}"
-            await store.command(f"CREATE TABLE {stage} AS {table}")
-            try:
-                select = derived_select(table, "_partition_id = {month:String}")
-                await store.command(f"INSERT INTO {stage} {select}", {"month": month})
-                await store.command(
-                    f"ALTER TABLE {table} REPLACE PARTITION ID '{month}' FROM {stage}"
+            for attempt in range(REPLACE_ATTEMPTS):
+                await _replace_month(store, table, month)
+                rows = await store.query(derived_month_matches(table), {"month": month})
+                if rows[0][0]:
+                    break
+                log.warning(
+                    "%s, month %s: another run replaced it at the same time; replacing again",
+                    table,
+                    month,
                 )
-            finally:
-                await store.command(f"DROP TABLE IF EXISTS {stage}")
+                await asyncio.sleep(random.uniform(0.01, 0.1) * (attempt + 1))
+            else:
+                raise RuntimeError(
+                    f"{table}, month {month}: still differs from usage_daily after"
+                    f" {REPLACE_ATTEMPTS} replaces; start Tally again to run the migration again"
+                )
+
+
+async def _replace_month(store: Store, table: str, month: str) -> None:
+    """Compute the month into a staging table of this run's own and swap it in whole."""
+    stage = f"{table}_backfill_{uuid.uuid4().hex[:12]}"
+    await store.command(f"CREATE TABLE {stage} AS {table}")
+    try:
+        select = derived_select(table, "_partition_id = {month:String}")
+        await store.command(f"INSERT INTO {stage} {select}", {"month": month})
+        await store.command(f"ALTER TABLE {table} REPLACE PARTITION ID '{month}' FROM {stage}")
+    finally:
+        await store.command(f"DROP TABLE IF EXISTS {stage}")
 
 
 BACKFILLS: dict[str, Callable[[Store], Awaitable[None]]] = {

@@ -121,6 +121,15 @@ def derived_select(table: str, where: str) -> str:
     return f"SELECT {key}, {_RESUMS} FROM usage_daily WHERE {where} GROUP BY {key}"
 
 
+def derived_month_matches(table: str) -> str:
+    """SQL: whether a derived rollup's month (`{month:String}`, a partition id) sums to what
+    usage_daily holds for it."""
+    return (
+        f"SELECT (SELECT {_CHECKED} FROM usage_daily WHERE _partition_id = {{month:String}})"
+        f" = (SELECT {_CHECKED} FROM {table} WHERE _partition_id = {{month:String}})"
+    )
+
+
 def rollup_gaps(partition: int) -> Query:
     """Days whose daily rollup disagrees with the raw events of a partition.
 
