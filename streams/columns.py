@@ -59,6 +59,17 @@ COLUMNS_FROM = 400
 _KINDS = (WireLlmUsage, WireToolCall, WireGatewayRequest)
 _CODE: dict[Any, int] = {kind: code for code, kind in enumerate(_KINDS)}
 _OTHER, _DUPLICATE = 3, 4
+_LINE_ITEM = {WireLlmUsage: "llm", WireToolCall: "tool_calls", WireGatewayRequest: "requests"}
+# A row's value for a field its type does not carry (as `batch.count` has it).
+_ABSENT = {
+    "input_tokens": (0, pa.uint64()),
+    "output_tokens": (0, pa.uint64()),
+    "cached_input_tokens": (0, pa.uint64()),
+    "mode": ("", pa.string()),
+    "tool": ("", pa.string()),
+    "success": (1, pa.uint8()),
+    "cache_hit": (0, pa.uint8()),
+}
 
 
 class _Slow(Exception):
@@ -184,7 +195,14 @@ def _columns(
             make = _llm if kind is WireLlmUsage else _tool if kind is WireToolCall else _request
             meters, columns = make(part, of_kind, pricer)
             pieces.append((part, meters))
+            n = len(part.org)
+            for name, (value, type_) in _ABSENT.items():
+                if name not in columns:
+                    columns[name] = _constant(value, type_, n)
+            tag = str(kind.__struct_config__.tag)
             columns.update(
+                type=_constant(tag, pa.string(), n),
+                line_item=_constant(_LINE_ITEM[kind], pa.string(), n),
                 org_id=part.org,
                 event_id=part.event_id,
                 ts=part.ts,
@@ -192,16 +210,15 @@ def _columns(
                 run_id=part.run,
                 session_id=part.session,
                 key_mode=part.key_mode,
-                partition=_constant(state.partition, pa.uint16(), len(part.org)),
+                partition=_constant(state.partition, pa.uint16(), n),
                 offset=part.offset,
-                ingested_at=ingested.slice(0, len(part.org)),
-                log_epoch=_constant(log_epoch, pa.string(), len(part.org)),
+                ingested_at=ingested.slice(0, n),
+                log_epoch=_constant(log_epoch, pa.string(), n),
             )
             blocks.append(
                 pa.Table.from_arrays([columns[c] for c in EVENT_COLUMNS], schema=EVENT_SCHEMA)
             )
-            name = str(kind.__struct_config__.tag)
-            result.types[name] = result.types.get(name, 0) + len(part.org)
+            result.types[tag] = result.types.get(tag, 0) + n
     if pieces:
         _count(result.deltas, pieces, len(records))
     for i in others:  # sessions and storage, event by event in offset order
@@ -262,7 +279,6 @@ def _llm(
     mode = pa.array([e.mode for e in events], pa.string())
     if not _all(pc.less_equal(cached, inp)):
         raise _Slow
-    n = len(model)
     live = pc.equal(part.key_mode, "live")
     quantity = pc.add_checked(inp, out)
     billable = pc.if_else(live, quantity, 0)
@@ -293,8 +309,6 @@ def _llm(
         counters.UNPRICED: pc.cast(pc.invert(priced), pa.int64()),
     }
     return meters, {
-        "type": _constant("llm.usage", pa.string(), n),
-        "line_item": _constant("llm", pa.string(), n),
         "item": model,
         "quantity": quantity.cast(pa.uint64()),
         "billable": billable.cast(pa.uint64()),
@@ -304,9 +318,6 @@ def _llm(
         "output_tokens": out.cast(pa.uint64()),
         "cached_input_tokens": cached.cast(pa.uint64()),
         "mode": mode,
-        "tool": _constant("", pa.string(), n),
-        "success": _constant(1, pa.uint8(), n),
-        "cache_hit": _constant(0, pa.uint8(), n),
     }
 
 
@@ -334,20 +345,13 @@ def _tool(
         counters.UNPRICED: pc.cast(pc.invert(priced), pa.int64()),
     }
     return meters, {
-        "type": _constant("tool.call", pa.string(), n),
-        "line_item": _constant("tool_calls", pa.string(), n),
         "item": connector,
         "quantity": _constant(1, pa.uint64(), n),
         "billable": billable.cast(pa.uint64()),
         "cost_micros": cost,
         "priced": priced.cast(pa.uint8()),
-        "input_tokens": _constant(0, pa.uint64(), n),
-        "output_tokens": _constant(0, pa.uint64(), n),
-        "cached_input_tokens": _constant(0, pa.uint64(), n),
-        "mode": _constant("", pa.string(), n),
         "tool": tool,
         "success": success.cast(pa.uint8()),
-        "cache_hit": _constant(0, pa.uint8(), n),
     }
 
 
@@ -361,19 +365,12 @@ def _request(
     n = len(model)
     billable = pc.cast(pc.equal(part.key_mode, "live"), pa.int64())
     return {counters.REQUESTS: billable}, {
-        "type": _constant("gateway.request", pa.string(), n),
-        "line_item": _constant("requests", pa.string(), n),
         "item": model,
         "quantity": _constant(1, pa.uint64(), n),
         "billable": billable.cast(pa.uint64()),
         "cost_micros": _constant(0, pa.int64(), n),
         "priced": _constant(1, pa.uint8(), n),
-        "input_tokens": _constant(0, pa.uint64(), n),
-        "output_tokens": _constant(0, pa.uint64(), n),
-        "cached_input_tokens": _constant(0, pa.uint64(), n),
         "mode": mode,
-        "tool": _constant("", pa.string(), n),
-        "success": _constant(1, pa.uint8(), n),
         "cache_hit": cache_hit.cast(pa.uint8()),
     }
 
