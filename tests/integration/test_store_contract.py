@@ -21,6 +21,7 @@ import pytest
 import pytest_asyncio
 from aiokafka.partitioner import DefaultPartitioner
 
+from streams import columns
 from streams.batch import EVENT_COLUMNS, BatchResult, PartitionState, Record, apply, process
 from streams.sink import ClickHouseSink
 from tally.catalogue import load_prices
@@ -630,3 +631,45 @@ async def test_the_store_computes_the_kafka_partition_of_an_org(backend: Backend
         expected = [partitioner(o.encode(), parts, parts) for o in orgs]
         assert list(rows[0][0]) == expected, n
         assert [partition_of(o, n) for o in orgs] == expected, n
+
+
+async def test_a_fetch_taken_a_column_at_a_time_is_stored_as_an_event_at_a_time(
+    backend: Backend,
+):
+    """The worker's column path and the definition store the same rows and rollups: ids,
+    times, prices, constants and dictionary-encoded columns as ClickHouse reads them."""
+    now = datetime.now(UTC)
+    orgs = [f"col-{uuid.uuid4().hex[:8]}-{i}" for i in range(40)]
+    events = [e for org in orgs for e in varied_workload(org, now)]  # 720: past the threshold
+    records = [Record(i, wire(e)) for i, e in enumerate(events)]
+    tables = ("events", "usage_daily", "usage_runs", *q.DERIVED_KEYS)
+    found = []
+    for taken in (True, False):
+        url = await backend.fresh_url()
+        store = Store(url)
+        await store.start()
+        try:
+            state = PartitionState(5, epoch="cols")
+            sink = ClickHouseSink(store, "cols", 86_400)
+            if taken:
+                result = columns.take(state, records, PRICER, now, "cols")
+                assert result is not None and result.block is not None and not result.rows
+                await sink.write([], {5: mark(result)}, [result.block])
+            else:
+                result = process(state, records, PRICER, now, "cols")
+                await sink.write(result.rows, {5: mark(result)})
+            found.append(
+                {
+                    t: await store.query(
+                        f"SELECT * FROM {t} {'' if t == 'events' else 'FINAL'} ORDER BY ALL"
+                    )
+                    for t in tables
+                }
+            )
+        finally:
+            await store.stop()
+            await drop_database(backend.admin, url)
+    taken, defined = found
+    assert len(defined["events"]) == len(events)
+    for table in tables:
+        assert taken[table] == defined[table], table
