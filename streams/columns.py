@@ -100,7 +100,7 @@ def process(
 
 def take(
     state: PartitionState,
-    records: list[Message],
+    records: Sequence[Message],
     pricer: Pricer,
     now: datetime,
     log_epoch: str,
@@ -120,7 +120,7 @@ def take(
 
 def _columns(
     state: PartitionState,
-    records: list[Message],
+    records: Sequence[Message],
     pricer: Pricer,
     now: datetime,
     log_epoch: str,

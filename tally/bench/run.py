@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tally.bench import drain, emitter, freshness, http, queries
+from tally.bench import drain, emitter, freshness, http, prepare, queries
 from tally.bench.workload import Workload, generate
 from tally.broker import EmbeddedBroker
 from tally.config import Settings
@@ -53,6 +53,7 @@ async def run(
             workload = None if only_breakdowns else generate(events, orgs=orgs)
             if workload is not None:
                 figures.update(events=events, partitions=partitions)
+                figures.update(prepare.costs(workload))
                 figures["produce_eps"] = round(
                     await drain.produce(broker.bootstrap_servers, workload)
                 )
