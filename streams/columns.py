@@ -17,7 +17,7 @@ is the same either way (tests/unit/test_columns.py).
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -268,6 +268,23 @@ class _Common(NamedTuple):
         return _Common(*(column.take(rows) for column in self))
 
 
+def _rates(
+    items: pa.Array, part: _Common, rate_from: Callable[[str, int], Any], fields: tuple[str, ...]
+) -> tuple[pa.Array, list[pa.Array]]:
+    """Per event: whether its item (model or connector) has a rate, and the rate's `fields`
+    (0 without one), from the one rate in force for each item over the fetch; `rate_from`
+    raises RateChanges if an item's rate changes after the fetch's earliest event."""
+    since = pc.min(part.ts_us).as_py()
+    names = pc.unique(items)
+    rates = [rate_from(name, since) for name in names.to_pylist()]
+    at = pc.index_in(items, value_set=names)
+    has_rate = pa.array([r is not None for r in rates], pa.bool_()).take(at)
+    values = [
+        pa.array([getattr(r, f) if r else 0 for r in rates], pa.int64()).take(at) for f in fields
+    ]
+    return has_rate, values
+
+
 def _llm(
     part: _Common, events: list[Any], pricer: Pricer
 ) -> tuple[dict[str, pa.Array], dict[str, pa.Array]]:
@@ -282,15 +299,12 @@ def _llm(
     live = pc.equal(part.key_mode, "live")
     quantity = pc.add_checked(inp, out)
     billable = pc.if_else(live, quantity, 0)
-    since = pc.min(part.ts_us).as_py()
-    names = pc.unique(model)
-    rates = [pricer.llm_rate_from(m, since) for m in names.to_pylist()]
-    at = pc.index_in(model, value_set=names)
-    in_rate, cached_rate, out_rate = (
-        pa.array([getattr(r, a) if r else 0 for r in rates], pa.int64()).take(at)
-        for a in ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok")
+    priced, (in_rate, cached_rate, out_rate) = _rates(
+        model,
+        part,
+        pricer.llm_rate_from,
+        ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok"),
     )
-    priced = pa.array([r is not None for r in rates], pa.bool_()).take(at)
     numerator = pc.add_checked(
         pc.add_checked(
             pc.multiply_checked(pc.subtract_checked(inp, cached), in_rate),
@@ -330,12 +344,7 @@ def _tool(
     success = pa.array([e.success for e in events], pa.bool_())
     n = len(connector)
     billed = pc.and_(pc.equal(part.key_mode, "live"), success)
-    since = pc.min(part.ts_us).as_py()
-    names = pc.unique(connector)
-    rates = [pricer.tool_call_rate_from(c, since) for c in names.to_pylist()]
-    at = pc.index_in(connector, value_set=names)
-    per_call = pa.array([r.per_call if r else 0 for r in rates], pa.int64()).take(at)
-    has_rate = pa.array([r is not None for r in rates], pa.bool_()).take(at)
+    has_rate, (per_call,) = _rates(connector, part, pricer.tool_call_rate_from, ("per_call",))
     cost = pc.if_else(billed, per_call, 0)
     priced = pc.if_else(billed, has_rate, True)
     billable = pc.cast(billed, pa.int64())
