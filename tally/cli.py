@@ -239,18 +239,22 @@ def broker(port: Annotated[int, typer.Option(help="Port to listen on.")] = 9092)
 
 @cli.command()
 def bench(
-    events: Annotated[int, typer.Option(help="Backlog size for the drain figures.")] = 200_000,
-    orgs: Annotated[int, typer.Option(help="Orgs in the workload.")] = 50,
-    partitions: Annotated[int, typer.Option(help="Partitions of usage.events.")] = 8,
-    samples: Annotated[int, typer.Option(help="Freshness samples per run.")] = 200,
-    load_rate: Annotated[int, typer.Option(help="Background events/s for freshness.")] = 10_000,
-    http_seconds: Annotated[int, typer.Option(help="Seconds per HTTP load run.")] = 10,
-    connections: Annotated[int, typer.Option(help="Concurrent HTTP clients.")] = 64,
+    events: Annotated[
+        int, typer.Option(min=1_000, help="Backlog size for the drain figures.")
+    ] = 200_000,
+    orgs: Annotated[int, typer.Option(min=1, help="Orgs in the workload.")] = 50,
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions of usage.events.")] = 8,
+    samples: Annotated[int, typer.Option(min=1, help="Freshness samples per run.")] = 200,
+    load_rate: Annotated[
+        int, typer.Option(min=1, help="Background events/s for freshness.")
+    ] = 10_000,
+    http_seconds: Annotated[int, typer.Option(min=1, help="Seconds per HTTP load run.")] = 10,
+    connections: Annotated[int, typer.Option(min=1, help="Concurrent HTTP clients.")] = 64,
     memory_keys: Annotated[
-        int, typer.Option(help="Counter keys for the memory figure.")
+        int, typer.Option(min=1_000, help="Counter keys for the memory figure.")
     ] = 1_000_000,
     breakdown_rows: Annotated[
-        int, typer.Option(help="Events pre-loaded for the breakdown figures.")
+        int, typer.Option(min=1_000, help="Events pre-loaded for the breakdown figures.")
     ] = 10_000_000,
     only_breakdowns: Annotated[
         bool, typer.Option(help="Only the preload and the report queries (a minute or two).")

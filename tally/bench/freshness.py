@@ -8,6 +8,7 @@ of a core: `freshness_load_cpu`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 import uuid
@@ -89,14 +90,16 @@ async def _load(bootstrap: str, rate: int, seconds: float, limit: int | None = N
 
 class _Load:
     """The background load in a process of its own. `running()` waits for its first report
-    (a second of sending); `stop()` returns the events/s it sent from then on and the share
-    of a core it used doing so, so that the process's start-up counts in neither."""
+    (a second of sending); `stop()` waits for a report after it if there is none yet (a
+    short probe), then returns the events/s it sent from the first on and the share of a
+    core it used doing so, so that the process's start-up counts in neither."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.first: tuple[float, int, float] | None = None  # (when, sent, cpu) first reported
         self.last: tuple[float, int, float] | None = None
         self._started = asyncio.Event()
+        self._again = asyncio.Event()  # a report after the first
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
@@ -120,11 +123,16 @@ class _Load:
             if self.first is None:
                 self.first = self.last
                 self._started.set()
+            else:
+                self._again.set()
 
     async def running(self, timeout: float = 60) -> None:
         await asyncio.wait_for(self._started.wait(), timeout)
 
     async def stop(self) -> tuple[int, float]:
+        if self.first is not None and self.proc.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._again.wait(), 3)
         if self.proc.returncode is None:
             self.proc.terminate()
         await self.proc.wait()

@@ -16,7 +16,8 @@ from tally.domain.pricing import Pricer
 
 
 def costs(workload: Workload, events: int = 20_000, fetch: int = 10_000) -> dict[str, float]:
-    """Microseconds per event, best of three, for fetches of `fetch` events."""
+    """Microseconds per event, best of three, for fetches of `fetch` events (or of the
+    workload's first `events`, if fewer)."""
     records = [Record(i, value) for i, (_, value) in enumerate(workload.messages[:events])]
     fetches = [records[i : i + fetch] for i in range(0, len(records), fetch)]
     pricer = Pricer(load_prices())
@@ -33,7 +34,7 @@ def costs(workload: Workload, events: int = 20_000, fetch: int = 10_000) -> dict
 
     each_us, columns_us = _best(each, len(records)), _best(by_columns, len(records))
     return {
-        "prepare_fetch": fetch,
+        "prepare_fetch": len(fetches[0]),
         "prepare_each_us": each_us,
         "prepare_columns_us": columns_us,
         "prepare_ratio": round(each_us / columns_us, 2),
