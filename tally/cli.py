@@ -248,7 +248,9 @@ def bench(
     load_rate: Annotated[
         int, typer.Option(min=1, help="Background events/s for freshness.")
     ] = 10_000,
-    http_seconds: Annotated[int, typer.Option(min=1, help="Seconds per HTTP load run.")] = 10,
+    http_seconds: Annotated[
+        int, typer.Option(min=1, help="Seconds of HTTP load on each app, in turns of 2.")
+    ] = 10,
     connections: Annotated[int, typer.Option(min=1, help="Concurrent HTTP clients.")] = 64,
     memory_keys: Annotated[
         int, typer.Option(min=1_000, help="Counter keys for the memory figure.")

@@ -127,6 +127,7 @@ async def http_figures(
         figures["http_skipped"] = reads["skipped"]
         return
     figures["http_connections"] = connections
+    figures["http_rounds"] = reads["rounds"]
     for side in ("tally", "bare"):
         for k, v in reads[side].items():
             figures[f"http_{side}_{k}"] = v
