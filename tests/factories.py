@@ -57,3 +57,19 @@ def orgs_on(partition: int, partitions: int, count: int = 1, prefix: str = "org"
         if partition_of(org, partitions) == partition:
             found.append(org)
     return found
+
+
+def orgs_across(partition: int, before: int, after: int, prefix: str = "org") -> list[str]:
+    """Three fresh org ids on `partition` of `before` partitions: two that map elsewhere
+    under `after` partitions and one that stays, so a test of a partition-count change
+    always has orgs that move and orgs that do not (a random pick of 12 all move 1 in 130)."""
+    stays: list[str] = []
+    moves: list[str] = []
+    while not stays or len(moves) < 2:
+        (org,) = orgs_on(partition, before, prefix=prefix)
+        kept = partition_of(org, after) == partition
+        if kept and not stays:
+            stays.append(org)
+        elif not kept and len(moves) < 2:
+            moves.append(org)
+    return [*moves, *stays]

@@ -43,7 +43,7 @@ from tally.store import Store
 from tally.topics import ensure_topics
 from tests.backends import drop_database, fresh_database
 from tests.conftest import eventually
-from tests.factories import make_event, orgs_on, wire
+from tests.factories import make_event, orgs_across, wire
 from tests.streaming import BOOK, Traffic, expected, owned, states_match_the_store, until
 
 pytestmark = pytest.mark.slow
@@ -117,7 +117,7 @@ async def send(producer: AIOKafkaProducer, events: list[dict[str, Any]], **how: 
 
 
 async def test_raising_the_partition_count_keeps_every_org_exact(store_url: str):
-    orgs = [org for p in range(BEFORE) for org in orgs_on(p, BEFORE, count=3, prefix="raise")]
+    orgs = [org for p in range(BEFORE) for org in orgs_across(p, BEFORE, AFTER, prefix="raise")]
     moved = [org for org in orgs if partition_of(org, BEFORE) != partition_of(org, AFTER)]
     assert 0 < len(moved) < len(orgs)
     settings = Settings(

@@ -30,7 +30,7 @@ from tally.domain.pricing import Pricer
 from tally.store import Store, backfills, migrations
 from tally.store import queries as q
 from tests.backends import clickhouse_container, drop_database, fresh_database
-from tests.factories import make_event, orgs_on, wire
+from tests.factories import make_event, orgs_across, orgs_on, wire
 
 pytestmark = pytest.mark.slow
 
@@ -579,7 +579,7 @@ async def test_a_rebuild_follows_each_org_to_its_partition_under_a_new_count(emp
     sent: dict[str, list[dict[str, Any]]] = {}
     for p in range(n):
         state = before[p] = PartitionState(p, n)
-        orgs = orgs_on(p, n, count=3, prefix="raise")
+        orgs = orgs_across(p, n, m, prefix="raise")
         events = [e for org in orgs for e in varied_workload(org, now)]
         for e in events:
             sent.setdefault(e["org_id"], []).append(e)
