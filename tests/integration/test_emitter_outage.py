@@ -9,7 +9,7 @@ broker is empty; the topics are made again at once (as `tally up` does at start)
 Tansu creates any topic a client asks about (with 4 partitions, no compaction), and it
 cannot be told not to; Kafka as docker-compose.yml runs it does not
 (`auto.create.topics.enable=false`). So that Tally's own clients, reconnecting every 100 ms,
-do not make its topics with the broker's defaults before they are made again (once in five
+do not make its topics with the broker's defaults before they are made again (once in seven
 full-suite runs here the worker then stalled for 40 s: docs/deploy.md, "Known limits"), the
 child Tally is paused (SIGSTOP) from the moment the broker restarts until its topics exist:
 it has seen the outage, and it comes back to a broker with its topics, as an operator
