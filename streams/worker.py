@@ -50,6 +50,11 @@ PUBLISH_EVERY_S = 0.05
 # PUBLISH_EVERY_S (under load a key changes in every fetch: only its latest value matters).
 PUBLISH_AT_ONCE_KEYS = 16
 STORE_EVERY_S = 0.25
+# After a fault in the loop, wait this long before rebuilding, doubling up to the max for
+# faults in a row; a fault more than FAULT_RESET_S after the last starts over.
+FAULT_BACKOFF_S = 0.5
+FAULT_BACKOFF_MAX_S = 10.0
+FAULT_RESET_S = 60.0
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -76,6 +81,7 @@ class Worker:
         self.dead_letters = 0
         self.forwarded = 0
         self.duplicates = 0
+        self.faults = 0  # faults the loop recovered from (see _run)
         self.timings: dict[str, float] = {}  # seconds spent per phase of a batch
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
@@ -165,25 +171,36 @@ class Worker:
 
     async def acquire(self, assigned: set[TopicPartition]) -> None:
         async with self._lock:
-            assert self._consumer is not None
-            await self._settle()
+            await self._settle_or_drop()
             self.partitions = self._partition_count(assigned)
-            for tp in sorted(assigned):
-                state = await self._load(tp.partition, self.partitions)
-                self.states[tp.partition] = state
-                # Read the message before the mark again, to check it is the same log.
-                self._consumer.seek(tp, state.check[0] if state.check else state.next_offset)
-                await self._publish(state.counters)
-                log.info(
-                    "partition %d of %d acquired at offset %d with %d counters",
-                    tp.partition,
-                    self.partitions,
-                    state.next_offset,
-                    len(state.counters),
-                    extra={"partition": tp.partition, "offset": state.next_offset},
-                )
-            await self._flush_producer()
+            await self._rebuild(assigned)
             self.ready.set()
+
+    async def _rebuild(self, partitions: set[TopicPartition]) -> None:
+        """Build each partition's state from the store and read on from its stored mark. A
+        partition is owned only with its state: loading waits out a store outage, and the
+        counters' republication (for a counters topic that came back empty) is best effort,
+        since the topic holds them already unless the broker lost it."""
+        assert self._consumer is not None
+        for tp in sorted(partitions):
+            state = await self._load(tp.partition, self.partitions)
+            self.states[tp.partition] = state
+            # Read the message before the mark again, to check it is the same log.
+            self._consumer.seek(tp, state.check[0] if state.check else state.next_offset)
+            log.info(
+                "partition %d of %d acquired at offset %d with %d counters",
+                tp.partition,
+                self.partitions,
+                state.next_offset,
+                len(state.counters),
+                extra={"partition": tp.partition, "offset": state.next_offset},
+            )
+        try:
+            for tp in sorted(partitions):
+                await self._publish(self.states[tp.partition].counters)
+            await self._flush_producer()
+        except Exception as exc:
+            log.warning("could not republish the counters of partitions acquired: %r", exc)
 
     def _partition_count(self, assigned: set[TopicPartition]) -> int:
         """usage.events' partition count for this generation: the group leader's, the same for
@@ -245,13 +262,58 @@ class Worker:
 
     async def release(self, revoked: set[TopicPartition]) -> None:
         async with self._lock:
-            await self._settle()
+            await self._settle_or_drop()
             for tp in revoked:
                 self.states.pop(tp.partition, None)
+
+    async def _settle_or_drop(self) -> None:
+        """Settle before the owned partitions change; if that fails, drop what is prepared
+        and not stored instead: whoever owns its partitions next reads it again from the
+        stored marks and counts it once."""
+        try:
+            await self._settle()
+        except Exception:
+            log.exception("could not store the batches prepared; they will be read again")
+            await self._drop_prepared()
+
+    async def _drop_prepared(self) -> None:
+        """Forget what is prepared and not stored. An insert under way is waited for first
+        (it finishes or fails in the store's own time), so that a state built from the
+        store afterwards has it, or not, for good."""
+        if self._inflight is not None:
+            with contextlib.suppress(Exception):
+                await self._inflight[1]
+        self._inflight, self._queued, self._early = None, [], {}
 
     # -- the loop --------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        """The loop, kept alive: a fault in it (a broker or store error that outlasted the
+        clients' own retries) is logged, and the owned partitions are rebuilt from the store
+        and read again from their stored marks, as a restart would, so nothing prepared and
+        not stored is lost or counted twice."""
+        delay, failed_at = FAULT_BACKOFF_S, None
+        while True:
+            try:
+                if failed_at is not None:
+                    async with self._lock:
+                        await self._drop_prepared()
+                        await self._committed()
+                        await self._rebuild({TopicPartition(EVENTS_TOPIC, p) for p in self.states})
+                await self._loop()
+            except Exception:
+                if failed_at is not None and time.monotonic() - failed_at > FAULT_RESET_S:
+                    delay = FAULT_BACKOFF_S  # a fault long after the last: start over
+                self.faults += 1
+                metrics.worker_faults.inc()
+                log.exception(
+                    "the worker loop failed; rebuilding its partitions from the store in %.1fs",
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                failed_at, delay = time.monotonic(), min(delay * 2, FAULT_BACKOFF_MAX_S)
+
+    async def _loop(self) -> None:
         assert self._consumer is not None
         s = self.settings
         last_forget = last_beat = last_report = time.monotonic()
@@ -486,11 +548,15 @@ class Worker:
         await self._consumer.commit(offsets)
 
     async def _committed(self) -> None:
-        """Wait for the last commit (and the publications before it) to finish."""
+        """Wait for the last commit (and the publications before it) to finish. The offsets
+        are informational, so a commit that failed (the group rebalanced meanwhile, say) is
+        logged and the worker goes on."""
         task = self._committing
         if task is not None:
             try:
                 await task
+            except Exception as exc:
+                log.warning("offset commit failed (informational; stored marks count): %r", exc)
             finally:
                 if task.done():  # not when only this wait was cancelled: stop() waits again
                     self._committing = None

@@ -45,6 +45,11 @@ forwarded = Counter(
     "Events the worker sent on to the partition their org_id maps to (a producer that does"
     " not key by org_id, or one still on the partition count from before an increase).",
 )
+worker_faults = Counter(
+    "tally_worker_faults",
+    "Worker: faults in its loop (a broker or store error that outlasted the clients' retries);"
+    " after each it rebuilt its partitions from the store and read on from the stored marks.",
+)
 batches = Counter("tally_batches", "Batches stored and counted by the worker.")
 consumer_lag = Gauge(
     "tally_consumer_lag_events",

@@ -90,6 +90,47 @@ async def _is(client, key: str, expected: int) -> bool:
     return await used(client, key) == expected
 
 
+async def test_a_fault_in_the_worker_loop_loses_nothing_and_counts_nothing_twice(
+    client, new_org: OrgFactory, send: Send, stack
+):
+    org, key = await new_org()
+    faults = stack.worker.faults
+    failpoints.enable("worker.before_insert", "error", nth=1)  # the next insert fails
+    try:
+        await send(*[make_event(org_id=org, input_tokens=10, output_tokens=0) for _ in range(20)])
+
+        async def faulted() -> bool:
+            return stack.worker.faults == faults + 1
+
+        await eventually(faulted)
+    finally:
+        failpoints.disable("worker.before_insert")
+    # The worker rebuilt its partitions from the store and read the batch again.
+    await rows_reach(stack, org, 20)
+    await eventually(lambda: _is(client, key, 200))
+    await send(*[make_event(org_id=org, input_tokens=10, output_tokens=0) for _ in range(5)])
+    await rows_reach(stack, org, 25)
+    await eventually(lambda: _is(client, key, 250))
+    assert stack.worker.faults == faults + 1
+
+
+async def test_a_failed_offset_commit_is_no_fault(client, new_org: OrgFactory, send: Send, stack):
+    org, key = await new_org()
+    faults = stack.worker.faults
+    failpoints.enable("worker.after_publish", "error", nth=1)  # the next commit fails
+    try:
+        await send(*[make_event(org_id=org, input_tokens=10, output_tokens=0) for _ in range(20)])
+        await rows_reach(stack, org, 20)
+        # The failed commit is seen when the next batch completes: the ones after it count.
+        for n in (21, 22):
+            await send(make_event(org_id=org, input_tokens=10, output_tokens=0))
+            await rows_reach(stack, org, n)
+        await eventually(lambda: _is(client, key, 220))
+    finally:
+        failpoints.disable("worker.after_publish")
+    assert stack.worker.faults == faults  # the offsets are informational: the loop went on
+
+
 async def test_sessions_are_counted_through_duplicates_and_reordering(
     new_org: OrgFactory, send: Send, stack
 ):
