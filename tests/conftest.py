@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import date
@@ -21,6 +23,49 @@ from tally.runtime import Tally
 from tests.factories import wire
 
 ADMIN_KEY = "test-admin-key-0123456789"
+
+# A test still running after WATCHDOG_S prints where its asyncio tasks wait and the log so
+# far; pytest-timeout (`timeout` in pyproject.toml, later) then ends the run, so a hang fails
+# with that evidence instead of running into CI's limit.
+WATCHDOG_S = 240
+_running: dict[str, Any] = {}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    _running.update(item=item, since=time.monotonic())
+    try:
+        return (yield)
+    finally:
+        _running.clear()
+
+
+def _report_hang(item: pytest.Item) -> None:
+    out = sys.stderr
+    print(f"\n{item.nodeid} has run for {WATCHDOG_S}s. Its asyncio tasks:", file=out)
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=12, file=out)
+    logging_plugin = item.config.pluginmanager.get_plugin("logging-plugin")
+    if logging_plugin is not None:
+        lines = logging_plugin.report_handler.stream.getvalue().splitlines()
+        print(f"The test's log (its last {min(len(lines), 300)} lines):", file=out)
+        print("\n".join(lines[-300:]), file=out, flush=True)
+
+
+@pytest_asyncio.fixture(scope="session", autouse=True)
+async def watchdog() -> AsyncIterator[None]:
+    async def watch() -> None:
+        reported = None
+        while True:
+            await asyncio.sleep(5)
+            item, since = _running.get("item"), _running.get("since", 0.0)
+            if item is not None and item is not reported and time.monotonic() - since > WATCHDOG_S:
+                reported = item
+                _report_hang(item)
+
+    task = asyncio.create_task(watch())
+    yield
+    task.cancel()
 
 
 async def eventually(

@@ -32,7 +32,7 @@ async def produce(bootstrap: str, workload: Workload) -> float:
     return len(workload.messages) / (time.perf_counter() - started)
 
 
-async def ceiling(bootstrap: str, partitions: int, total: int) -> float:
+async def ceiling(bootstrap: str, partitions: int, total: int, timeout: float = 600) -> float:
     """A plain aiokafka consumer: JSON decode and a dict update per event (events/s)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -51,6 +51,8 @@ async def ceiling(bootstrap: str, partitions: int, total: int) -> float:
     started = time.perf_counter()
     try:
         while seen < total:
+            if time.perf_counter() - started > timeout:
+                raise TimeoutError(f"the ceiling read {seen} of {total} events in {timeout:.0f}s")
             batch = await consumer.getmany(timeout_ms=200, max_records=20_000)
             for tp, msgs in batch.items():
                 start = next_offset[tp.partition]  # a fetch may repeat a batch's head

@@ -26,6 +26,7 @@ from tally.domain.partitioning import partition_of
 from tally.runtime import Tally
 
 LOAD_ORGS = [f"load-org-{i}" for i in range(50)]
+PROBE_TIMEOUT_S = 30.0  # a probe not counted by then is an error, not a figure
 
 
 def _event(org: str, tokens: int, event_id: str | None = None, ts: str | None = None) -> bytes:
@@ -144,6 +145,15 @@ class _Load:
         return round(sent / elapsed), round(cpu / elapsed, 2)
 
 
+def _delivery(future: asyncio.Future[Any]) -> str:
+    if not future.done():
+        return "not acknowledged by the broker"
+    if future.cancelled() or future.exception():
+        return f"not delivered ({'cancelled' if future.cancelled() else future.exception()!r})"
+    meta = future.result()
+    return f"at offset {meta.offset} of partition {meta.partition}"
+
+
 async def freshness(
     tally: Tally, samples: int, background_rate: int, broker_pid: int | None = None
 ) -> dict[str, float]:
@@ -171,8 +181,16 @@ async def freshness(
             day = counters.epoch_day(datetime.now(UTC))
             expected += i + 1
             started = time.perf_counter()
-            await producer.send(EVENTS_TOPIC, _event(org, i + 1), key=org.encode())
-            while table.total(org, counters.TOKENS, (day - 1, day)) != expected:  # noqa: ASYNC110
+            delivery = await producer.send(EVENTS_TOPIC, _event(org, i + 1), key=org.encode())
+            while (seen := table.total(org, counters.TOKENS, (day - 1, day))) != expected:
+                if delivery.done() and not delivery.cancelled() and delivery.exception():
+                    raise RuntimeError(f"probe {i + 1} not delivered: {delivery.exception()!r}")
+                if time.perf_counter() - started > PROBE_TIMEOUT_S:
+                    raise TimeoutError(
+                        f"probe {i + 1} of {samples} not counted within {PROBE_TIMEOUT_S:.0f}s:"
+                        f" its org's quota shows {seen} tokens, {expected} expected; the probe"
+                        f" is {_delivery(delivery)}"
+                    )
                 await asyncio.sleep(0.001)
             latencies.append((time.perf_counter() - started) * 1000)
             await asyncio.sleep(0.01)

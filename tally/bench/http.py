@@ -50,7 +50,10 @@ async def serving(app: Any) -> Any:
         )
     )
     task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110
+    while not server.started:
+        if task.done():  # it could not start (its error is raised here)
+            task.result()
+            raise RuntimeError("the HTTP server stopped before it started")
         await asyncio.sleep(0.02)
     try:
         yield f"http://127.0.0.1:{port}"
