@@ -30,6 +30,7 @@ from schemas.prices import PriceBook
 from streams import columns
 from streams.assignor import CountingAssignor
 from streams.batch import BatchResult, PartitionState, apply, projected
+from streams.holes import HoleCheck
 from streams.sink import ClickHouseSink
 from tally import failpoints, metrics
 from tally.config import COUNTERS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, Settings
@@ -88,6 +89,7 @@ class Worker:
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
         self._assignor = CountingAssignor()
+        self._holes = HoleCheck()
         # The batches being stored, and those prepared (and published) since, to store next.
         self._inflight: tuple[Prepared, asyncio.Task[None]] | None = None
         self._queued: Prepared = []
@@ -185,6 +187,7 @@ class Worker:
         for tp in sorted(partitions):
             state = await self._load(tp.partition, self.partitions)
             self.states[tp.partition] = state
+            self._holes.forget(tp.partition)
             # Read the message before the mark again, to check it is the same log.
             self._consumer.seek(tp, state.check[0] if state.check else state.next_offset)
             log.info(
@@ -256,6 +259,7 @@ class Worker:
             state.next_offset = 0
             state.epoch = epoch
             state.check = None
+            self._holes.forget(partition)
             self._consumer.seek(TopicPartition(tp.topic, partition), 0)
             await self._publish(state.counters)  # the new broker's counters topic is empty
         await self._flush_producer()
@@ -447,6 +451,7 @@ class Worker:
             first = self._read_to(tp.partition, before)
             # A fetch may start at the first offset of the record batch holding our mark.
             records = msgs if msgs[0].offset >= first else [m for m in msgs if m.offset >= first]
+            records = self._without_holes(tp, first, records)
             if records:
                 started = time.perf_counter()
                 result = columns.process(state, records, self.pricer, now, state.epoch, before)
@@ -457,6 +462,26 @@ class Worker:
                 # before the next partition's work.
                 await asyncio.sleep(0)
         return results
+
+    def _without_holes(self, tp: TopicPartition, first: int, records: list) -> list:  # type: ignore[type-arg]
+        """The records up to a hole in their offsets, which is read again (`streams.holes`)."""
+        assert self._consumer is not None
+        taken = self._holes.take(tp.partition, first, records, time.monotonic())
+        for gap_from, gap_to in taken.gaps:
+            metrics.offset_gaps.inc()
+            log.warning(
+                "partition %d: offsets %d to %d are not in the log (read %d times over %.1fs);"
+                " going on after them",
+                tp.partition,
+                gap_from,
+                gap_to,
+                self._holes.reads,
+                self._holes.wait_s,
+                extra={"partition": tp.partition, "offset": gap_from},
+            )
+        if taken.reread_from is not None:
+            self._consumer.seek(tp, taken.reread_from)
+        return taken.records
 
     def _count_early(
         self, state: PartitionState, result: BatchResult, before: list[BatchResult]

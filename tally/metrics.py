@@ -50,6 +50,11 @@ worker_faults = Counter(
     "Worker: faults in its loop (a broker or store error that outlasted the clients' retries);"
     " after each it rebuilt its partitions from the store and read on from the stored marks.",
 )
+offset_gaps = Counter(
+    "tally_offset_gaps",
+    "Worker: gaps in a usage.events partition's offsets that stayed after being read again"
+    " (Kafka transaction markers, records deleted by retention before they were counted).",
+)
 batches = Counter("tally_batches", "Batches stored and counted by the worker.")
 consumer_lag = Gauge(
     "tally_consumer_lag_events",
