@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 import uuid
@@ -104,16 +105,25 @@ def settings(broker: EmbeddedBroker, data_dir: Path) -> Settings:
     )
 
 
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Tally]:
+    """Worker and API in one process, as `tally up` runs them, once both are ready."""
+    tally = Tally(settings)
+    try:
+        await tally.start()
+        await tally.start_worker()
+        assert tally.worker is not None and tally.services is not None
+        await asyncio.wait_for(tally.worker.ready.wait(), 60)
+        await asyncio.wait_for(tally.services.counters.ready.wait(), 60)
+        yield tally
+    finally:
+        await tally.stop()
+
+
 @pytest_asyncio.fixture(scope="session")
 async def stack(settings: Settings) -> AsyncIterator[Tally]:
-    tally = Tally(settings)
-    await tally.start()
-    await tally.start_worker()
-    assert tally.worker is not None and tally.services is not None
-    await asyncio.wait_for(tally.worker.ready.wait(), 60)
-    await asyncio.wait_for(tally.services.counters.ready.wait(), 60)
-    yield tally
-    await tally.stop()
+    async with running(settings) as tally:
+        yield tally
 
 
 @pytest_asyncio.fixture(scope="session")

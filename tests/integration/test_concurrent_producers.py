@@ -26,7 +26,7 @@ from tally.domain import counters
 from tally.runtime import Tally
 from tally.store import Store
 from tests.backends import drop_database, fresh_database
-from tests.conftest import eventually, rows_reach
+from tests.conftest import eventually, rows_reach, running
 from tests.factories import make_event, orgs_on, wire
 
 PRODUCERS = 4
@@ -50,16 +50,8 @@ async def own(stack: Tally, tmp_path: Path) -> AsyncIterator[Tally]:
                     "log_epoch": f"race-{uuid.uuid4().hex[:8]}",
                 }
             )
-            tally = Tally(settings)
-            try:
-                await tally.start()
-                await tally.start_worker()
-                assert tally.worker is not None and tally.services is not None
-                await asyncio.wait_for(tally.worker.ready.wait(), 60)
-                await asyncio.wait_for(tally.services.counters.ready.wait(), 60)
+            async with running(settings) as tally:
                 yield tally
-            finally:
-                await tally.stop()
     finally:
         await drop_database(admin, url)
         await admin.stop()
