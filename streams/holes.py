@@ -32,7 +32,7 @@ R = TypeVar("R", bound=_Record)
 
 @dataclass
 class Taken(Generic[R]):
-    records: list[R]  # from the first offset asked for, without a hole
+    records: Sequence[R]  # from the first offset asked for, without a hole
     reread_from: int | None = None  # the hole to read again from, if one stopped them
     gaps: list[tuple[int, int]] = field(default_factory=list)  # accepted: (first, last) offset
 
@@ -52,7 +52,7 @@ class HoleCheck:
             records[0].offset == first and records[-1].offset - first == len(records) - 1
         ):  # offsets rise, so these follow each other: the usual case, at no cost per record
             self._holes.pop(partition, None)
-            return Taken[R](records=list(records))
+            return Taken[R](records=records)  # as they came: no copy
         taken = Taken[R](records=[])
         expected = first
         for i, record in enumerate(records):
@@ -63,14 +63,14 @@ class HoleCheck:
                 reads += 1
                 if reads < self.reads or now - since < self.wait_s:
                     self._holes[partition] = (expected, reads, since)
-                    taken.records = list(records[:i])
+                    taken.records = records[:i]
                     taken.reread_from = expected
                     return taken
                 taken.gaps.append((expected, record.offset - 1))
                 self._holes.pop(partition, None)
             expected = record.offset + 1
         self._holes.pop(partition, None)
-        taken.records = list(records)
+        taken.records = records
         return taken
 
     def forget(self, partition: int) -> None:

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import orjson
@@ -450,8 +450,8 @@ class Worker:
             before = self._unapplied(tp.partition)
             first = self._read_to(tp.partition, before)
             # A fetch may start at the first offset of the record batch holding our mark.
-            records = msgs if msgs[0].offset >= first else [m for m in msgs if m.offset >= first]
-            records = self._without_holes(tp, first, records)
+            from_first = msgs if msgs[0].offset >= first else [m for m in msgs if m.offset >= first]
+            records = self._without_holes(tp, first, from_first)
             if records:
                 started = time.perf_counter()
                 result = columns.process(state, records, self.pricer, now, state.epoch, before)
@@ -463,7 +463,12 @@ class Worker:
                 await asyncio.sleep(0)
         return results
 
-    def _without_holes(self, tp: TopicPartition, first: int, records: list) -> list:  # type: ignore[type-arg]
+    def _without_holes(
+        self,
+        tp: TopicPartition,
+        first: int,
+        records: list,  # type: ignore[type-arg]
+    ) -> Sequence:  # type: ignore[type-arg]
         """The records up to a hole in their offsets, which is read again (`streams.holes`)."""
         assert self._consumer is not None
         taken = self._holes.take(tp.partition, first, records, time.monotonic())
