@@ -8,6 +8,11 @@ An event whose `org_id` maps to another partition of the topic (a producer that 
 by `org_id`, or one still using the partition count from before an increase) is not counted
 here, where its org has no state: it is forwarded to the partition its org maps to, whose
 state counts it exactly once (`Forward`).
+
+An event whose `ts` is outside the event-time policy (too old, unless sent as history with a
+backfill range that holds it, or too far in the future: tally.domain.eventtime) is a dead
+letter with the reason. The policy is judged after the `event_id` dedup: a copy of an event
+counted before is a duplicate, however old it has become since.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from schemas.events import InvalidEvent
 from streams.decode import decode
 from tally.domain import counters
 from tally.domain.counters import CounterKey
+from tally.domain.eventtime import DEFAULT, Backfill, EventTime
 from tally.domain.partitioning import partition_of
 from tally.domain.pricing import Pricer
 from tally.domain.usage import measure
@@ -215,9 +221,11 @@ def process(
     now: datetime,
     log_epoch: str,
     pending: Sequence[BatchResult] = (),
+    event_time: EventTime = DEFAULT,
 ) -> BatchResult:
     """What a batch changes, given the state and the batches before it that are not yet
-    applied (`pending`, oldest first: the worker prepares batches while one is stored).
+    applied (`pending`, oldest first: the worker prepares batches while one is stored), and
+    the event-time policy judged at `now`.
 
     This is the definition, an event at a time; `streams.columns.process` computes the same
     for a fetch of the common shape a column at a time, and hands any other fetch to it."""
@@ -225,6 +233,7 @@ def process(
     result = begin(state, now, log_epoch, pending)
     partition, partitions = state.partition, state.partitions
     seen, event_ids, earlier = state.seen, result.event_ids, earlier_ids(pending)
+    oldest, newest = event_time.bounds(now)
     last: Message | None = None
     for record in records:
         last = record
@@ -243,6 +252,12 @@ def process(
         if event_id in seen or event_id in event_ids or event_id in earlier:
             result.duplicates += 1
             continue
+        ts = event["ts"]
+        if not oldest <= ts <= newest:
+            reason = event_time.refusal(ts, now, Backfill.of(record.headers))
+            if reason is not None:
+                result.dead.append(DeadLetter(record.value, reason, partition, record.offset))
+                continue
         event_ids.add(event_id)
         count(result, state, pending, event, record.offset, pricer, now)
     if last is not None:

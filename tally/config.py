@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tally.domain.eventtime import MAX_AGE_DAYS, MAX_SKEW_S, EventTime
+
 EVENTS_TOPIC = "usage.events"
 DLQ_TOPIC = "usage.events.dlq"
 COUNTERS_TOPIC = "usage.counters"
@@ -36,6 +38,20 @@ class Settings(BaseSettings):
         10_000, ge=1_000, description="A worker that stops heartbeating loses its partitions."
     )
     dedup_window_s: int = Field(86_400, ge=0, description="How long an event_id is remembered.")
+    max_event_age_days: int = Field(
+        MAX_AGE_DAYS,
+        ge=1,
+        le=36_500,
+        description="Events whose ts is further in the past are refused (the API answers why,"
+        " the worker sends them to the DLQ); history goes through `tally backfill --from --to`.",
+    )
+    max_event_skew_s: int = Field(
+        MAX_SKEW_S,
+        ge=0,
+        le=86_400,
+        description="Events whose ts is further in the future are refused: a runtime's clock"
+        " is wrong.",
+    )
     batch_max_records: int = Field(20_000, ge=1)
     batch_timeout_ms: int = Field(50, ge=0)
     log_epoch: str = Field(
@@ -88,6 +104,11 @@ class Settings(BaseSettings):
         if self.admin_key is not None and len(self.admin_key.get_secret_value()) < 16:
             raise ValueError("TALLY_ADMIN_KEY must be at least 16 characters")
         return self
+
+    @property
+    def event_time(self) -> EventTime:
+        """The event-time policy these settings make (tally.domain.eventtime)."""
+        return EventTime(self.max_event_age_days, self.max_event_skew_s)
 
     @property
     def embedded_broker(self) -> bool:

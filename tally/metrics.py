@@ -136,8 +136,8 @@ def dead_letter(error: str) -> None:
 def reason_class(error: str) -> str:
     """A dead letter's reason, as one of a few classes (bounded label values).
 
-    no_value, invalid_json, unknown_type, schema_version, misrouted, missing_field or
-    invalid_field.
+    no_value, invalid_json, unknown_type, schema_version, misrouted, too_old, in_future,
+    missing_field or invalid_field.
     """
     if error == "message has no value":
         return "no_value"
@@ -149,6 +149,11 @@ def reason_class(error: str) -> str:
         return "schema_version"
     if error.startswith("misrouted:"):
         return "misrouted"
+    if error.startswith("ts: "):  # the event-time policy (tally.domain.eventtime)
+        if "(TALLY_MAX_EVENT_AGE_DAYS)" in error:
+            return "too_old"
+        if "(TALLY_MAX_EVENT_SKEW_S)" in error:
+            return "in_future"
     if ": is required" in error:
         return "missing_field"
     return "invalid_field"

@@ -1,6 +1,6 @@
 """The pure batch path: decode, dedup, price, aggregate, apply."""
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import orjson
 
@@ -16,6 +16,7 @@ from streams.batch import (
 )
 from tally.catalogue import load_prices
 from tally.domain import counters
+from tally.domain.eventtime import BACKFILL_HEADER, Backfill, EventTime
 from tally.domain.partitioning import partition_of
 from tally.domain.pricing import Pricer
 from tally.metrics import reason_class
@@ -86,14 +87,100 @@ def test_invalid_messages_become_dead_letters_with_their_position():
 
 def test_late_events_count_in_their_own_day():
     state = PartitionState(0)
-    _, changed = run(state, ev(ts="2026-10-02T23:59:59Z", input_tokens=5, output_tokens=0))
-    day = counters.epoch_day(datetime(2026, 10, 2, tzinfo=UTC))
+    # 33 days late: within TALLY_MAX_EVENT_AGE_DAYS (35)
+    _, changed = run(state, ev(ts="2026-10-20T23:59:59Z", input_tokens=5, output_tokens=0))
+    day = counters.epoch_day(datetime(2026, 10, 20, tzinfo=UTC))
     # 5 gpt-4o input tokens at 2.5 micro-units each: 12.5, rounded half up once per event
     assert changed == {
         ("o", counters.TOKENS, day): 5,
         ("o", "cost.llm", day): 13,
         ("o", counters.UPSTREAM_COST, day): 13,  # managed mode: the platform pays upstream
     }
+
+
+def test_events_too_old_or_from_the_future_are_dead_letters_with_the_reason():
+    state = PartitionState(0)
+    old, ahead = ev(ts="2026-10-01T00:00:00Z"), ev(ts="2026-11-23T12:05:01Z")
+    edges = [ev(ts="2026-10-19T12:00:00Z"), ev(ts="2026-11-23T12:05:00Z")]  # taken
+    result, changed = run(state, old, ahead, *edges, ev("session.started", ts=old["ts"]))
+    assert [(d.offset, d.error) for d in result.dead] == [
+        (
+            0,
+            "ts: 2026-10-01T00:00:00Z is more than 35 days in the past"
+            " (TALLY_MAX_EVENT_AGE_DAYS); send history with"
+            " `tally backfill FILE --from DAY --to DAY`",
+        ),
+        (
+            1,
+            "ts: 2026-11-23T12:05:01Z is more than 300 s in the future"
+            " (TALLY_MAX_EVENT_SKEW_S); check the clock of the runtime that sent it",
+        ),
+        (4, result.dead[0].error),
+    ]
+    assert result.dead[0].value == orjson.dumps(old)
+    assert [r[1] for r in result.rows] == [e["event_id"] for e in edges]
+    assert result.event_ids == {e["event_id"] for e in edges}  # a refused id is not kept
+    assert {k[2] for k in changed} == {counters.epoch_day(datetime(2026, 10, 19, tzinfo=UTC)), DAY}
+    assert reason_class(result.dead[0].error) == "too_old"
+    assert reason_class(result.dead[1].error) == "in_future"
+    # The same event sent again once fixed (or as history) is not a duplicate.
+    again = records(old, start=5)
+    fixed = [Record(5, again[0].value, [Backfill(date(2026, 10, 1), date(2026, 10, 2)).header()])]
+    result = process(state, fixed, PRICER, NOW, "e")
+    assert not result.dead and [r[1] for r in result.rows] == [old["event_id"]]
+
+
+def test_the_policy_is_the_one_given():
+    state = PartitionState(0)
+    old = ev(ts="2026-10-01T00:00:00Z")
+    strict = EventTime(max_age_days=1, max_skew_s=0)
+    result = process(state, records(old), PRICER, NOW, "e", event_time=EventTime(60, 300))
+    assert not result.dead and len(result.rows) == 1
+    result = process(state, records(ev(ts="2026-11-22T11:59:59Z")), PRICER, NOW, "e", (), strict)
+    assert "more than 1 days in the past" in result.dead[0].error
+    result = process(state, records(ev(ts="2026-11-23T12:00:01Z")), PRICER, NOW, "e", (), strict)
+    assert "more than 0 s in the future" in result.dead[0].error
+
+
+def test_history_sent_with_its_backfill_range_is_counted_in_its_day():
+    state = PartitionState(0)
+    history = Backfill(date(2026, 9, 1), date(2026, 10, 1))
+    inside = ev(ts="2026-09-30T23:59:59.999Z", input_tokens=7, output_tokens=0)
+    outside = ev(ts="2026-10-01T00:00:00Z")
+    ahead = ev(ts="2026-11-24T00:00:00Z")
+    marked = [
+        Record(i, orjson.dumps(e), [("x", b"1"), history.header()])
+        for i, e in enumerate((inside, outside, ahead))
+    ]
+    malformed = Record(3, orjson.dumps(ev(ts="2026-09-15T00:00:00Z")), [(BACKFILL_HEADER, b"?")])
+    result = process(state, [*marked, malformed], PRICER, NOW, "e")
+    assert [r[1] for r in result.rows] == [inside["event_id"]]
+    day = counters.epoch_day(datetime(2026, 9, 30, tzinfo=UTC))
+    assert result.deltas[("o", counters.TOKENS, day)] == 7
+    assert [(d.offset, d.error.split(" (TALLY")[0]) for d in result.dead] == [
+        (1, "ts: 2026-10-01T00:00:00Z is more than 35 days in the past"),
+        (2, "ts: 2026-11-24T00:00:00Z is more than 300 s in the future"),
+        (3, "ts: 2026-09-15T00:00:00Z is more than 35 days in the past"),
+    ]
+    assert "outside the backfill range it was sent with (--from 2026-09-01 --to 2026-10-01)" in (
+        result.dead[0].error
+    )
+
+
+def test_a_copy_of_a_counted_event_that_has_become_old_is_a_duplicate_not_a_dead_letter():
+    state = PartitionState(0)
+    old = ev(ts="2026-10-01T00:00:00Z")
+    state.seen[old["event_id"]] = NOW.timestamp() - 60  # counted when it was recent
+    pending = process(state, records(ev(event_id="p")), PRICER, NOW, "e")
+    result = process(
+        state,
+        records(old, ev(event_id="p", ts="2026-10-01T00:00:00Z"), start=1),
+        PRICER,
+        NOW,
+        "e",
+        pending=[pending],
+    )
+    assert (result.duplicates, result.dead, result.rows) == (2, [], [])
 
 
 def test_sessions_survive_reordering_and_duplicates():

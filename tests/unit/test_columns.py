@@ -4,7 +4,7 @@ duplicates and rows, for any fetch; and it does take the common shape."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import orjson
 import pyarrow as pa
@@ -16,6 +16,7 @@ from streams import columns
 from streams.batch import BatchResult, PartitionState, Record, event_block, process
 from tally.bench.workload import generate
 from tally.catalogue import load_prices
+from tally.domain.eventtime import Backfill, EventTime
 from tally.domain.partitioning import partition_of
 from tally.domain.pricing import Pricer
 from tests.factories import make_event
@@ -95,6 +96,29 @@ times = st.builds(
     st.integers(0, 9),
     st.text("0123456789", min_size=3, max_size=3),
 )
+# Now and then a time at an edge of the event-time policy (35 days back, 300 s ahead, to the
+# microsecond), or well past either: refused, or taken as history with a backfill header.
+OLDEST, NEWEST = NOW - timedelta(days=35), NOW + timedelta(seconds=300)
+edge_times = st.builds(
+    wire_time,
+    st.sampled_from(
+        [OLDEST, NEWEST, OLDEST - timedelta(days=20), NEWEST + timedelta(days=1)]
+    ).flatmap(
+        lambda t: st.integers(-1_500_000, 1_500_000).map(lambda us: t + timedelta(microseconds=us))
+    ),
+    st.integers(0, 300),
+    st.integers(0, 9),
+    st.text("0123456789", min_size=3, max_size=3),
+)
+event_times = st.integers(0, 25).flatmap(lambda i: edge_times if i == 0 else times)
+# The headers a message may carry: none, a backfill range that holds the old times, one that
+# does not, and one that names no range.
+HISTORY = Backfill(date(2026, 9, 1), date(2026, 10, 20))
+HEADERS = st.sampled_from(
+    [(), (), (), (), [HISTORY.header()], [Backfill(date(2026, 10, 1), date(2026, 10, 2)).header()]]
+    + [[("tally-backfill", b"oops"), ("x", b"")]]
+)
+POLICIES = st.sampled_from([EventTime(), EventTime(), EventTime(60, 3600), EventTime(1, 0)])
 tokens = st.integers(0, 300).map(lambda i: 10**12 if i == 157 else i * 17)  # 10**12 overflows
 
 
@@ -116,7 +140,7 @@ def events(draw: st.DrawFn) -> bytes:
         run_id=draw(st.sampled_from([None, "r1", "r2", ...])),
         session_id=draw(st.sampled_from(["s1", "s2"])),
         key_mode=draw(st.sampled_from(["live", "live", "test"])),
-        ts=draw(times),
+        ts=draw(event_times),
     )
     if kind == "llm.usage":
         inp = draw(tokens)
@@ -151,7 +175,9 @@ def events(draw: st.DrawFn) -> bytes:
 
 
 @st.composite
-def fetches(draw: st.DrawFn) -> tuple[PartitionState, list[Record], list[Record], Pricer]:
+def fetches(
+    draw: st.DrawFn,
+) -> tuple[PartitionState, list[Record], list[Record], Pricer, EventTime]:
     partitions = draw(st.sampled_from([0, 0, 4]))
     partition = partition_of("o1", 4) if partitions else 0
     state = PartitionState(partition, partitions, next_offset=100)
@@ -163,9 +189,9 @@ def fetches(draw: st.DrawFn) -> tuple[PartitionState, list[Record], list[Record]
                 state.sessions[(org, session)] = flags
     before = draw(st.lists(events(), max_size=10))
     values = draw(st.lists(events(), min_size=1, max_size=40))
-    earlier = [Record(100 + i, v) for i, v in enumerate(before)]
-    fetch = [Record(100 + len(before) + i, v) for i, v in enumerate(values)]
-    return state, earlier, fetch, draw(st.sampled_from(PRICERS))
+    earlier = [Record(100 + i, v, draw(HEADERS)) for i, v in enumerate(before)]
+    fetch = [Record(100 + len(before) + i, v, draw(HEADERS)) for i, v in enumerate(values)]
+    return state, earlier, fetch, draw(st.sampled_from(PRICERS)), draw(POLICIES)
 
 
 def assert_same(got: BatchResult, want: BatchResult) -> None:
@@ -199,15 +225,16 @@ def stored(result: BatchResult) -> pa.Table:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(fetches())
 def test_a_fetch_gives_what_the_definition_gives(fetch):
-    state, earlier, records, pricer = fetch
-    pending = [process(state, earlier, pricer, NOW, "e")] if earlier else []
-    want = process(state, records, pricer, NOW, "e", pending)
+    state, earlier, records, pricer, policy = fetch
+    pending = [process(state, earlier, pricer, NOW, "e", (), policy)] if earlier else []
+    want = process(state, records, pricer, NOW, "e", pending, policy)
     # `take` has no threshold of size: fetches this small are taken a column at a time too.
-    got = columns.take(state, records, pricer, NOW, "e", pending)
+    got = columns.take(state, records, pricer, NOW, "e", pending, policy)
     event(f"taken a column at a time: {got is not None}")  # about nine in ten
+    event(f"refused for their time: {sum(d.error.startswith('ts: ') for d in want.dead) > 0}")
     if got is not None:
         assert_same(got, want)
-    assert_same(columns.process(state, records, pricer, NOW, "e", pending), want)
+    assert_same(columns.process(state, records, pricer, NOW, "e", pending, policy), want)
 
 
 def test_a_fetch_of_the_common_shape_is_taken_a_column_at_a_time():
@@ -221,20 +248,22 @@ def test_a_fetch_of_the_common_shape_is_taken_a_column_at_a_time():
     state.seen[seen] = 1.0
     state.sessions[("bench-org-0001", "s-3")] = 1
     pricer = PRICERS[0]
-    pending = [process(state, earlier, pricer, NOW, "e")]
-    got = columns.take(state, records, pricer, NOW, "e", pending)
+    now = datetime.now(UTC)  # the workload's events are of the last hour
+    pending = [process(state, earlier, pricer, now, "e")]
+    got = columns.take(state, records, pricer, now, "e", pending)
     assert got is not None and got.block is not None and not got.rows
-    want = process(state, records, pricer, NOW, "e", pending)
+    want = process(state, records, pricer, now, "e", pending)
     assert want.duplicates == 3
     assert_same(got, want)
 
 
 def test_sessions_and_storage_in_a_fetch_are_counted_with_it():
+    at = {"org_id": "o1", "ts": "2026-11-23T10:00:00Z"}
     values = [
-        make_event("session.started", org_id="o1", session_id="s"),
-        make_event(org_id="o1"),
-        make_event("storage.usage", org_id="o1"),
-        make_event("session.ended", org_id="o1", session_id="s"),
+        make_event("session.started", session_id="s", **at),
+        make_event(**at),
+        make_event("storage.usage", **at),
+        make_event("session.ended", session_id="s", **at),
     ]
     records = [Record(i, orjson.dumps(v)) for i, v in enumerate(values)]
     state = PartitionState(0)
@@ -244,9 +273,18 @@ def test_sessions_and_storage_in_a_fetch_are_counted_with_it():
 
 
 def one(**overrides: object) -> list[Record]:
+    at = {"org_id": "o1", "ts": "2026-11-23T10:00:00Z"}
     return [
-        Record(0, orjson.dumps(make_event(org_id="o1"))),
-        Record(1, orjson.dumps(make_event(**{"org_id": "o1", **overrides}))),
+        Record(0, orjson.dumps(make_event(**at))),
+        Record(1, orjson.dumps(make_event(**{**at, **overrides}))),
+    ]
+
+
+def history() -> list[Record]:
+    header = [Backfill(date(2026, 9, 1), date(2026, 9, 2)).header()]
+    return [
+        Record(i, orjson.dumps(make_event(org_id="o1", ts=ts)), header)
+        for i, ts in enumerate(["2026-09-01T10:00:00Z", "2026-11-23T10:00:00Z"])
     ]
 
 
@@ -260,6 +298,9 @@ def test_other_fetches_go_to_the_definition_whole():
         (PartitionState(0), one(ts="2026-02-30T10:00:00Z"), PRICERS[0]),  # no such day
         (PartitionState(0), one(output_tokens=10**12), PRICERS[0]),  # beyond 64 bits
         (PartitionState(0), one(model="m-change", ts="2026-11-23T00:00:00Z"), PRICERS[1]),
+        (PartitionState(0), one(ts="2026-10-19T11:59:59.999999Z"), PRICERS[0]),  # too old
+        (PartitionState(0), one(ts="2026-11-23T12:05:00.000001Z"), PRICERS[0]),  # ahead
+        (PartitionState(0), history(), PRICERS[0]),  # old, sent with its backfill range
     ]
     for state, records, pricer in cases:
         assert columns.take(state, records, pricer, NOW, "e") is None
@@ -267,6 +308,9 @@ def test_other_fetches_go_to_the_definition_whole():
             columns.process(state, records, pricer, NOW, "e"),
             process(state, records, pricer, NOW, "e"),
         )
+    # The limits are inclusive: events at both edges are taken a column at a time.
+    edges = one(ts="2026-10-19T12:00:00Z")[1:] + one(ts="2026-11-23T12:05:00Z")
+    assert columns.take(PartitionState(0), edges, PRICERS[0], NOW, "e") is not None
 
 
 @settings(max_examples=300, deadline=None)
@@ -281,4 +325,20 @@ def test_times_are_read_as_python_reads_them(text):
     if got is None:
         assert text.endswith("z")
     else:
+        assert_same(got, want)
+
+
+@settings(max_examples=300, deadline=None)
+@given(edge_times)
+def test_a_time_at_an_edge_of_the_event_time_policy_is_judged_alike(text):
+    """To the microsecond, as Python reads it: a fetch the definition takes whole is taken a
+    column at a time, and one with an event it refuses is left to it."""
+    records = [Record(0, orjson.dumps(make_event(org_id="o1", ts=text)))]
+    state = PartitionState(0)
+    got = columns.take(state, records, PRICERS[0], NOW, "e")
+    want = process(state, records, PRICERS[0], NOW, "e")
+    event(f"refused: {bool(want.dead)}")
+    if not text.endswith("z"):
+        assert (got is None) == bool(want.dead)
+    if got is not None:
         assert_same(got, want)
