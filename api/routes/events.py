@@ -13,6 +13,7 @@ Status: 200 when every event was accepted, 207 when some were not.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -128,7 +129,8 @@ def _parse(body: bytes) -> list[Any]:
 
 
 def _admit(svc: Services, key: ApiKey, index: int, item: Any) -> EventResult:
-    """Validate one event against the contract and the key, and queue it if good."""
+    """Validate one event against the contract, the key and the event-time policy
+    (tally.domain.eventtime), and queue it if good."""
     assert svc.emitter is not None
     if not isinstance(item, dict):
         return EventResult(index=index, status="rejected", error="event: must be a JSON object")
@@ -148,6 +150,9 @@ def _admit(svc: Services, key: ApiKey, index: int, item: Any) -> EventResult:
         event = validate_event(item)
         if len(orjson.dumps(item)) > MAX_EVENT_BYTES:
             raise InvalidEvent(f"event: must be at most {MAX_EVENT_BYTES} bytes of JSON")
+        too_old_or_ahead = svc.settings.event_time.refusal(event.ts, datetime.now(UTC))
+        if too_old_or_ahead is not None:  # history goes through `tally backfill --from --to`
+            raise InvalidEvent(too_old_or_ahead)
     except InvalidEvent as exc:
         return EventResult(index=index, status="rejected", event_id=event_id, error=exc.reason)
     try:

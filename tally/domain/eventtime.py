@@ -22,9 +22,12 @@ MAX_SKEW_S = 300
 BACKFILL_HEADER = "tally-backfill"
 
 
-def _text(ts: datetime) -> str:
-    """`ts` as the contract writes it, in UTC: 2026-10-01T00:00:00Z (with its fraction)."""
-    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+def iso(ts: datetime) -> str:
+    """`ts` in UTC as the contract writes it: 2026-10-01T00:00:00Z, with a fraction only if it
+    has one, in milliseconds unless it has microseconds."""
+    us = ts.microsecond
+    spec = "seconds" if not us else "milliseconds" if not us % 1000 else "microseconds"
+    return ts.astimezone(UTC).isoformat(timespec=spec).replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,19 +112,19 @@ def refusal(
     older than `max_age_days` through when it holds the event's `ts`."""
     if ts > now + timedelta(seconds=max_skew_s):
         return (
-            f"ts: {_text(ts)} is more than {max_skew_s} s in the future"
+            f"ts: {iso(ts)} is more than {max_skew_s} s in the future"
             " (TALLY_MAX_EVENT_SKEW_S); check the clock of the runtime that sent it"
         )
     if ts < now - timedelta(days=max_age_days):
         if backfill is None:
             return (
-                f"ts: {_text(ts)} is more than {max_age_days} days in the past"
+                f"ts: {iso(ts)} is more than {max_age_days} days in the past"
                 " (TALLY_MAX_EVENT_AGE_DAYS); send history with"
                 " `tally backfill FILE --from DAY --to DAY`"
             )
         if not backfill.covers(ts):
             return (
-                f"ts: {_text(ts)} is more than {max_age_days} days in the past"
+                f"ts: {iso(ts)} is more than {max_age_days} days in the past"
                 f" (TALLY_MAX_EVENT_AGE_DAYS) and outside the backfill range it was sent with"
                 f" ({backfill})"
             )

@@ -1,18 +1,29 @@
-"""`tally backfill FILE.jsonl`: historical events into usage.events, each counted once.
+"""`tally backfill FILE.jsonl [--from DAY --to DAY]`: historical events into usage.events,
+each counted once.
 
 The file is read line by line (one JSON event per line, the wire format), in chunks: a bad
 line is reported with its number and reason and the run goes on; good lines go through
 `tally.ops.submit` (dedup within the file, skip what is already stored, then the worker's
 own dedup). With `wait`, the command returns once the worker has committed past the last
 event sent, so "done" means stored and counted.
+
+Events older than TALLY_MAX_EVENT_AGE_DAYS are history: they need an explicit range of UTC
+days (`--from`, and `--to`, the day after the last), sent with each event, within which the
+worker takes them (tally.domain.eventtime). Without a range, a file holding such events is
+refused before anything is sent (`too_old`), with the range that would take it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
+from schemas.events import InvalidEvent
+from streams.decode import decode
 from tally.config import EVENTS_TOPIC
+from tally.domain.eventtime import DEFAULT, Backfill, EventTime
 from tally.ops import kafka
 from tally.ops.api import Api
 from tally.ops.submit import Report, Submitter
@@ -42,15 +53,55 @@ def chunks(path: Path, size: int = CHUNK) -> Iterator[list[tuple[str, bytes]]]:
         yield chunk
 
 
+@dataclass(frozen=True, slots=True)
+class TooOld:
+    """Events of a file older than the age limit, and the range of days that would take the
+    whole file."""
+
+    count: int
+    first: str  # where the first one is: "line N"
+    first_ts: datetime
+    suggested: Backfill
+
+
+def too_old(path: Path, event_time: EventTime, now: datetime) -> TooOld | None:
+    """The file's events the worker would refuse for their age without a range, if any
+    (lines that are not valid events are left to the run to report)."""
+    oldest, _ = event_time.bounds(now)
+    count, first, first_ts = 0, "", None
+    low = high = None
+    for chunk in chunks(path):
+        for where, raw in chunk:
+            try:
+                ts = decode(raw)["ts"]
+            except InvalidEvent:
+                continue
+            low = ts if low is None or ts < low else low
+            high = ts if high is None or ts > high else high
+            if ts < oldest:
+                count += 1
+                if first_ts is None:
+                    first, first_ts = where, ts
+    if first_ts is None or low is None or high is None:
+        return None
+    suggested = Backfill(low.date(), high.date() + timedelta(days=1))
+    return TooOld(count, first, first_ts, suggested)
+
+
 async def backfill(
     path: Path,
     bootstrap: str,
     api: Api | None,
     progress: Progress,
     dry_run: bool = False,
+    history: Backfill | None = None,
+    event_time: EventTime = DEFAULT,
 ) -> Report:
+    """Send the file's events; with `history`, as history of that range (each must be in it)."""
     async with kafka.writer(bootstrap) as producer:
-        submitter = Submitter(None if dry_run else producer, api)
+        submitter = Submitter(
+            None if dry_run else producer, api, event_time=event_time, backfill=history
+        )
         for chunk in chunks(path):
             await submitter.submit(chunk)
             progress.advance(len(chunk))

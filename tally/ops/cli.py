@@ -196,7 +196,9 @@ def dlq_replay(
             letters = await dlq.read(bootstrap)
             items, unreadable = dlq.replay_items(letters, set(offset) if offset else None), []
         async with Api(_api_url(s, api_url), key) as api, writer(bootstrap) as producer:
-            submitter = Submitter(None if dry_run else producer, api if key else None)
+            submitter = Submitter(
+                None if dry_run else producer, api if key else None, event_time=s.event_time
+            )
             submitter.report.invalid += unreadable
             await submitter.submit(items)
         short = {}
@@ -217,8 +219,40 @@ def dlq_replay(
     raise typer.Exit(1 if report.invalid or short else 0)
 
 
+def _history(start: str | None, end: str | None) -> Any:
+    """The range `--from`/`--to` name (a tally.domain.eventtime.Backfill), or None."""
+    from tally.domain.eventtime import Backfill
+
+    if start is None and end is None:
+        return None
+    if start is None or end is None:
+        typer.echo(
+            "tally: --from and --to go together: the first UTC day of the history and the"
+            " day after its last, YYYY-MM-DD",
+            err=True,
+        )
+        raise typer.Exit(2)
+    try:
+        return Backfill(date.fromisoformat(start), date.fromisoformat(end))
+    except ValueError as exc:
+        typer.echo(f"tally: --from/--to: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 def backfill(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSON lines.")],
+    start: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="History: the first UTC day (YYYY-MM-DD) of the events; needed, with --to,"
+            " for events older than TALLY_MAX_EVENT_AGE_DAYS. Every event must be in the range.",
+        ),
+    ] = None,
+    end: Annotated[
+        str | None,
+        typer.Option("--to", help="History: the UTC day after the last, YYYY-MM-DD."),
+    ] = None,
     bootstrap_servers: Bootstrap = None,
     api_url: ApiUrl = None,
     skip_stored: SkipStored = True,
@@ -231,20 +265,39 @@ def backfill(
 ) -> None:
     """Ingest historical events (one JSON event per line) with a progress bar.
 
+    Events older than TALLY_MAX_EVENT_AGE_DAYS need an explicit range, --from DAY --to DAY
+    (the day after the last): without one, such a file is refused before anything is sent.
     Bad lines are reported and skipped; events already stored or repeated in the file are
     sent once. Exits 1 if any line was rejected or the worker did not store all in time."""
+    from tally.domain.eventtime import iso
     from tally.ops import backfill as bf
     from tally.ops.api import Api
     from tally.ops.text import Progress
 
     s = _settings()
+    history = _history(start, end)
     key = _need_admin(s, "--skip-stored") if skip_stored else None
     bootstrap = _bootstrap(s, bootstrap_servers)
+    if history is None:
+        old = bf.too_old(file, s.event_time, datetime.now(UTC))
+        if old is not None:
+            ts = iso(old.first_ts)
+            typer.echo(
+                f"tally: {old.count} events of {file.name} are more than"
+                f" {s.max_event_age_days} days old (TALLY_MAX_EVENT_AGE_DAYS), the first at"
+                f" {old.first} (ts {ts}); the worker takes such history only within an"
+                " explicit range: --from, the first UTC day, and --to, the day after the last."
+                f" Nothing was sent. For this file: tally backfill {file} {old.suggested}",
+                err=True,
+            )
+            raise typer.Exit(2)
     progress = Progress(bf.count_lines(file), f"backfill {file.name}")
 
     async def go() -> tuple[Any, dict[int, int]]:
         async with Api(_api_url(s, api_url), key) as api:
-            report = await bf.backfill(file, bootstrap, api if key else None, progress, dry_run)
+            report = await bf.backfill(
+                file, bootstrap, api if key else None, progress, dry_run, history, s.event_time
+            )
         short = {}
         if wait and not dry_run:
             typer.echo("waiting for the worker to store them ...", err=True)

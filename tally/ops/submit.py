@@ -1,14 +1,19 @@
 """Re-submitting events to usage.events so that each is counted once (backfill, DLQ replay).
 
-Three guards, from the cheapest: every event is validated first (a refused one is reported,
-never sent); an `(org_id, event_id)` already submitted in this run is sent once; with the
-API at hand, an event already stored is skipped. The worker's own event_id dedup window
-covers the rest (an event in flight, or a second run while the first is not yet stored).
+Three guards, from the cheapest: every event is validated first, its `ts` against the
+event-time policy too (a refused one is reported, never sent: the worker would refuse it as
+well); an `(org_id, event_id)` already submitted in this run is sent once; with the API at
+hand, an event already stored is skipped. The worker's own event_id dedup window covers the
+rest (an event in flight, or a second run while the first is not yet stored).
+
+History (`tally backfill --from --to`) is sent with its range (`Backfill`, a Kafka header):
+every event must fall in it, and the worker takes events older than the age limit in it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
@@ -16,6 +21,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from schemas.events import InvalidEvent
 from streams.decode import decode
 from tally.config import EVENTS_TOPIC
+from tally.domain.eventtime import DEFAULT, Backfill, EventTime, iso
 from tally.ops.api import Api
 
 _partitioner = DefaultPartitioner()
@@ -43,10 +49,15 @@ class Submitter:
         producer: AIOKafkaProducer | None,
         api: Api | None,
         keep_ids: bool = False,
+        event_time: EventTime = DEFAULT,
+        backfill: Backfill | None = None,
     ) -> None:
         self.producer = producer  # None: a dry run, nothing is sent
         self.api = api
         self.keep_ids = keep_ids
+        self.event_time = event_time
+        self.backfill = backfill
+        self._headers = [backfill.header()] if backfill is not None else []
         self.report = Report()
         self._submitted: set[tuple[str, str]] = set()
         self._partitions: dict[bytes, int] = {}
@@ -54,11 +65,16 @@ class Submitter:
     async def submit(self, items: list[tuple[str, bytes]]) -> None:
         """`items` are `(where, raw JSON)`; `where` names the line or message in reports."""
         fresh: list[tuple[bytes, str, str]] = []
+        now = datetime.now(UTC)
         for where, raw in items:
             try:
                 event = decode(raw)
             except InvalidEvent as exc:
                 self.report.invalid.append((where, exc.reason))
+                continue
+            refused = self.refusal(event["ts"], now)
+            if refused is not None:
+                self.report.invalid.append((where, refused))
                 continue
             key = (event["org_id"], event["event_id"])
             if key in self._submitted:
@@ -78,6 +94,14 @@ class Submitter:
         if self.keep_ids:
             self.report.sent_ids += [eid for _, _, eid in fresh]
 
+    def refusal(self, ts: datetime, now: datetime) -> str | None:
+        """Why an event of time `ts` is not sent: outside the range of history being sent,
+        or refused by the event-time policy the worker applies too."""
+        history = self.backfill
+        if history is not None and not history.covers(ts):
+            return f"ts: {iso(ts)} is outside the backfill range ({history})"
+        return self.event_time.refusal(ts, now, history)
+
     async def _send(self, producer: AIOKafkaProducer, messages: list[tuple[bytes, bytes]]) -> None:
         """Send `(key, value)` messages in whole record batches, each to the partition the
         producer's default partitioner picks for its key (so an org's backfilled events
@@ -89,15 +113,15 @@ class Submitter:
             if p is None:
                 p = self._partitions[key] = _partitioner(key, parts, parts)
             by_partition.setdefault(p, []).append((key, value))
-        sent = []
+        sent, headers = [], self._headers
         for p, msgs in by_partition.items():
             batch = producer.create_batch()
             for key, value in msgs:
-                if batch.append(key=key, value=value, timestamp=None) is None:
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     n = batch.record_count()
                     sent.append((n, await producer.send_batch(batch, EVENTS_TOPIC, partition=p)))
                     batch = producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None)
+                    batch.append(key=key, value=value, timestamp=None, headers=headers)
             n = batch.record_count()
             sent.append((n, await producer.send_batch(batch, EVENTS_TOPIC, partition=p)))
         for n, future in sent:
