@@ -14,7 +14,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from tally.store.queries import DERIVED_KEYS, derived_month_matches, derived_select
+from tally.store.queries import (
+    DERIVED_KEYS,
+    EVENT_IDS_BACKFILL,
+    derived_month_matches,
+    derived_select,
+)
 
 if TYPE_CHECKING:
     from tally.store import Store
@@ -76,6 +81,22 @@ async def _replace_month(store: Store, table: str, month: str) -> None:
         await store.command(f"DROP TABLE IF EXISTS {stage}")
 
 
+async def event_ids(store: Store) -> None:
+    """Copy the ids of the events stored before `event_ids` existed (008) into it.
+
+    One `INSERT ... SELECT` over `events`, streamed by ClickHouse (memory stays bounded).
+    A second run, a concurrent one or a run after a crash copies rows again: `event_ids` is
+    a ReplacingMergeTree keyed by `(org_id, event_id)`, and a copy has the same
+    `ingested_at` (so the same partition) as the row it repeats, so the copies merge away,
+    and every read counts distinct ids meanwhile. Nothing is ever lost: rows the workers
+    store during the copy reach `event_ids` through its materialized view, and the readers
+    take the ids of `events` too. What retention had deleted before this migration is not
+    in `events` to copy: those ids were already unknown to the dedup and to the look-ups.
+    """
+    await store.command(EVENT_IDS_BACKFILL)
+
+
 BACKFILLS: dict[str, Callable[[Store], Awaitable[None]]] = {
     "007_report_rollups.sql": report_rollups,
+    "008_event_ids.sql": event_ids,
 }

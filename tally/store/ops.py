@@ -64,7 +64,12 @@ def reconcile_figures(
 
 
 def stored_event_ids(event_ids: Sequence[str], org_ids: Sequence[str] | None = None) -> Query:
-    """Which of these event ids have a stored row (the org ids, if given, narrow the scan)."""
+    """Which of these event ids were ever stored (the org ids, if given, narrow the scan).
+
+    `event_ids` keeps the id of every stored event when log retention deletes its row, so a
+    re-backfilled old event is known; `events` is read too, for the rows of an insert a
+    crash cut short before their `event_ids` rows were written.
+    """
     if len(event_ids) > MAX_LOOKUP:
         raise ValueError(f"at most {MAX_LOOKUP} event ids per look-up")
     where = "event_id IN {ids:Array(String)}"
@@ -72,7 +77,11 @@ def stored_event_ids(event_ids: Sequence[str], org_ids: Sequence[str] | None = N
     if org_ids:
         where = "org_id IN {orgs:Array(String)} AND " + where
         params["orgs"] = list(org_ids)
-    return f"SELECT DISTINCT event_id FROM events WHERE {where}", params
+    sql = (
+        f"SELECT DISTINCT event_id FROM (SELECT event_id FROM event_ids WHERE {where}"
+        f" UNION ALL SELECT event_id FROM events WHERE {where})"
+    )
+    return sql, params
 
 
 def rollup_figures(start: date, end: date, org_id: str | None = None) -> Query:

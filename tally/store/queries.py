@@ -79,12 +79,27 @@ def open_sessions(partition: int, partitions: int) -> Query:
 
 
 def recent_event_ids(partition: int, partitions: int, since_epoch_s: int) -> Query:
+    """The dedup window: each id the orgs of `partition` stored since `since_epoch_s`, with
+    when it was stored (ms), oldest first.
+
+    From `event_ids`, which keeps the ids of the events log retention deleted (an event with
+    an old `ts` can go the day it is stored), and from `events`, which holds the rows of an
+    insert a crash cut short before its `event_ids` rows were written.
+    """
+    where = f"{_OWNED} AND ingested_at >= fromUnixTimestamp({{since:Int64}})"
+    at = "toUnixTimestamp64Milli(ingested_at) AS at"
     sql = (
-        "SELECT event_id, toUnixTimestamp64Milli(ingested_at) AS at FROM events"
-        f" WHERE {_OWNED} AND ingested_at >= fromUnixTimestamp({{since:Int64}})"
-        " ORDER BY at"
+        f"SELECT event_id, max(at) AS last FROM (SELECT event_id, {at} FROM event_ids"
+        f" WHERE {where} UNION ALL SELECT event_id, {at} FROM events WHERE {where})"
+        " GROUP BY event_id ORDER BY last"
     )
     return sql, {"p": partition, "n": partitions, "since": since_epoch_s}
+
+
+# An events row's event_ids row, as the materialized view in migrations/008_event_ids.sql
+# defines it; the migration's backfill copies what events held before it.
+EVENT_IDS_SELECT = "SELECT org_id, event_id, toDate(ts) AS day, partition, ingested_at FROM events"
+EVENT_IDS_BACKFILL = f"INSERT INTO event_ids {EVENT_IDS_SELECT}"
 
 
 # The rollups' SELECTs, as the materialized views in migrations/002_rollups.sql define them;

@@ -27,7 +27,7 @@ from streams.sink import ClickHouseSink
 from tally.catalogue import load_prices
 from tally.domain.partitioning import partition_of
 from tally.domain.pricing import Pricer
-from tally.store import Store, backfills, migrations
+from tally.store import Store, backfills, migrations, ops
 from tally.store import queries as q
 from tests.backends import clickhouse_container, drop_database, fresh_database
 from tests.factories import make_event, orgs_across, orgs_on, wire
@@ -497,6 +497,98 @@ async def test_the_worker_rebuilds_derived_rollups_that_disagree(backend: Backen
         assert await sink.repair(5) == sorted({today, today - timedelta(days=3)})
         assert await derived_match(store)
         assert await sink.repair(5) == []
+    finally:
+        await store.stop()
+        await drop_database(backend.admin, url)
+
+
+# -- event ids: what log retention does not delete ---------------------------------------
+
+
+async def stored_ids(store: Store) -> tuple[set[str], int]:
+    """The ids in event_ids, and how many rows they hold once copies are merged away."""
+    ids = {str(r[0]) for r in await store.query("SELECT DISTINCT event_id FROM event_ids")}
+    rows = await store.query("SELECT count() FROM event_ids FINAL")
+    return ids, int(rows[0][0])
+
+
+async def test_event_ids_outlive_retention_and_the_migration_copies_an_existing_store(
+    backend: Backend,
+):
+    url = await backend.fresh_url()
+    store = Store(url)
+    await store.start()
+    try:
+        # A store as 007 left it: no event_ids, and events of this month and earlier ones.
+        await store.command("DROP VIEW event_ids_mv")
+        await store.command("DROP TABLE event_ids")
+        await store.command(
+            "ALTER TABLE schema_migrations DELETE WHERE name = '008_event_ids.sql'"
+            " SETTINGS mutations_sync = 2"
+        )
+        p = 6
+        sink = ClickHouseSink(store, "ids", 86_400)
+        now = datetime.now(UTC)
+        (org,) = orgs_on(p, N, prefix="ids")
+        history = [e for ago in (0, 10, 20) for e in varied_workload(org, now - timedelta(ago))]
+        state = PartitionState(p, N)
+        await run_batch(sink, state, [wire(e) for e in history], 0)
+
+        assert await store.migrate() == ["008_event_ids.sql"]
+        every = {e["event_id"] for e in history}
+        assert await stored_ids(store) == (every, len(every))
+        # Again, and three at once: a copy merges away, and reads count each id once.
+        await backfills.event_ids(store)
+        racers = [Store(url) for _ in range(3)]
+        try:
+            await asyncio.gather(*(r.start() for r in racers))
+            await asyncio.gather(*(backfills.event_ids(r) for r in racers))
+        finally:
+            for r in racers:
+                await r.stop()
+        assert await stored_ids(store) == (every, len(every))
+
+        # From now on the materialized view keeps it, once per event however often an
+        # insert is retried.
+        retried = [wire(make_event(org_id=org)) for _ in range(5)]
+        result = process(
+            state, [Record(1_000 + i, v) for i, v in enumerate(retried)], PRICER, now, "ids"
+        )
+        await sink.write(result.rows, {p: mark(result)})
+        await sink.write(result.rows, {p: mark(result)})
+        apply(state, result)
+        every |= {str(r[EVENT_COLUMNS.index("event_id")]) for r in result.rows}
+        assert len(every) == len(history) + 5
+        assert (await stored_ids(store))[0] == every
+        new_rows = await store.query(
+            "SELECT count() FROM event_ids WHERE event_id IN {ids:Array(String)}",
+            {"ids": [str(r[EVENT_COLUMNS.index("event_id")]) for r in result.rows]},
+        )
+        assert new_rows == [(5,)]
+
+        # Retention deletes the raw events older than a week; their ids stay known to the
+        # dedup window a worker rebuilds and to the "already stored" look-up.
+        rollups = await store.query("SELECT sum(events), sum(billable) FROM usage_daily")
+        await store.command(
+            "DELETE FROM events WHERE org_id = {o:String} AND ts < {t:DateTime64(3, 'UTC')}",
+            {"o": org, "t": now - timedelta(days=7)},
+        )
+        week = now - timedelta(days=7)
+        deleted = [e for e in history if datetime.fromisoformat(e["ts"]) < week]
+        assert 0 < len(deleted) < len(history)
+        assert (await store.query("SELECT count() FROM events"))[0][0] == len(every) - len(deleted)
+        loaded = await ClickHouseSink(store, "ids", 86_400).load(p, N)
+        assert set(loaded.seen) == every
+        found = await store.query(*ops.stored_event_ids(sorted(every), [org]))
+        assert {str(r[0]) for r in found} == every
+        found = await store.query(*ops.stored_event_ids([e["event_id"] for e in deleted]))
+        assert len(found) == len(deleted)
+        assert await store.query(*ops.stored_event_ids(["no-such-id"], [org])) == []
+
+        # Sent again, the deleted events are duplicates: nothing stored, nothing counted.
+        again = await run_batch(sink, loaded, [wire(e) for e in deleted], loaded.next_offset)
+        assert (again.duplicates, len(again.rows)) == (len(deleted), 0)
+        assert await store.query("SELECT sum(events), sum(billable) FROM usage_daily") == rollups
     finally:
         await store.stop()
         await drop_database(backend.admin, url)
