@@ -104,17 +104,11 @@ class ClickHouseSink:
         return f"{self.base_epoch}.{uuid.uuid4().hex[:12]}"
 
     async def repair(self, partition: int) -> list[date]:
-        """Rebuild the rollups of days where they disagree with the raw events, then the
-        derived rollups of days where they disagree with usage_daily; returns those days."""
-        days = [row[0] for row in await self.store.query(*q.rollup_gaps(partition))]
-        if days:
-            log.warning(
-                "partition %d: rollups disagree with events on %s; rebuilding them",
-                partition,
-                [d.isoformat() for d in days],
-            )
-            for statement in q.repair_rollups(partition, days):
-                await self.store.command(*statement)
+        """Rebuild the rollups of org-days where they hold fewer events than the raw events,
+        then the derived rollups of days where they disagree with usage_daily; returns those
+        days. An org-day or run whose raw events retention has partly deleted is not rebuilt
+        from what is left: its rollups are the only record of the deleted events."""
+        days = await self._repair_from_events(partition)
         gaps: dict[str, list[date]] = {}
         for table, day in await self.store.query(*q.derived_gaps(partition)):
             gaps.setdefault(table, []).append(day)
@@ -128,6 +122,45 @@ class ClickHouseSink:
             for statement in q.rebuild_derived(table, partition, table_days):
                 await self.store.command(*statement)
         return sorted({*days, *(d for table_days in gaps.values() for d in table_days)})
+
+    async def _repair_from_events(self, partition: int) -> list[date]:
+        gaps = await self.store.query(*q.rollup_gaps(partition))
+        if not gaps:
+            return []
+        runs = await self.store.query(*q.gap_runs(partition, [(o, d) for o, d, _ in gaps]))
+        days = [d for _, d, _ in gaps] + [d for _, _, n, lo, hi in runs if n for d in (lo, hi)]
+        orgs = sorted({org for org, _, _ in gaps})
+        deleted: dict[str, list[date]] = {}
+        for org, day in await self.store.query(
+            *q.deleted_days(partition, orgs, min(days), max(days))
+        ):
+            deleted.setdefault(org, []).append(day)
+        # What retention deleted is in the rollups only: an org-day or a run that lost raw
+        # events to it is left as it is rather than rebuilt from the rest.
+        fixable = [(org, day) for org, day, _ in gaps if day not in deleted.get(org, ())]
+        whole = [
+            (org, run)
+            for org, run, n, lo, hi in runs
+            if not n or not any(lo <= day <= hi for day in deleted.get(org, ()))
+        ]
+        kept = [f"{org} {day.isoformat()}" for org, day, _ in gaps if (org, day) not in fixable]
+        kept += [f"{org} run {run}" for org, run, *_ in runs if (org, run) not in whole]
+        if kept:
+            log.warning(
+                "partition %d: rollups miss events of %s, which lost raw events to retention;"
+                " kept as they are (the rollups hold the deleted events)",
+                partition,
+                kept,
+            )
+        if fixable or whole:
+            log.warning(
+                "partition %d: rollups disagree with events on %s; rebuilding them",
+                partition,
+                [f"{org} {day.isoformat()}" for org, day in fixable],
+            )
+            for statement in q.repair_rollups(partition, fixable, whole):
+                await self.store.command(*statement)
+        return sorted({day for _, day in fixable})
 
     async def load(self, partition: int, partitions: int) -> PartitionState:
         """Rebuild one partition's state from what is stored (repairing its rollups first).

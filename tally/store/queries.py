@@ -146,64 +146,129 @@ def derived_month_matches(table: str) -> str:
 
 
 def rollup_gaps(partition: int) -> Query:
-    """Days whose daily rollup disagrees with the raw events of a partition.
+    """`(org_id, day, raw events)` where an org's daily rollup on a partition holds fewer
+    events than its raw events.
 
     An insert is not atomic across a table and its materialized views: a process killed
-    in the middle can leave events without their rollup rows. Only days with more events
-    than rollup rows count: fewer means raw events were deleted (retention), and the
-    rollups are then the only record left.
+    in the middle can leave events without their rollup rows. Only more raw events than
+    rollup events is a gap: fewer means raw events were deleted (retention), and the rollups
+    are then the only record left. By org and day, not by day alone: orgs of one partition
+    have different retentions, and one org's deleted events must neither hide another's gap
+    nor be rebuilt away with it.
     """
     sql = (
-        "SELECT e.d FROM"
-        " (SELECT toDate(ts) AS d, count() AS n FROM events"
-        "  WHERE partition = {p:UInt16} GROUP BY d) AS e"
+        "SELECT e.org_id, e.d, e.n FROM"
+        " (SELECT org_id, toDate(ts) AS d, count() AS n FROM events"
+        "  WHERE partition = {p:UInt16} GROUP BY org_id, d) AS e"
         " LEFT JOIN"
-        " (SELECT day AS d, sum(events) AS n FROM usage_daily"
-        "  WHERE partition = {p:UInt16} GROUP BY d) AS r"
-        " USING d WHERE e.n > r.n ORDER BY e.d"
+        " (SELECT org_id, day AS d, sum(events) AS n FROM usage_daily"
+        "  WHERE partition = {p:UInt16} GROUP BY org_id, d) AS r"
+        " USING (org_id, d) WHERE e.n > r.n ORDER BY e.d, e.org_id"
     )
     return sql, {"p": partition}
 
 
-def repair_rollups(partition: int, days: list[date]) -> list[Query]:
-    """Statements that rebuild a partition's rollups for `days` from its raw events.
+def _on_org_days(day: str) -> str:
+    """SQL: the row is on one of the org-days `(orgs[i], days[i])`; `day` is its day."""
+    return (
+        "org_id IN {orgs:Array(String)}"
+        f" AND has(arrayZip({{orgs:Array(String)}}, {{days:Array(Date)}}), (org_id, {day}))"
+    )
 
-    The derived rollups are emptied for those days too: the re-insert into usage_daily
+
+def _org_days(org_days: list[tuple[str, date]]) -> dict[str, Any]:
+    return {"orgs": [org for org, _ in org_days], "days": [day for _, day in org_days]}
+
+
+# The rows of the runs `(run_orgs[i], runs[i])`.
+_RUNS = (
+    "org_id IN {run_orgs:Array(String)}"
+    " AND has(arrayZip({run_orgs:Array(String)}, {runs:Array(String)}), (org_id, run_id))"
+)
+
+
+def gap_runs(partition: int, org_days: list[tuple[str, date]]) -> Query:
+    """`(org_id, run_id, rollup rows, first day, last day)` for each run with raw events on
+    the org-days of a partition: the days its rollup spans (rows 0: it has none)."""
+    runs = (
+        "SELECT DISTINCT org_id, run_id FROM events WHERE partition = {p:UInt16}"
+        f" AND run_id != '' AND {_on_org_days('toDate(ts)')}"
+    )
+    sql = (
+        "SELECT c.org_id, c.run_id, r.n, r.lo, r.hi FROM"
+        f" ({runs}) AS c"
+        " LEFT JOIN"
+        " (SELECT org_id, run_id, count() AS n, toDate(min(first_ts)) AS lo,"
+        "  toDate(max(last_ts)) AS hi FROM usage_runs"
+        "  WHERE partition = {p:UInt16} AND org_id IN {orgs:Array(String)}"
+        "  GROUP BY org_id, run_id) AS r"
+        " USING (org_id, run_id) ORDER BY c.org_id, c.run_id"
+    )
+    return sql, {"p": partition, **_org_days(org_days)}
+
+
+def deleted_days(partition: int, orgs: list[str], first: date, last: date) -> Query:
+    """`(org_id, day)` from `first` to `last` on which retention deleted raw events of
+    `orgs` stored on a partition: `event_ids`, which it does not delete, holds more of them
+    than `events` (days by the events' `ts`)."""
+    sql = (
+        "SELECT i.org_id, i.day FROM"
+        " (SELECT org_id, day, uniqExact(event_id) AS n FROM event_ids"
+        "  WHERE partition = {p:UInt16} AND org_id IN {orgs:Array(String)}"
+        "  AND day >= {first:Date} AND day <= {last:Date} GROUP BY org_id, day) AS i"
+        " LEFT JOIN"
+        " (SELECT org_id, toDate(ts) AS day, count() AS n FROM events"
+        "  WHERE partition = {p:UInt16} AND org_id IN {orgs:Array(String)}"
+        "  AND toDate(ts) >= {first:Date} AND toDate(ts) <= {last:Date}"
+        "  GROUP BY org_id, day) AS e"
+        " USING (org_id, day) WHERE i.n > e.n ORDER BY i.org_id, i.day"
+    )
+    return sql, {"p": partition, "orgs": orgs, "first": first, "last": last}
+
+
+def repair_rollups(
+    partition: int, org_days: list[tuple[str, date]], runs: list[tuple[str, str]]
+) -> list[Query]:
+    """Statements that rebuild a partition's rollups from its raw events: the daily rollups
+    of the org-days `(org_id, day)`, and the runs `(org_id, run_id)`.
+
+    The derived rollups are emptied for those org-days too: the re-insert into usage_daily
     reaches them through their materialized views.
     """
-    p = {"p": partition, "days": days}
-    runs = (
-        "SELECT DISTINCT run_id FROM events WHERE partition = {p:UInt16}"
-        " AND toDate(ts) IN {days:Array(Date)} AND run_id != ''"
-    )
-    return [
-        *(
+    p = {"p": partition, **_org_days(org_days)}
+    where = f"partition = {{p:UInt16}} AND {_on_org_days('day')}"
+    statements: list[Query] = []
+    if org_days:
+        statements += [
+            *(
+                (f"ALTER TABLE {table} DELETE WHERE {where} SETTINGS mutations_sync = 2", p)
+                for table in ("usage_daily", *DERIVED_KEYS)
+            ),
             (
-                f"ALTER TABLE {table} DELETE WHERE partition = {{p:UInt16}}"
-                " AND day IN {days:Array(Date)} SETTINGS mutations_sync = 2",
+                f"INSERT INTO usage_daily SELECT {DAILY_KEY}, {_SUMS} FROM events"
+                f" WHERE partition = {{p:UInt16}} AND {_on_org_days('toDate(ts)')}"
+                f" GROUP BY {DAILY_KEY.replace('toDate(ts) AS day', 'day')}"
+                " SETTINGS insert_deduplicate = 0",
                 p,
-            )
-            for table in ("usage_daily", *DERIVED_KEYS)
-        ),
-        (
-            f"INSERT INTO usage_daily SELECT {DAILY_KEY}, {_SUMS} FROM events"
-            " WHERE partition = {p:UInt16} AND toDate(ts) IN {days:Array(Date)}"
-            f" GROUP BY {DAILY_KEY.replace('toDate(ts) AS day', 'day')}"
-            " SETTINGS insert_deduplicate = 0",
-            p,
-        ),
-        (
-            f"ALTER TABLE usage_runs DELETE WHERE partition = {{p:UInt16}} AND run_id IN ({runs})"
-            " SETTINGS mutations_sync = 2",
-            p,
-        ),
-        (
-            f"INSERT INTO usage_runs SELECT {RUNS_KEY}, min(ts) AS first_ts, max(ts) AS last_ts,"
-            f" {_SUMS} FROM events WHERE partition = {{p:UInt16}} AND run_id IN ({runs})"
-            f" GROUP BY {RUNS_KEY} SETTINGS insert_deduplicate = 0",
-            p,
-        ),
-    ]
+            ),
+        ]
+    if runs:
+        r = {"p": partition, "run_orgs": [org for org, _ in runs], "runs": [run for _, run in runs]}
+        statements += [
+            (
+                f"ALTER TABLE usage_runs DELETE WHERE partition = {{p:UInt16}} AND {_RUNS}"
+                " SETTINGS mutations_sync = 2",
+                r,
+            ),
+            (
+                f"INSERT INTO usage_runs SELECT {RUNS_KEY}, min(ts) AS first_ts,"
+                f" max(ts) AS last_ts, {_SUMS} FROM events"
+                f" WHERE partition = {{p:UInt16}} AND {_RUNS}"
+                f" GROUP BY {RUNS_KEY} SETTINGS insert_deduplicate = 0",
+                r,
+            ),
+        ]
+    return statements
 
 
 def derived_gaps(partition: int) -> Query:

@@ -21,10 +21,12 @@ import pytest
 import pytest_asyncio
 from aiokafka.partitioner import DefaultPartitioner
 
+from api.retention import DELETE as RETENTION
 from streams import columns
 from streams.batch import EVENT_COLUMNS, BatchResult, PartitionState, Record, apply, process
 from streams.sink import ClickHouseSink
 from tally.catalogue import load_prices
+from tally.domain.eventtime import Backfill
 from tally.domain.partitioning import partition_of
 from tally.domain.pricing import Pricer
 from tally.store import Store, backfills, migrations, ops
@@ -128,10 +130,17 @@ def mark(result: BatchResult) -> tuple[str, int, int]:
 
 
 async def run_batch(
-    sink: ClickHouseSink, state: PartitionState, values: list[bytes], first_offset: int
+    sink: ClickHouseSink,
+    state: PartitionState,
+    values: list[bytes],
+    first_offset: int,
+    history: Backfill | None = None,
 ) -> BatchResult:
-    """What the worker does with one fetch: process, store with the mark, then apply."""
-    records = [Record(first_offset + i, v) for i, v in enumerate(values)]
+    """What the worker does with one fetch: process, store with the mark, then apply.
+    With `history`, the messages carry its range, as `tally backfill --from --to` sends
+    them (events older than TALLY_MAX_EVENT_AGE_DAYS need it)."""
+    headers = [history.header()] if history is not None else []
+    records = [Record(first_offset + i, v, headers) for i, v in enumerate(values)]
     state.epoch = state.epoch or sink.base_epoch
     result = process(state, records, PRICER, datetime.now(UTC), state.epoch)
     await sink.write(result.rows, {state.partition: mark(result)})
@@ -425,9 +434,10 @@ async def test_the_report_rollups_migration_backfills_an_existing_store_once(bac
             for e in varied_workload(org, now - timedelta(days=ago))
         ]
         states = {p: PartitionState(p) for p in (3, 4)}
+        history = Backfill(now.date() - timedelta(days=60), now.date() + timedelta(days=1))
         for i, p in enumerate(states):
             values = [wire(e) for e in events[i::2]]
-            await run_batch(sink, states[p], values, 0)
+            await run_batch(sink, states[p], values, 0, history)
         await store.command(
             "DELETE FROM events WHERE org_id = 'bf-0' AND ts < {t:DateTime64(3, 'UTC')}",
             {"t": now - timedelta(days=10)},
@@ -459,7 +469,7 @@ async def test_the_report_rollups_migration_backfills_an_existing_store_once(bac
 
         # From now on the materialized views keep them in step, late events included.
         late = [make_event(org_id="bf-1", ts=iso(now - timedelta(days=44)), input_tokens=77)]
-        await run_batch(sink, states[3], [wire(e) for e in late], 1_000)
+        await run_batch(sink, states[3], [wire(e) for e in late], 1_000, history)
         assert await derived_match(store)
         assert (
             await derived_figures(store, "usage_daily_items", {}, "1")
@@ -589,6 +599,94 @@ async def test_event_ids_outlive_retention_and_the_migration_copies_an_existing_
         again = await run_batch(sink, loaded, [wire(e) for e in deleted], loaded.next_offset)
         assert (again.duplicates, len(again.rows)) == (len(deleted), 0)
         assert await store.query("SELECT sum(events), sum(billable) FROM usage_daily") == rollups
+    finally:
+        await store.stop()
+        await drop_database(backend.admin, url)
+
+
+async def test_the_rollup_repair_never_rebuilds_away_what_retention_deleted(backend: Backend):
+    """A crash leaves raw events without their rollup rows, on a partition where retention
+    deleted other raw events: the repair rebuilds what it can rebuild exactly and leaves the
+    org-days and runs that lost raw events to retention as they are (their rollups are the
+    only record of the deleted events)."""
+    url = await backend.fresh_url()
+    store = Store(url)
+    await store.start()
+    try:
+        p = 7
+        sink = ClickHouseSink(store, "kept", 86_400)
+        now = datetime.now(UTC)
+        old = now - timedelta(days=10)
+        a, b, c = orgs_on(p, N, count=3, prefix="kept")
+
+        def llm(org: str, at: datetime, run: str, tokens: int) -> bytes:
+            event = make_event(org_id=org, ts=iso(at), run_id=run, input_tokens=tokens)
+            return wire(event | {"output_tokens": 0})
+
+        state = PartitionState(p, N)
+        first = [llm(a, old, "run-a", 100) for _ in range(3)]
+        first += [llm(b, old, "run-b", 1) for _ in range(2)]
+        first += [llm(c, old, "run-c", 10) for _ in range(3)]
+        await run_batch(sink, state, first, 0)
+        # A's and C's plans keep raw events a week; B's keeps them all.
+        await store.command(RETENTION, {"orgs": [a, c], "cutoff": now - timedelta(days=7)})
+
+        # A process killed in the middle of an insert: events stored, rollups not. B's on
+        # the old day outnumber A's deleted ones; C's arrive late, on its expired day and
+        # run, and on today.
+        views = [
+            s
+            for _, statements in migrations()
+            for s in statements
+            for name in ("usage_daily_mv", "usage_runs_mv")
+            if s.startswith(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {name} ")
+        ]
+        assert len(views) == 2
+        for name in ("usage_daily_mv", "usage_runs_mv"):
+            await store.command(f"DROP VIEW {name}")
+        second = [llm(b, old, "run-b", 1_000) for _ in range(6)]
+        second += [llm(c, old, "run-c", 20) for _ in range(5)]
+        second += [llm(c, now, "run-c", 20), llm(c, now, "run-c2", 7)]
+        await run_batch(sink, state, second, len(first))
+        for view in views:
+            await store.command(view)
+
+        assert await sink.repair(p) == sorted({old.date(), now.date()})
+
+        daily = await store.query(
+            "SELECT org_id, day, sum(events), sum(billable) FROM usage_daily"
+            " GROUP BY org_id, day ORDER BY org_id, day"
+        )
+        assert sorted(daily) == sorted(
+            [
+                (a, old.date(), 3, 300),  # deleted, kept
+                (b, old.date(), 8, 6_002),  # rebuilt
+                (c, old.date(), 3, 30),  # lost raw events to retention: kept as it was
+                (c, now.date(), 2, 27),  # rebuilt
+            ]
+        )
+        runs = await store.query(
+            "SELECT org_id, run_id, sum(events), sum(billable) FROM usage_runs"
+            " GROUP BY org_id, run_id ORDER BY org_id, run_id"
+        )
+        assert sorted(runs) == sorted(
+            [
+                (a, "run-a", 3, 300),
+                (b, "run-b", 8, 6_002),
+                (c, "run-c", 3, 30),  # lost raw events to retention: kept as it was
+                (c, "run-c2", 1, 7),
+            ]
+        )
+        assert await derived_match(store)
+        # The gap left in C's expired day is reported again, never rebuilt from what is left.
+        assert await sink.repair(p) == []
+        assert (
+            await store.query(
+                "SELECT org_id, day, sum(events), sum(billable) FROM usage_daily"
+                " GROUP BY org_id, day ORDER BY org_id, day"
+            )
+            == daily
+        )
     finally:
         await store.stop()
         await drop_database(backend.admin, url)

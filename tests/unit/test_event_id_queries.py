@@ -1,13 +1,15 @@
-"""The SQL that answers "was this event stored": every caller value bound, both tables read.
+"""The SQL that reads `event_ids`: every caller value bound, never SQL text.
 
 `event_ids` keeps the id of every stored event when log retention deletes its row from
 `events`; `events` holds the rows of an insert whose `event_ids` rows a crash lost. The
-dedup rebuild and the stored-events look-up read both.
+dedup rebuild and the stored-events look-up read both; the rollup repair compares them to
+tell what retention deleted.
 """
 
 from __future__ import annotations
 
 import re
+from datetime import date
 
 from tally.store import migrations
 from tally.store import ops as sql
@@ -44,3 +46,35 @@ def test_the_backfill_copies_what_the_materialized_view_writes():
     (view,) = [s for s in statements if s.startswith("CREATE MATERIALIZED VIEW")]
     assert " ".join(view.split()).split(" TO event_ids AS ", 1)[1] == q.EVENT_IDS_SELECT
     assert q.EVENT_IDS_BACKFILL.removeprefix("INSERT INTO event_ids ") == q.EVENT_IDS_SELECT
+
+
+def test_the_rollup_repair_binds_its_org_days_and_runs():
+    days = [date(2026, 11, 2), date(2026, 11, 3)]
+    text, params = q.rollup_gaps(7)
+    assert params == {"p": 7} and placeholders(text) == {"p"}
+    assert "GROUP BY org_id, d" in text  # by org and day: one org's deletions hide nothing
+
+    text, params = q.gap_runs(7, [(EVIL, days[0]), ("acme", days[1])])
+    assert EVIL not in text and params == {"p": 7, "orgs": [EVIL, "acme"], "days": days}
+    assert placeholders(text) == set(params)
+
+    text, params = q.deleted_days(7, [EVIL], days[0], days[1])
+    assert EVIL not in text and placeholders(text) == set(params) == {"p", "orgs", "first", "last"}
+    assert "FROM event_ids" in text and "FROM events" in text and "WHERE i.n > e.n" in text
+
+    statements = q.repair_rollups(7, [(EVIL, days[0])], [(EVIL, "run-'1")])
+    assert [s.split()[:3] for s, _ in statements] == [
+        ["ALTER", "TABLE", "usage_daily"],
+        *(["ALTER", "TABLE", t] for t in q.DERIVED_KEYS),
+        ["INSERT", "INTO", "usage_daily"],
+        ["ALTER", "TABLE", "usage_runs"],
+        ["INSERT", "INTO", "usage_runs"],
+    ]
+    for text, params in statements:
+        assert EVIL not in text and "run-'1" not in text
+        assert placeholders(text) == set(params)
+    assert statements[0][1] == {"p": 7, "orgs": [EVIL], "days": [days[0]]}
+    assert statements[-1][1] == {"p": 7, "run_orgs": [EVIL], "runs": ["run-'1"]}
+    # Nothing to rebuild of a kind: no statement for it.
+    assert [s.split()[2] for s, _ in q.repair_rollups(7, [], [("acme", "r")])] == ["usage_runs"] * 2
+    assert len(q.repair_rollups(7, [("acme", days[0])], [])) == 2 + len(q.DERIVED_KEYS)
