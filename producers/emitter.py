@@ -19,9 +19,15 @@ How it keeps every event (see docs/events.md, "The emitter"):
   to the front of the spool (they are older than anything there), and the emitter
   reconnects with backoff. Once the broker is back (and has the topic), the spool is
   replayed in order, then the emitter returns to sending from memory.
+- End-to-end acknowledgement (`confirm="stored"`, the default): an event is done when Tally
+  has *stored* it, not when the broker acknowledged it; until then it is kept and, if the
+  broker restarts empty, sent again (`producers.delivery`). `confirm="broker"` ends at
+  the broker's acknowledgement, for a topic that no Tally worker reads.
 - `flush()` returns when everything emitted before it was delivered or is durably spooled;
-  `close()` flushes, then closes. Events left on disk are delivered by the next emitter
-  that opens the same spool directory, even in another process.
+  `wait_delivered()` when nothing waits for the broker; `wait_stored()` when everything is
+  stored. `close()` waits for that (up to `close_timeout_s`), then writes what is still
+  unconfirmed to the spool. Events left on disk are delivered by the next emitter that
+  opens the same spool directory, even in another process.
 
 Delivery is at least once: a chunk that fails halfway is sent again, and Tally drops the
 copies by `event_id`. Event ids are UUIDv7, so they also sort by emission time.
@@ -32,21 +38,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
 from producers import build
-from producers.spool import Record, Spool, SpoolFull
+from producers.confirm import Ticket, Unconfirmed
+from producers.delivery import Delivery
+from producers.helpers import TypedHelpers
+from producers.marks import MarksReader
+from producers.spool import Position, Record, Spool, SpoolFull
 from schemas.events import Event, InvalidEvent, validate_event
 
 log = logging.getLogger("tally.emitter")
@@ -64,15 +72,22 @@ class EmitterStats:
     failed: int  # refused because the spool was full: these were not kept
     rejected: int  # refused as invalid (InvalidEvent raised to the caller)
     buffered: int  # in memory now
-    spool_pending_bytes: int  # on disk now, not delivered yet
+    spool_pending_bytes: int  # on disk now, not confirmed yet
     connected: bool
+    unconfirmed: int = 0  # acknowledged by the broker, not yet confirmed as stored
+    confirmed: int = 0  # confirmed as stored by Tally (a copy sent again counts again)
+    resent: int = 0  # sent again because the broker that took them restarted empty
 
 
-class Emitter:
+class Emitter(TypedHelpers, Delivery):
     """Send usage events to Kafka without losing any; use `async with` or start/close.
 
     `spool_dir` is required: it is where undelivered events wait. Give each emitter (each
     process) its own directory; a second emitter on the same one gets `SpoolLocked`.
+
+    Bounds: `buffer_events` in memory waiting to be sent, `unconfirmed_max_events` sent and
+    not yet confirmed as stored (beyond it new events wait in the buffer, then the spool),
+    `spool_max_bytes` on disk; past all three a helper raises `SpoolFull`.
     """
 
     def __init__(
@@ -90,7 +105,12 @@ class Emitter:
         fsync_interval_ms: int = 50,
         reconnect_backoff_ms: tuple[int, int] = (200, 5_000),
         client_id: str = "tally-emitter",
+        confirm: Literal["stored", "broker"] = "stored",
+        unconfirmed_max_events: int = 100_000,
+        close_timeout_s: float = 10.0,
     ) -> None:
+        if confirm not in ("stored", "broker"):
+            raise ValueError('confirm must be "stored" or "broker"')
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.buffer_events = buffer_events
@@ -101,6 +121,9 @@ class Emitter:
         self.fsync_interval = fsync_interval_ms / 1000
         self.backoff_min, self.backoff_max = (b / 1000 for b in reconnect_backoff_ms)
         self.client_id = client_id
+        self.confirm = confirm
+        self.unconfirmed_max_events = unconfirmed_max_events
+        self.close_timeout_s = close_timeout_s
         self.spool = Spool(spool_dir, max_bytes=spool_max_bytes)
 
         self._lock = threading.Lock()
@@ -111,6 +134,14 @@ class Emitter:
         self._enqueued = 0  # events that entered the buffer
         self._left = 0  # of those, how many left memory (delivered or spooled), in order
         self._sent = self._spooled = self._failed = self._rejected = 0
+        self._confirmed = self._resent = 0
+        self._unconfirmed = Unconfirmed()
+        self._cluster: str | None = None  # the broker's cluster id, as last verified
+        self._verifying = 0  # acknowledged, waiting for the cluster id that says where to
+        self._replay_from: Position | None = None  # the spool is read ahead to here
+        self._replayed: deque[tuple[Ticket, Position]] = deque()  # read, not yet confirmed
+        self._waiters: dict[Ticket, asyncio.Future[bool]] = {}
+        self._marks: MarksReader | None = None
         self._producer: AIOKafkaProducer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -139,6 +170,9 @@ class Emitter:
             log.info(
                 "spool %s holds %d bytes to deliver", self.spool.directory, self.spool.pending_bytes
             )
+        if self._stored_mode:
+            self._marks = MarksReader(self.bootstrap_servers, self._on_marks)
+            await self._marks.start()
         await self._connect()
         self._task = asyncio.create_task(self._pump(), name="tally-emitter")
         self._accepting = True
@@ -158,27 +192,61 @@ class Emitter:
         await self._sync(force=True)
 
     async def wait_delivered(self, timeout: float) -> bool:
-        """Wait until nothing is left in memory or on disk; False if `timeout` passes first."""
+        """Wait until the broker has acknowledged everything (nothing waits in memory or on
+        disk to be sent); False if `timeout` passes first."""
+        return await self._wait(self._delivered, timeout)
+
+    async def wait_stored(self, timeout: float) -> bool:
+        """Wait until Tally has stored everything emitted (with `confirm="broker"`: until
+        it is delivered); False if `timeout` passes first."""
+        return await self._wait(self._stored, timeout)
+
+    def _delivered(self) -> bool:
+        return not self._buffer and not self._inflight and not self._unread()
+
+    def _stored(self) -> bool:
+        return (
+            self._delivered() and not self._verifying and not self._unconfirmed and self.spool.empty
+        )
+
+    async def _wait(self, done: Callable[[], bool], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
             with self._lock:
-                done = not self._buffer and not self._inflight and self.spool.empty
-            if done:
-                return True
+                if done():
+                    return True
+            if time.monotonic() >= deadline:
+                return False
             self._poke()
             await asyncio.sleep(0.02)
-        return False
 
     async def close(self) -> None:
-        """Flush, stop the pump, close the connection and the spool. Safe to call twice."""
+        """Wait until what was emitted is stored (up to `close_timeout_s`), stop the pump,
+        keep on disk what is still not confirmed, close the connection and the spool. Safe
+        to call twice."""
         if self._task is None:
             return
         self._accepting = False
+        stored_mode, connected = self._stored_mode, self._producer is not None
+        if stored_mode and connected and not await self.wait_stored(self.close_timeout_s):
+            log.warning(
+                "closing before Tally confirmed every event as stored: the rest stays in"
+                " spool %s for the next emitter that opens it",
+                self.spool.directory,
+            )
         self._closing = True
         self._poke()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
+        if self._marks is not None:
+            await self._marks.stop()
+        with self._lock:
+            rest = self._unconfirmed.take_all()
+            if rest:
+                with contextlib.suppress(SpoolFull, OSError):
+                    self._to_spool_front(rest)
+        await self._sync(force=True)
         await self._disconnect()
         await asyncio.to_thread(self._close_spool)
 
@@ -205,167 +273,10 @@ class Emitter:
                 buffered=len(self._buffer) + self._inflight,
                 spool_pending_bytes=self.spool.pending_bytes,
                 connected=self._producer is not None,
+                unconfirmed=len(self._unconfirmed) + self._verifying,
+                confirmed=self._confirmed,
+                resent=self._resent,
             )
-
-    # -- the typed helpers (return the event_id; raise InvalidEvent on a bad argument) -------
-
-    def llm_usage(
-        self,
-        *,
-        org_id: str,
-        agent_id: str,
-        model: str,
-        input_tokens: int,
-        output_tokens: int,
-        cached_input_tokens: int = 0,
-        mode: str = "managed",
-        run_id: str | None = None,
-        session_id: str | None = None,
-        key_mode: str = "live",
-        ts: datetime | str | None = None,
-        event_id: str | None = None,
-    ) -> str:
-        """Tokens of one LLM call; `cached_input_tokens` is the cached part of `input_tokens`."""
-        try:
-            event = build.llm_usage(
-                org_id,
-                agent_id,
-                model,
-                input_tokens,
-                output_tokens,
-                cached_input_tokens,
-                mode,
-                run_id,
-                session_id,
-                key_mode,
-                ts,
-                event_id,
-            )
-        except InvalidEvent:
-            self._reject()
-            raise
-        return self._submit(event)
-
-    def tool_call(
-        self,
-        *,
-        org_id: str,
-        agent_id: str,
-        connector: str,
-        tool: str,
-        success: bool,
-        run_id: str | None = None,
-        session_id: str | None = None,
-        key_mode: str = "live",
-        ts: datetime | str | None = None,
-        event_id: str | None = None,
-    ) -> str:
-        """One tool call through a connector; failed calls are recorded, never billed."""
-        try:
-            event = build.tool_call(
-                org_id,
-                agent_id,
-                connector,
-                tool,
-                success,
-                run_id,
-                session_id,
-                key_mode,
-                ts,
-                event_id,
-            )
-        except InvalidEvent:
-            self._reject()
-            raise
-        return self._submit(event)
-
-    def gateway_request(
-        self,
-        *,
-        org_id: str,
-        agent_id: str,
-        model: str,
-        cache_hit: bool = False,
-        mode: str = "managed",
-        run_id: str | None = None,
-        session_id: str | None = None,
-        key_mode: str = "live",
-        ts: datetime | str | None = None,
-        event_id: str | None = None,
-    ) -> str:
-        """One request through the LLM gateway."""
-        try:
-            event = build.gateway_request(
-                org_id,
-                agent_id,
-                model,
-                cache_hit,
-                mode,
-                run_id,
-                session_id,
-                key_mode,
-                ts,
-                event_id,
-            )
-        except InvalidEvent:
-            self._reject()
-            raise
-        return self._submit(event)
-
-    def session_started(
-        self,
-        *,
-        org_id: str,
-        agent_id: str,
-        session_id: str,
-        run_id: str | None = None,
-        key_mode: str = "live",
-        ts: datetime | str | None = None,
-        event_id: str | None = None,
-    ) -> str:
-        """A session took a concurrency slot."""
-        return self._session(
-            "session.started", org_id, agent_id, session_id, run_id, key_mode, ts, event_id
-        )
-
-    def session_ended(
-        self,
-        *,
-        org_id: str,
-        agent_id: str,
-        session_id: str,
-        run_id: str | None = None,
-        key_mode: str = "live",
-        ts: datetime | str | None = None,
-        event_id: str | None = None,
-    ) -> str:
-        """A session reached a terminal state and freed its slot."""
-        return self._session(
-            "session.ended", org_id, agent_id, session_id, run_id, key_mode, ts, event_id
-        )
-
-    def storage_usage(
-        self,
-        *,
-        org_id: str,
-        agent_id: str,
-        kind: str,
-        byte_seconds: int,
-        run_id: str | None = None,
-        session_id: str | None = None,
-        key_mode: str = "live",
-        ts: datetime | str | None = None,
-        event_id: str | None = None,
-    ) -> str:
-        """Storage kept: `byte_seconds` = bytes x seconds (`kind`: knowledge_base or traces)."""
-        try:
-            event = build.storage_usage(
-                org_id, agent_id, kind, byte_seconds, run_id, session_id, key_mode, ts, event_id
-            )
-        except InvalidEvent:
-            self._reject()
-            raise
-        return self._submit(event)
 
     def emit(self, event: Mapping[str, Any]) -> str:
         """Send an event given as a wire-format mapping, validated by the full contract.
@@ -392,25 +303,48 @@ class Emitter:
         self._offer(event.org_id.encode(), event.model_dump_json().encode())
         return event.event_id
 
-    def _session(
-        self,
-        type_: str,
-        org_id: str,
-        agent_id: str,
-        session_id: str,
-        run_id: str | None,
-        key_mode: str,
-        ts: datetime | str | None,
-        event_id: str | None,
-    ) -> str:
+    async def emit_stored(self, events: Sequence[Event], timeout: float) -> bool:
+        """Send events already validated by the contract and wait until Tally has stored
+        every one; False if that did not happen within `timeout`. Either way the events are
+        kept and delivered like any other (sending them again is harmless: `event_id`).
+        Raises `SpoolFull` if they can be neither sent nor spooled."""
+        if not self._stored_mode:
+            raise RuntimeError('emit_stored needs an emitter with confirm="stored"')
+        records = [(e.org_id.encode(), e.model_dump_json().encode()) for e in events]
+        producer, before = self._producer, self._cluster
+        if not records:
+            return True
+        if producer is None or before is None or not self._accepting:
+            for record in records:
+                self._offer(*record)
+            return False
+        with self._lock:
+            self._inflight += len(records)
         try:
-            event = build.session(
-                type_, org_id, agent_id, session_id, run_id, key_mode, ts, event_id
-            )
-        except InvalidEvent:
-            self._reject()
-            raise
-        return self._submit(event)
+            acked, unacked = await self._deliver(records, producer)
+        finally:
+            with self._lock:
+                self._inflight -= len(records)
+        with self._lock:
+            self._sent += len(acked)
+            self._verifying += len(acked)
+        ticket = Ticket(len(records), lost=bool(unacked))
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiters[ticket] = waiter
+        try:
+            await self._track(acked, before, producer, ticket)
+            for record in unacked:
+                self._offer(*record)
+            if ticket.done:
+                return True
+            if ticket.lost:
+                return False
+            try:
+                return await asyncio.wait_for(waiter, timeout)
+            except TimeoutError:
+                return False
+        finally:
+            self._waiters.pop(ticket, None)
 
     def _reject(self) -> None:
         with self._lock:
@@ -462,227 +396,6 @@ class Emitter:
         else:
             with contextlib.suppress(RuntimeError):  # the loop is closed
                 self._loop.call_soon_threadsafe(self._wake.set)
-
-    # -- the pump --------------------------------------------------------------------------
-
-    async def _pump(self) -> None:
-        assert self._wake is not None
-        while True:
-            try:
-                if self._producer is None:
-                    self._spill()
-                    if self._closing:
-                        break
-                    if time.monotonic() >= self._next_connect:
-                        await self._connect()
-                if self._producer is not None and self._buffer:
-                    await self._send_buffer()
-                elif self._producer is not None and self._spooling and not self._closing:
-                    await self._replay()
-                elif self._closing:
-                    break
-                await self._sync()
-                await self._notify()
-                if not self._has_work():
-                    await self._sleep()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # never let the pump die: log, back off, go on
-                if self._closing and self._producer is None:
-                    self._drop_memory(exc)
-                    break
-                log.error("emitter pump error (%s); retrying", exc)
-                await self._disconnect()
-                await asyncio.sleep(self.backoff_min)
-        await self._sync(force=True)
-        await self._notify()
-
-    def _drop_memory(self, exc: Exception) -> None:
-        """Closing, the broker away and the spool refusing: the events in memory are lost."""
-        with self._lock:
-            lost = len(self._buffer)
-            self._buffer.clear()
-            self._failed += lost
-            self._left += lost
-        log.error("closing with %d events neither delivered nor spooled: %s", lost, exc)
-
-    def _has_work(self) -> bool:
-        if self._closing:
-            return True
-        if self._producer is None:
-            return bool(self._buffer)
-        return bool(self._buffer) or (self._spooling and not self.spool.empty)
-
-    async def _sleep(self) -> None:
-        assert self._wake is not None
-        with self._lock:
-            if self._buffer or self._closing:
-                return
-            self._idle = True
-            self._wake.clear()
-        timeout = self.fsync_interval
-        if self._producer is None:
-            timeout = max(0.0, min(timeout, self._next_connect - time.monotonic()))
-        elif self._spooling:
-            timeout = min(timeout, 0.05)  # new spooled events: replay them soon
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
-        with self._lock:
-            self._idle = False
-
-    async def _send_buffer(self) -> None:
-        with self._lock:
-            n = min(len(self._buffer), self.batch_events)
-            chunk = [self._buffer.popleft() for _ in range(n)]
-            self._inflight = n
-        unacked = await self._deliver(chunk)
-        with self._lock:
-            self._inflight = 0
-            self._sent += n - len(unacked)
-            if unacked:
-                self._spooling = True
-                rest = list(self._buffer)
-                self._buffer.clear()
-                try:
-                    self._to_spool_front(unacked + rest)
-                finally:
-                    self._left += n - len(unacked)  # the acked ones left memory in any case
-                self._left += len(unacked) + len(rest)
-            else:
-                self._left += n
-        if unacked:
-            log.warning(
-                "broker %s unreachable; %d events spooled to %s",
-                self.bootstrap_servers,
-                len(unacked),
-                self.spool.directory,
-            )
-            await self._disconnect()
-
-    def _to_spool_front(self, records: list[Record]) -> None:
-        """Older than anything spooled: they go first (under the lock).
-
-        If the spool cannot take them (full, or the disk fails), they go back to the front
-        of the buffer and the error propagates: the pump retries after a pause, and nothing
-        already accepted is dropped while the process lives.
-        """
-        if not records:
-            return
-        try:
-            self.spool.prepend(records)
-        except (SpoolFull, OSError):
-            self._buffer.extendleft(reversed(records))
-            raise
-        self._spooled += len(records)
-
-    def _spill(self) -> None:
-        """The broker is away: move what is in memory to the front of the spool."""
-        with self._lock:
-            if not self._buffer:
-                return
-            records = list(self._buffer)
-            self._buffer.clear()
-            self._to_spool_front(records)
-            self._left += len(records)
-            self._spooling = True
-
-    async def _replay(self) -> None:
-        with self._lock:
-            records, position = self.spool.read(self.batch_events)
-        if records:
-            unacked = await self._deliver(records)
-            if unacked:
-                await self._disconnect()
-                return
-        with self._lock:
-            if records:
-                self.spool.commit(position)
-                self._sent += len(records)
-            if self.spool.empty and not self._buffer:
-                self._spooling = False
-                log.info("spool %s delivered", self.spool.directory)
-
-    async def _deliver(self, records: list[Record]) -> list[Record]:
-        """Send records and wait for their acks; the ones not acknowledged, in order."""
-        producer = self._producer
-        if producer is None:
-            return records
-        futures: list[asyncio.Future[Any]] = []
-        try:
-            for key, value in records:
-                futures.append(await producer.send(self.topic, value, key=key))
-        except Exception as exc:
-            log.debug("send failed after %d of %d: %r", len(futures), len(records), exc)
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        unacked = [
-            r for r, res in zip(records, results, strict=False) if isinstance(res, BaseException)
-        ]
-        unacked.extend(records[len(futures) :])
-        if not unacked:
-            self._backoff = self.backoff_min
-        return unacked
-
-    async def _connect(self) -> None:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap_servers,
-            client_id=self.client_id,
-            acks="all",  # no enable_idempotence: Tansu refuses InitProducerId
-            compression_type=self.compression,
-            linger_ms=self.linger_ms,
-            max_batch_size=256 * 1024,
-            request_timeout_ms=self.delivery_timeout_ms,
-            retry_backoff_ms=100,
-        )
-        try:
-            await producer.start()
-            # Never let a produce create the topic: a broker that lost it (an embedded one
-            # restarted empty) would make it with its default partition count.
-            if self.topic not in producer.client.cluster.topics():
-                raise LookupError(f"topic {self.topic} does not exist on the broker yet")
-        except Exception as exc:
-            with contextlib.suppress(Exception):
-                await producer.stop()
-            with self._lock:
-                self._spooling = True  # nowhere to send: new events go straight to disk
-            self._next_connect = time.monotonic() + self._backoff
-            log.info(
-                "broker %s not ready (%s); retrying in %.1fs",
-                self.bootstrap_servers,
-                exc,
-                self._backoff,
-            )
-            self._backoff = min(self._backoff * 2, self.backoff_max)
-            return
-        self._producer = producer
-        log.info("connected to %s", self.bootstrap_servers)
-
-    async def _disconnect(self) -> None:
-        producer, self._producer = self._producer, None
-        with self._lock:
-            self._spooling = self._spooling or bool(self._buffer) or not self.spool.empty
-        if producer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.stop(), self.delivery_timeout_ms / 1000)
-        self._next_connect = time.monotonic() + self._backoff
-        self._backoff = min(self._backoff * 2, self.backoff_max)
-
-    async def _sync(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_sync < self.fsync_interval:
-            return
-        self._last_sync = now
-        with self._lock:
-            fd = self.spool.sync_handle()
-        if fd is not None:
-            try:
-                await asyncio.to_thread(os.fsync, fd)
-            finally:
-                os.close(fd)
-
-    async def _notify(self) -> None:
-        assert self._progress is not None
-        async with self._progress:
-            self._progress.notify_all()
 
     def _task_done(self) -> bool:
         return self._task is None or self._task.done()

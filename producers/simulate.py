@@ -11,6 +11,7 @@ figures exactly. `run()` plays the traffic into an `Emitter` at a given rate.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import tempfile
 import time
@@ -36,6 +37,9 @@ TOOL_FAILURE_SHARE = 0.08
 GATEWAY_SHARE = 0.04
 STORAGE_SHARE = 0.05
 BYOK_SHARE = 0.1
+STORED_WAIT_S = 10.0
+
+log = logging.getLogger("tally.simulate")
 
 
 def org_ids(orgs: int, prefix: str = "sim-org") -> list[str]:
@@ -201,9 +205,15 @@ async def run(
             await emitter.flush()
             if progress is not None:
                 progress(summary.events, total)
-            if not await emitter.wait_delivered(30):
+            # The summary is of what Tally stored: wait for its end-to-end acknowledgement
+            # (through a broker or worker restart too), however long that takes.
+            while not await emitter.wait_stored(STORED_WAIT_S):
                 stats = emitter.stats()
-                raise RuntimeError(
-                    f"{stats.spool_pending_bytes} bytes are still in the spool: is the broker up?"
+                log.warning(
+                    "waiting for Tally to store the events: %d acknowledged and not yet"
+                    " confirmed, %d in memory, %d bytes in the spool; is `tally up` running?",
+                    stats.unconfirmed,
+                    stats.buffered,
+                    stats.spool_pending_bytes,
                 )
     return summary

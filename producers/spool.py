@@ -11,8 +11,10 @@ Appends are plain `write(2)` calls, so a record survives the emitting process dy
 which is what makes them survive the machine dying too. On open, a torn record at the tail
 (a crash in the middle of a write) is cut off; everything before it is kept.
 
-The cursor only moves forward after the records before it were delivered (`commit()`), so
-a crash while delivering re-delivers a chunk at worst: Tally drops the copies by event_id.
+The cursor only moves forward once the records before it are delivered (`commit()`); the
+emitter commits only once Tally has *stored* them (end-to-end acknowledgement), reading
+ahead meanwhile (`read(start=...)`). A crash re-delivers what was not committed at worst:
+Tally drops the copies by event_id.
 
 `prepend()` puts records in front of everything else: the emitter uses it for events that
 were in memory (older than anything spooled) when the broker became unreachable, so the
@@ -53,7 +55,7 @@ class SpoolLocked(SpoolError):
     """Another process (or another emitter) uses this spool directory."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, order=True)
 class Position:
     """Where a `read()` stopped: pass it to `commit()` once those records are delivered."""
 
@@ -179,6 +181,16 @@ class Spool:
     def empty(self) -> bool:
         return self.pending_bytes == 0
 
+    def unread_bytes(self, after: Position | None) -> int:
+        """Bytes of records after `after` (a position a read returned; None: the cursor)."""
+        if after is None or after < self._cursor:
+            return self.pending_bytes
+        return sum(
+            size - (after.offset if seq == after.segment else 0)
+            for seq, size in self._sizes.items()
+            if seq >= after.segment
+        )
+
     # -- writing ---------------------------------------------------------------------------
 
     def append(self, key: bytes, value: bytes) -> None:
@@ -271,10 +283,13 @@ class Spool:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def read(self, max_records: int, max_bytes: int = 4 << 20) -> tuple[list[Record], Position]:
-        """Up to `max_records` records from the head, and the position after them."""
+    def read(
+        self, max_records: int, max_bytes: int = 4 << 20, after: Position | None = None
+    ) -> tuple[list[Record], Position]:
+        """Up to `max_records` records from the head (or from `after`, a position an earlier
+        read returned and not yet committed past), and the position after them."""
         records: list[Record] = []
-        pos = self._cursor
+        pos = self._cursor if after is None or after < self._cursor else after
         for seq in self._segments:
             if seq < pos.segment:
                 continue

@@ -31,8 +31,10 @@ from streams import columns
 from streams.assignor import CountingAssignor
 from streams.batch import BatchResult, PartitionState, apply, projected
 from streams.holes import HoleCheck
+from streams.marks import MarksPublisher
 from streams.sink import ClickHouseSink
 from tally import failpoints, metrics
+from tally.broker import is_embedded_cluster
 from tally.config import COUNTERS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, Settings
 from tally.domain.counters import HEARTBEAT_KEY, CounterKey, encode_key
 from tally.domain.partitioning import key_partition
@@ -90,6 +92,9 @@ class Worker:
         self._task: asyncio.Task[None] | None = None
         self._assignor = CountingAssignor()
         self._holes = HoleCheck()
+        self._marks = MarksPublisher()
+        self._marks_due = False  # a batch was stored since the last stored marks
+        self._hole_logged = 0.0
         # The batches being stored, and those prepared (and published) since, to store next.
         self._inflight: tuple[Prepared, asyncio.Task[None]] | None = None
         self._queued: Prepared = []
@@ -198,12 +203,20 @@ class Worker:
                 len(state.counters),
                 extra={"partition": tp.partition, "offset": state.next_offset},
             )
+        await self._learn_cluster()
         try:
             for tp in sorted(partitions):
                 await self._publish(self.states[tp.partition].counters)
             await self._flush_producer()
         except Exception as exc:
             log.warning("could not republish the counters of partitions acquired: %r", exc)
+
+    async def _learn_cluster(self) -> None:
+        """The cluster id of the log read from now on: stored marks are tagged with it, and
+        holes are never passed on an embedded broker (`streams.holes`)."""
+        assert self._producer is not None
+        cluster = await self._marks.learn(self._producer)
+        self._holes.pass_gaps = not is_embedded_cluster(cluster)
 
     def _partition_count(self, assigned: set[TopicPartition]) -> int:
         """usage.events' partition count for this generation: the group leader's, the same for
@@ -238,8 +251,8 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _log_reset(self, tp: TopicPartition, found: int, mark: int) -> None:
-        """The broker's log ends before the stored mark: it is a new log, read it from its start.
+    async def _log_reset(self, why: str, partition: int | None = None) -> None:
+        """The broker's log is not the one of the stored marks: read it from its start.
 
         Every owned partition moves to a new log epoch at offset 0; counters and the dedup
         window stay, so events already counted are recognised by their event_id.
@@ -247,22 +260,20 @@ class Worker:
         assert self._consumer is not None
         epoch = self.sink.new_epoch()
         log.warning(
-            "partition %d: the broker's log (offset %d) is not the one of the stored mark %d; "
-            "reading the new log from its start under epoch %s",
-            tp.partition,
-            found,
-            mark,
+            "%s; reading the new log from its start under epoch %s",
+            why,
             epoch,
-            extra={"partition": tp.partition, "offset": found},
+            extra={"partition": partition},
         )
-        for partition, state in self.states.items():
+        for p, state in self.states.items():
             state.next_offset = 0
             state.epoch = epoch
             state.check = None
-            self._holes.forget(partition)
-            self._consumer.seek(TopicPartition(tp.topic, partition), 0)
+            self._holes.forget(p)
+            self._consumer.seek(TopicPartition(EVENTS_TOPIC, p), 0)
             await self._publish(state.counters)  # the new broker's counters topic is empty
         await self._flush_producer()
+        await self._learn_cluster()
 
     async def release(self, revoked: set[TopicPartition]) -> None:
         async with self._lock:
@@ -351,6 +362,9 @@ class Worker:
                 if time.monotonic() - last_beat >= 0.5:
                     await self._heartbeat()
                     last_beat = time.monotonic()
+                    self._marks_due = True
+                if self._marks_due:
+                    await self._publish_marks()
                 if time.monotonic() - last_report >= 10 and self.processed != reported:
                     marks = {p: st.next_offset for p, st in sorted(self.states.items())}
                     log.info(
@@ -367,6 +381,18 @@ class Worker:
                     for state in self.states.values():
                         state.expire(now, s.dedup_window_s)
                     last_forget = time.monotonic()
+
+    async def _publish_marks(self) -> None:
+        """Tell producers how far each partition is stored (`streams.marks`); if the broker
+        turned out to be a new log, store what is prepared and read the new one."""
+        assert self._producer is not None
+        self._marks_due = False
+        other = await self._marks.publish(self._producer, self.states)
+        if other is not None:
+            await self._settle()
+            await self._log_reset(
+                f"the broker is a new log (cluster {other}, was {self._marks.cluster})"
+            )
 
     def _backlog(self) -> int:
         """Rows prepared and waiting for the insert after the one under way; at four fetches'
@@ -416,7 +442,7 @@ class Worker:
             read_to = self._read_to(partition)
             if high is not None and high < read_to:
                 await self._settle()
-                await self._log_reset(tp, high, read_to)
+                await self._log_reset(_new_log(partition, high, read_to), partition)
                 return
 
     async def _prepare(self, fetched: dict[TopicPartition, list]) -> Prepared:  # type: ignore[type-arg]
@@ -441,7 +467,7 @@ class Worker:
                     state.check = None
             if new_log:
                 await self._settle()
-                await self._log_reset(tp, msgs[0].offset, read_to)
+                await self._log_reset(_new_log(tp.partition, msgs[0].offset, read_to), tp.partition)
                 return []
         now = datetime.now(UTC)
         results: Prepared = []
@@ -486,6 +512,20 @@ class Worker:
             )
         if taken.reread_from is not None:
             self._consumer.seek(tp, taken.reread_from)
+        now = time.monotonic()
+        metrics.offset_hole_wait.set(self._holes.waiting(now))
+        hole = self._holes.hole(tp.partition)
+        if hole is not None and now - hole[2] >= 1.0 and now - self._hole_logged >= 10.0:
+            self._hole_logged = now
+            log.warning(
+                "partition %d: offset %d has been missing from the broker's log for %.1fs while"
+                " later ones are there; reading it again until it fills (never passed on the"
+                " embedded broker)",
+                tp.partition,
+                hole[0],
+                now - hole[2],
+                extra={"partition": tp.partition, "offset": hole[0]},
+            )
         return taken.records
 
     def _count_early(
@@ -543,6 +583,7 @@ class Worker:
         results, task = self._inflight
         await task
         self._inflight = None
+        self._marks_due = True
         started = time.perf_counter()
         for tp, result in results:
             changed = apply(self.states[tp.partition], result)
@@ -714,3 +755,10 @@ class Worker:
     async def _flush_producer(self) -> None:
         assert self._producer is not None
         await self._producer.flush()
+
+
+def _new_log(partition: int, found: int, mark: int) -> str:
+    return (
+        f"partition {partition}: the broker's log (offset {found}) is not the one of the stored"
+        f" mark {mark}"
+    )

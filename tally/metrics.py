@@ -55,6 +55,16 @@ offset_gaps = Counter(
     "Worker: gaps in a usage.events partition's offsets that stayed after being read again"
     " (Kafka transaction markers, records deleted by retention before they were counted).",
 )
+offset_hole_wait = Gauge(
+    "tally_offset_hole_wait_seconds",
+    "Worker: how long the oldest hole in a usage.events partition's offsets has been read"
+    " again, waiting for it to fill (the embedded broker never has real gaps: it is waited"
+    " out, never passed). 0 when there is none.",
+)
+stored_marks = Counter(
+    "tally_stored_marks",
+    "Worker: stored marks published on usage.stored (end-to-end acknowledgement).",
+)
 batches = Counter("tally_batches", "Batches stored and counted by the worker.")
 consumer_lag = Gauge(
     "tally_consumer_lag_events",

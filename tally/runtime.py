@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import uuid
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -77,12 +76,14 @@ class Tally:
         plans, book = load_plans(s.plans_file), load_prices(s.prices_file)
         if s.embedded_broker:
             if self.broker is None:
-                self.broker = EmbeddedBroker(s.broker_port, s.broker_bin)
+                self.broker = EmbeddedBroker(
+                    s.broker_port, s.broker_bin, pidfile=s.data_dir / "broker.pid"
+                )
                 self._own_broker = True
             if not self.broker.running:
                 await self.broker.__aenter__()
             # A fresh embedded broker has a fresh log: offsets stored for another are void.
-            epoch = s.log_epoch if not self._own_broker else f"embedded-{uuid.uuid4().hex}"
+            epoch = s.log_epoch if not self._own_broker else self.broker.cluster_id
             s = self.settings = s.model_copy(
                 update={"bootstrap_servers": self.broker.bootstrap_servers, "log_epoch": epoch}
             )

@@ -9,6 +9,7 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from schemas.marks import STORED_TOPIC
 from tally.config import COUNTERS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC
 
 log = logging.getLogger("tally.topics")
@@ -19,6 +20,8 @@ async def ensure_topics(bootstrap_servers: str, partitions: int, timeout: float 
         NewTopic(EVENTS_TOPIC, partitions, 1),
         NewTopic(DLQ_TOPIC, 1, 1),
         NewTopic(COUNTERS_TOPIC, partitions, 1, topic_configs={"cleanup.policy": "compact"}),
+        # Stored marks: each message supersedes the last; producers read from the end.
+        NewTopic(STORED_TOPIC, 1, 1, topic_configs={"retention.ms": "3600000"}),
     ]
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
     deadline = asyncio.get_running_loop().time() + timeout

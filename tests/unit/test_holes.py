@@ -87,3 +87,13 @@ def test_partitions_are_apart_and_forget_drops_a_hole():
     check.forget(0)  # the partition was sought elsewhere (a rebalance, a new log)
     assert check.take(0, 0, recs(1), now=0.1).reread_from == 0  # its first read again
     assert check.take(0, 0, recs(1), now=0.2).gaps == [(0, 0)]
+
+
+def test_on_the_embedded_broker_a_hole_is_never_passed():
+    check = HoleCheck(reads=2, wait_s=0.0, pass_gaps=False)
+    for i in range(50):
+        taken = check.take(0, 5, recs(7, 8), now=float(i))
+        assert taken.records == [] and taken.reread_from == 5 and taken.gaps == []
+    assert check.waiting(now=49.0) == 49.0
+    taken = check.take(0, 5, recs(5, 6, 7, 8), now=50.0)  # it filled
+    assert offsets(taken) == [5, 6, 7, 8] and check.waiting(now=50.0) == 0.0
