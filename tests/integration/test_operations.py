@@ -305,7 +305,11 @@ async def test_backfill_of_100k_events_is_exact_and_shows_progress(
     path = tmp_path / "history.jsonl"
     tokens, rows, cost = _backfill_file(path, orgs, 100_000)
 
-    run = await tally("backfill", str(path), *cli_args(stack, api_url), timeout=300)
+    # History older than TALLY_MAX_EVENT_AGE_DAYS goes with its range of days.
+    today = datetime.now(UTC).date()
+    history = ["--from", (today - timedelta(days=40)).isoformat()]
+    history += ["--to", (today + timedelta(days=1)).isoformat()]
+    run = await tally("backfill", str(path), *history, *cli_args(stack, api_url), timeout=300)
     assert run.code == 1, run.err  # some lines were rejected: the run says so
     assert "sent 100000 events; skipped 0 already stored and 500 repeated in the file;" in run.out
     assert "rejected 30 lines; all stored" in run.out
@@ -344,7 +348,7 @@ async def test_backfill_of_100k_events_is_exact_and_shows_progress(
     lines = path.read_bytes().splitlines()[:20_000]
     extra = make_event(org_id=orgs[0], input_tokens=5, output_tokens=0)
     path.write_bytes(b"\n".join([*lines, orjson.dumps(extra)]))
-    again = await tally("backfill", str(path), *cli_args(stack, api_url), timeout=300)
+    again = await tally("backfill", str(path), *history, *cli_args(stack, api_url), timeout=300)
     assert again.code == 0, again.err
     assert "sent 1 events; skipped 20000 already stored and 0 repeated" in again.out
     n = await stack.store.query(

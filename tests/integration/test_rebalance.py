@@ -243,7 +243,9 @@ async def test_a_broker_reset_seen_by_two_workers_is_read_once(stack):
     await store.start()
     base, p, pricer = f"reset-{uuid.uuid4().hex[:8]}", 2, Pricer(BOOK)
     (org,) = orgs_on(p, PARTITIONS, prefix="reset")  # an org that partition p counts
-    log = [Record(i, wire(make_event(org_id=org))) for i in range(10)]  # the new log
+    two_days_ago = datetime.now(UTC) - timedelta(days=2)
+    then = two_days_ago.isoformat()  # the new log's events, made just before A read them
+    log = [Record(i, wire(make_event(org_id=org, ts=then))) for i in range(10)]  # the new log
     try:
         a, b = ClickHouseSink(store, base, 86_400), ClickHouseSink(store, base, 86_400)
         epoch_a = a.new_epoch()  # worker A found its partitions reset
@@ -251,7 +253,6 @@ async def test_a_broker_reset_seen_by_two_workers_is_read_once(stack):
 
         state = await a.load(p, PARTITIONS)  # A owns p and reads the new log from its start
         state.epoch, state.next_offset = epoch_a, 0  # what `_log_reset` does
-        two_days_ago = datetime.now(UTC) - timedelta(days=2)
         result = process(state, log, pricer, two_days_ago, state.epoch)
         await a.write(result.rows, {p: (result.epoch, result.last_offset + 1, result.last_crc)})
         apply(state, result)
