@@ -124,12 +124,15 @@ class ClickHouseSink:
         return sorted({*days, *(d for table_days in gaps.values() for d in table_days)})
 
     async def _repair_from_events(self, partition: int) -> list[date]:
-        gaps = await self.store.query(*q.rollup_gaps(partition))
+        gap_days = [row[0] for row in await self.store.query(*q.rollup_gaps(partition))]
+        if not gap_days:
+            return []
+        gaps = [(org, day) for org, day in await self.store.query(*q.org_gaps(partition, gap_days))]
         if not gaps:
             return []
-        runs = await self.store.query(*q.gap_runs(partition, [(o, d) for o, d, _ in gaps]))
-        days = [d for _, d, _ in gaps] + [d for _, _, n, lo, hi in runs if n for d in (lo, hi)]
-        orgs = sorted({org for org, _, _ in gaps})
+        runs = await self.store.query(*q.gap_runs(partition, gaps))
+        days = [d for _, d in gaps] + [d for _, _, n, lo, hi in runs if n for d in (lo, hi)]
+        orgs = sorted({org for org, _ in gaps})
         deleted: dict[str, list[date]] = {}
         for org, day in await self.store.query(
             *q.deleted_days(partition, orgs, min(days), max(days))
@@ -137,13 +140,13 @@ class ClickHouseSink:
             deleted.setdefault(org, []).append(day)
         # What retention deleted is in the rollups only: an org-day or a run that lost raw
         # events to it is left as it is rather than rebuilt from the rest.
-        fixable = [(org, day) for org, day, _ in gaps if day not in deleted.get(org, ())]
+        fixable = [(org, day) for org, day in gaps if day not in deleted.get(org, ())]
         whole = [
             (org, run)
             for org, run, n, lo, hi in runs
             if not n or not any(lo <= day <= hi for day in deleted.get(org, ()))
         ]
-        kept = [f"{org} {day.isoformat()}" for org, day, _ in gaps if (org, day) not in fixable]
+        kept = [f"{org} {day.isoformat()}" for org, day in gaps if (org, day) not in fixable]
         kept += [f"{org} run {run}" for org, run, *_ in runs if (org, run) not in whole]
         if kept:
             log.warning(

@@ -146,26 +146,41 @@ def derived_month_matches(table: str) -> str:
 
 
 def rollup_gaps(partition: int) -> Query:
-    """`(org_id, day, raw events)` where an org's daily rollup on a partition holds fewer
-    events than its raw events.
+    """Days whose daily rollup holds fewer events than the raw events of a partition.
 
     An insert is not atomic across a table and its materialized views: a process killed
     in the middle can leave events without their rollup rows. Only more raw events than
     rollup events is a gap: fewer means raw events were deleted (retention), and the rollups
-    are then the only record left. By org and day, not by day alone: orgs of one partition
-    have different retentions, and one org's deleted events must neither hide another's gap
-    nor be rebuilt away with it.
+    are then the only record left. A first look, by day (a scan of the partition's events at
+    every load); `org_gaps` then finds the orgs.
     """
     sql = (
-        "SELECT e.org_id, e.d, e.n FROM"
-        " (SELECT org_id, toDate(ts) AS d, count() AS n FROM events"
-        "  WHERE partition = {p:UInt16} GROUP BY org_id, d) AS e"
+        "SELECT e.d FROM"
+        " (SELECT toDate(ts) AS d, count() AS n FROM events"
+        "  WHERE partition = {p:UInt16} GROUP BY d) AS e"
         " LEFT JOIN"
-        " (SELECT org_id, day AS d, sum(events) AS n FROM usage_daily"
-        "  WHERE partition = {p:UInt16} GROUP BY org_id, d) AS r"
-        " USING (org_id, d) WHERE e.n > r.n ORDER BY e.d, e.org_id"
+        " (SELECT day AS d, sum(events) AS n FROM usage_daily"
+        "  WHERE partition = {p:UInt16} GROUP BY d) AS r"
+        " USING d WHERE e.n > r.n ORDER BY e.d"
     )
     return sql, {"p": partition}
+
+
+def org_gaps(partition: int, days: list[date]) -> Query:
+    """`(org_id, day)` on `days` where an org's daily rollup on a partition holds fewer
+    events than its raw events. By org: orgs of one partition have different retentions,
+    and one org's deleted events must not be rebuilt away with another's gap."""
+    sql = (
+        "SELECT e.org_id, e.d FROM"
+        " (SELECT org_id, toDate(ts) AS d, count() AS n FROM events"
+        "  WHERE partition = {p:UInt16} AND toDate(ts) IN {days:Array(Date)}"
+        "  GROUP BY org_id, d) AS e"
+        " LEFT JOIN"
+        " (SELECT org_id, day AS d, sum(events) AS n FROM usage_daily"
+        "  WHERE partition = {p:UInt16} AND day IN {days:Array(Date)} GROUP BY org_id, d) AS r"
+        " USING (org_id, d) WHERE e.n > r.n ORDER BY e.d, e.org_id"
+    )
+    return sql, {"p": partition, "days": days}
 
 
 def _on_org_days(day: str) -> str:

@@ -52,7 +52,9 @@ def test_the_rollup_repair_binds_its_org_days_and_runs():
     days = [date(2026, 11, 2), date(2026, 11, 3)]
     text, params = q.rollup_gaps(7)
     assert params == {"p": 7} and placeholders(text) == {"p"}
-    assert "GROUP BY org_id, d" in text  # by org and day: one org's deletions hide nothing
+    text, params = q.org_gaps(7, days)
+    assert params == {"p": 7, "days": days} and placeholders(text) == {"p", "days"}
+    assert text.count("GROUP BY org_id, d") == 2  # by org and day: each org's own
 
     text, params = q.gap_runs(7, [(EVIL, days[0]), ("acme", days[1])])
     assert EVIL not in text and params == {"p": 7, "orgs": [EVIL, "acme"], "days": days}
