@@ -82,7 +82,10 @@ class StoredLookup(BaseModel):
 
 
 class StoredEvents(BaseModel):
-    stored: list[str] = Field(description="The event ids that have a stored row.")
+    stored: list[str] = Field(
+        description="The event ids ever stored, also those whose raw row log retention has"
+        " since deleted."
+    )
 
 
 class EpochProbe(BaseModel):
