@@ -5,14 +5,19 @@ A stored mark (`schemas.marks`) of the same cluster confirms every entry of its 
 below the mark. Entries of another cluster (a broker that restarted empty) will never be
 confirmed: `take_others` hands them back to be sent again.
 
-A `Ticket` follows a group of records (an HTTP batch) and is done when all are confirmed;
-records handed back to be sent again leave their ticket undone for good.
+A mark also names gaps: offsets below it the worker passed without reading (the broker lost
+what it had acknowledged there). An entry in a gap is handed back to be sent again.
+
+A `Ticket` follows a group of records (an HTTP batch, a chunk read from the spool) and is
+done when all are confirmed; records handed back to be sent again leave their ticket undone
+for good. The records of a durable ticket are kept elsewhere (the spool) and never handed
+back: their owner reads them again.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 Record = tuple[bytes, bytes]  # (key, value)
@@ -40,11 +45,27 @@ class _Entry:
 
 
 @dataclass
+class Settled:
+    """What a mark (or an acknowledgement a mark had passed already) settled."""
+
+    confirmed: int = 0
+    done: list[Ticket] = field(default_factory=list)  # tickets now complete
+    lost: list[Record] = field(default_factory=list)  # in a gap: to send again
+
+
+Gaps = Sequence[tuple[int, int]]
+
+
+def _in(gaps: Gaps, offset: int) -> bool:
+    return any(first <= offset <= last for first, last in gaps)
+
+
+@dataclass
 class Unconfirmed:
     """Acknowledged records per (cluster, partition), in acknowledgement order."""
 
     _by: dict[tuple[str, int], deque[_Entry]] = field(default_factory=dict)
-    _marks: dict[tuple[str, int], int] = field(default_factory=dict)
+    _marks: dict[tuple[str, int], tuple[int, Gaps]] = field(default_factory=dict)
     count: int = 0
 
     def __len__(self) -> int:
@@ -52,52 +73,64 @@ class Unconfirmed:
 
     def add(
         self, cluster: str, acks: Iterable[tuple[int, int, Record]], ticket: Ticket | None = None
-    ) -> list[Ticket]:
+    ) -> Settled:
         """Keep `(partition, offset, record)` acknowledgements of `cluster`; those a mark
-        already passed are confirmed at once. Returns the tickets this completed."""
-        done: list[Ticket] = []
+        already passed are settled at once."""
+        out = Settled()
         for partition, offset, record in acks:
             key = (cluster, partition)
-            if offset < self._marks.get(key, 0):
-                if ticket is not None:
-                    ticket.confirmed += 1
+            mark, gaps = self._marks.get(key, (0, ()))
+            entry = _Entry(offset, record, ticket)
+            if offset < mark:
+                self._settle(entry, gaps, out)
                 continue
             entries = self._by.get(key)
             if entries is None:
                 entries = self._by[key] = deque()
-            entries.append(_Entry(offset, record, ticket))
+            entries.append(entry)
             self.count += 1
-        if ticket is not None and ticket.done:
-            done.append(ticket)
-        return done
+        if ticket is not None and ticket.done and ticket not in out.done:
+            out.done.append(ticket)
+        return out
 
-    def mark(self, cluster: str, partition: int, next_offset: int) -> tuple[int, list[Ticket]]:
-        """A stored mark: every entry of the partition below `next_offset` is confirmed.
-        Returns how many were, and the tickets this completed."""
+    def mark(self, cluster: str, partition: int, next_offset: int, gaps: Gaps = ()) -> Settled:
+        """A stored mark: every entry of the partition below `next_offset` is stored, but
+        those in `gaps` (offsets the worker passed without reading: to send again)."""
+        out = Settled()
         key = (cluster, partition)
-        if next_offset <= self._marks.get(key, 0):
-            return 0, []
-        self._marks[key] = next_offset
+        if next_offset <= self._marks.get(key, (0, ()))[0]:
+            return out
+        self._marks[key] = (next_offset, tuple(gaps))
         entries = self._by.get(key)
         if not entries:
-            return 0, []
-        confirmed, done = 0, []
+            return out
         kept: deque[_Entry] = deque()
         for entry in entries:  # usually a prefix, but a straggler may sit after a later one
             if entry.offset < next_offset:
-                confirmed += 1
-                if entry.ticket is not None:
-                    entry.ticket.confirmed += 1
-                    if entry.ticket.done:
-                        done.append(entry.ticket)
+                self._settle(entry, gaps, out)
             else:
                 kept.append(entry)
         if kept:
             self._by[key] = kept
         else:
             del self._by[key]
-        self.count -= confirmed
-        return confirmed, done
+        self.count -= len(entries) - len(kept)
+        return out
+
+    @staticmethod
+    def _settle(entry: _Entry, gaps: Gaps, out: Settled) -> None:
+        ticket = entry.ticket
+        if _in(gaps, entry.offset):
+            if ticket is not None:
+                ticket.lost = True
+            if ticket is None or not ticket.durable:
+                out.lost.append(entry.record)
+            return
+        out.confirmed += 1
+        if ticket is not None:
+            ticket.confirmed += 1
+            if ticket.done:
+                out.done.append(ticket)
 
     def take_others(self, cluster: str) -> list[Record]:
         """Every record acknowledged by another cluster than `cluster` (to send again; those

@@ -31,7 +31,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from producers.confirm import Ticket, Unconfirmed
+from producers.confirm import Settled, Ticket, Unconfirmed
 from producers.spool import Position, Record, Spool, SpoolFull
 from schemas.marks import StoredMarks
 from tally.kafka_clients import cluster_id
@@ -307,11 +307,12 @@ class Delivery:
         if acked and producer is not None:
             with contextlib.suppress(Exception):
                 after = await cluster_id(producer.client)
-        done: list[Ticket] = []
+        settled = Settled()
         with self._lock:
             self._verifying -= len(acked)
             if after is not None and after == before:
-                done = self._unconfirmed.add(after, acked, ticket)
+                settled = self._unconfirmed.add(after, acked, ticket)
+                self._settled(settled)
             elif acked:
                 if ticket is not None:
                     ticket.lost = True
@@ -324,7 +325,7 @@ class Delivery:
                     self._reset_replay()
         if after is not None and after != before:
             await self._adopt(after)
-        self._resolve(done)
+        self._resolve(settled.done)
 
     async def _adopt(self, cluster: str) -> None:
         """The broker answering now is `cluster`: what another one acknowledged and did not
@@ -365,14 +366,32 @@ class Delivery:
         with self._lock:
             room = self._room()
             for partition, next_offset in marks.marks.items():
-                confirmed, completed = self._unconfirmed.mark(marks.cluster, partition, next_offset)
-                self._confirmed += confirmed
-                done.extend(completed)
+                settled = self._unconfirmed.mark(
+                    marks.cluster, partition, next_offset, marks.gaps.get(partition, ())
+                )
+                self._settled(settled)
+                done.extend(settled.done)
             freed = not room and self._room()
         self._resolve(done)
         self._commit_replayed()
         if freed or done:
             self._poke()
+
+    def _settled(self, settled: Settled) -> None:
+        """Count what a mark confirmed; send again (through the spool) what it says the
+        broker lost, and read the spool again if some of its records were. Under the lock."""
+        self._confirmed += settled.confirmed
+        if settled.lost:
+            log.warning(
+                "the broker lost %d events it had acknowledged (a gap in its log); sending"
+                " them again",
+                len(settled.lost),
+            )
+            self._resent += len(settled.lost)
+            with contextlib.suppress(SpoolFull, OSError):  # else back in the buffer
+                self._to_spool_front(settled.lost)
+        if any(ticket.lost for ticket, _ in self._replayed):
+            self._reset_replay()
 
     def _commit_replayed(self) -> None:
         """Move the spool's cursor past the replayed chunks confirmed, in order."""

@@ -298,11 +298,6 @@ class Emitter(TypedHelpers, Delivery):
         self._offer(parsed.org_id.encode(), value)
         return parsed.event_id
 
-    def emit_event(self, event: Event) -> str:
-        """Send an event already validated by the contract (HTTP ingestion does this)."""
-        self._offer(event.org_id.encode(), event.model_dump_json().encode())
-        return event.event_id
-
     async def emit_stored(self, events: Sequence[Event], timeout: float) -> bool:
         """Send events already validated by the contract and wait until Tally has stored
         every one; False if that did not happen within `timeout`. Either way the events are

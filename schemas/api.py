@@ -395,8 +395,9 @@ class EventResult(BaseModel):
 
     index: int
     status: Literal["accepted", "rejected", "failed"] = Field(
-        description="accepted: durably queued for usage.events; rejected: invalid, do not "
-        "retry as is; failed: could not be queued now, retry later with the same event_id."
+        description="accepted: stored by Tally (counted; never send it again); rejected: "
+        "invalid, do not retry as is; failed: could not be queued now, retry later with the "
+        "same event_id."
     )
     event_id: str | None = None
     error: str | None = Field(default=None, description="`field: rule` for a rejected event.")
@@ -408,4 +409,10 @@ class IngestResponse(BaseModel):
     accepted: int
     rejected: int
     failed: int
+    stored: bool = Field(
+        description="Always true in a 2xx answer: every accepted event is stored (end-to-end"
+        " acknowledgement), so a client never needs to send it again. When that cannot be"
+        " confirmed in time the answer is 503 instead, and sending the batch again is harmless"
+        " (events are deduplicated by event_id)."
+    )
     results: list[EventResult]

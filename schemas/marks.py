@@ -9,13 +9,18 @@ acknowledgement"). A broker that restarts empty has a new cluster id: marks of t
 confirm nothing written to the new one, and the producer sends again what no mark of its
 cluster confirmed (the worker drops copies by `event_id`).
 
+`gaps` lists, per partition, the latest offset ranges below the mark that the worker passed
+without reading them (a hole the broker never filled: the embedded broker can lose a batch
+it gave offsets to). An event acknowledged at such an offset is not stored: the producer
+sends it again.
+
     {"cluster": "tally-embedded-7f...", "epoch": "tally-embedded-7f...", "at": 1765000000000,
-     "marks": {"0": 1200, "3": 87}}
+     "marks": {"0": 1200, "3": 87}, "gaps": {"3": [[7, 829]]}}
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -29,6 +34,7 @@ class StoredMarks:
     epoch: str
     at_ms: int
     marks: dict[int, int]  # partition -> next offset not yet stored
+    gaps: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # passed, not read
 
 
 def encode_marks(marks: StoredMarks) -> bytes:
@@ -38,6 +44,7 @@ def encode_marks(marks: StoredMarks) -> bytes:
             "epoch": marks.epoch,
             "at": marks.at_ms,
             "marks": {str(p): n for p, n in marks.marks.items()},
+            "gaps": {str(p): [list(g) for g in gaps] for p, gaps in marks.gaps.items() if gaps},
         }
     )
 
@@ -52,6 +59,10 @@ def decode_marks(value: bytes | None) -> StoredMarks | None:
         if not isinstance(at, int) or not isinstance(marks, dict):
             return None
         parsed = {int(p): int(n) for p, n in marks.items() if isinstance(n, int) and n >= 0}
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        gaps = {
+            int(p): [(int(a), int(b)) for a, b in ranges]
+            for p, ranges in raw.get("gaps", {}).items()
+        }
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None
-    return StoredMarks(cluster, epoch, at, parsed)
+    return StoredMarks(cluster, epoch, at, parsed, gaps)

@@ -5,11 +5,12 @@ are not transactional. A fetch that skips some is suspect. The embedded broker (
 out such fetches: while one producer's batch is still being written, a fetch can return the
 batch another producer wrote after it (`docs/deploy.md`, *Known limits*), and a consumer
 that moves on loses those events for good. So a hole is read again, from its first offset,
-until it fills. On Kafka (`pass_gaps`), a hole that stayed for HOLE_READS reads and
-HOLE_WAIT_S seconds is taken as a gap Kafka itself made (transaction markers, compaction,
-records that retention deleted before they were read) and the records after it are used.
-On the embedded broker nothing makes such gaps, so a hole is never passed: it is read
-again until it fills, or until the log turns out to be a new one (the worker's log reset).
+until it fills or has stayed for `reads` reads and `wait_s` seconds; only then is it taken
+as a real gap and the records after it are used. On Kafka (HOLE_WAIT_S) such gaps are ones
+Kafka makes (transaction markers, compaction, records that retention deleted before they
+were read). The embedded broker can lose a batch it gave offsets to (after a restart under
+load); the worker waits longer there, then stores and publishes the gap with its stored
+marks so that producers send again what the broker acknowledged in it (`streams.marks`).
 `waiting()` says how long the oldest hole has been waited on (a metric).
 
 Pure logic: the caller fetches, seeks to `reread_from` and logs what `gaps` reports.
@@ -43,12 +44,9 @@ class Taken(Generic[R]):
 class HoleCheck:
     """Per partition: the hole being read again, since when, and how many times."""
 
-    def __init__(
-        self, reads: int = HOLE_READS, wait_s: float = HOLE_WAIT_S, pass_gaps: bool = True
-    ) -> None:
+    def __init__(self, reads: int = HOLE_READS, wait_s: float = HOLE_WAIT_S) -> None:
         self.reads = reads
         self.wait_s = wait_s
-        self.pass_gaps = pass_gaps
         self._holes: dict[int, tuple[int, int, float]] = {}  # partition -> (offset, reads, since)
 
     def waiting(self, now: float) -> float:
@@ -75,7 +73,7 @@ class HoleCheck:
                 if at != expected:
                     reads, since = 0, now
                 reads += 1
-                if not self.pass_gaps or reads < self.reads or now - since < self.wait_s:
+                if reads < self.reads or now - since < self.wait_s:
                     self._holes[partition] = (expected, reads, since)
                     taken.records = records[:i]
                     taken.reread_from = expected

@@ -8,6 +8,10 @@ if the broker answering now is another one (an embedded broker restarted empty),
 offsets belong to the old log and nothing is published; the worker reads the new log from
 its start instead. A partition whose log is not yet checked (the message before its stored
 mark not yet read back and compared) gets no mark either.
+
+With each mark go the latest gaps the worker passed in that partition's log (offsets it
+never read: `streams.holes`), loaded from the store with the partition: a producer whose
+event the broker acknowledged in a gap sends it again.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping
 
 from aiokafka import AIOKafkaProducer
@@ -26,12 +31,24 @@ from tally.kafka_clients import cluster_id
 
 log = logging.getLogger("tally.worker")
 
+GAPS_KEPT = 64  # per partition, the latest: a producer holds an event for seconds, not days
+
 
 class MarksPublisher:
     """The cluster id the owned partitions' offsets belong to, and their publication."""
 
     def __init__(self) -> None:
         self.cluster: str | None = None
+        self.gaps: dict[int, deque[tuple[int, int]]] = {}
+
+    def add_gaps(self, partition: int, gaps: list[tuple[int, int]]) -> None:
+        kept = self.gaps.get(partition)
+        if kept is None:
+            kept = self.gaps[partition] = deque(maxlen=GAPS_KEPT)
+        kept.extend(gaps)
+
+    def forget(self, partition: int) -> None:
+        self.gaps.pop(partition, None)
 
     async def learn(self, producer: AIOKafkaProducer) -> str:
         """Ask the broker for its cluster id until it answers; the offsets read from now on
@@ -65,7 +82,9 @@ class MarksPublisher:
         if not marks:
             return None
         epoch = next(iter(states.values())).epoch
-        value = encode_marks(StoredMarks(self.cluster, epoch, int(time.time() * 1000), marks))
+        gaps = {p: list(self.gaps[p]) for p in marks if self.gaps.get(p)}
+        now_ms = int(time.time() * 1000)
+        value = encode_marks(StoredMarks(self.cluster, epoch, now_ms, marks, gaps))
         await producer.send(STORED_TOPIC, value, partition=0)
         metrics.stored_marks.inc()
         return None

@@ -99,6 +99,36 @@ class ClickHouseSink:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    async def write_gaps(self, epoch: str, partition: int, gaps: list[tuple[int, int]]) -> None:
+        """Store offsets passed without being read (before any mark past them is stored);
+        retry until stored."""
+        now = datetime.now(UTC)
+        rows = [[epoch, partition, first, last, now] for first, last in gaps]
+        delay = 0.1
+        while True:
+            try:
+                await self.store.insert(
+                    "offset_gaps",
+                    rows,
+                    ("log_epoch", "partition", "first_offset", "last_offset", "at"),
+                )
+                return
+            except Exception as exc:  # the store is down: wait, never skip
+                self.failures += 1
+                log.warning("store write of offset gaps failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def gaps(self, epoch: str, partition: int, limit: int) -> list[tuple[int, int]]:
+        """The latest `limit` gaps passed in a partition's log of `epoch`, oldest first."""
+        rows = await self.store.query(*q.offset_gaps(epoch, partition, limit))
+        return [(int(first), int(last)) for first, last in reversed(rows)]
+
+    def epoch_for(self, cluster: str) -> str:
+        """The epoch of an embedded broker's log, named by its cluster id (fresh at each of
+        its starts): the base epoch itself when the base is that id (`tally up`)."""
+        return self.base_epoch if self.base_epoch == cluster else f"{self.base_epoch}.{cluster}"
+
     def new_epoch(self) -> str:
         """A fresh epoch, for a broker log that is not the one the stored marks belong to."""
         return f"{self.base_epoch}.{uuid.uuid4().hex[:12]}"

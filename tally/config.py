@@ -58,6 +58,13 @@ class Settings(BaseSettings):
         "default",
         description="Identity of the broker's log; offsets stored under another epoch are ignored.",
     )
+    ingest_wait_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="POST /api/v2/events: how long to wait for the worker to store a batch"
+        " before answering 503 (resend as is) instead of 2xx.",
+    )
     retention_interval_s: float = Field(
         3_600, gt=0, description="How often raw events past their plan's retention are deleted."
     )

@@ -65,6 +65,11 @@ stored_marks = Counter(
     "tally_stored_marks",
     "Worker: stored marks published on usage.stored (end-to-end acknowledgement).",
 )
+ingest_unconfirmed = Counter(
+    "tally_ingest_not_stored_in_time",
+    "API: POST /api/v2/events batches answered 503 because their storage was not confirmed"
+    " within TALLY_INGEST_WAIT_S (the client sends them again; duplicates are dropped).",
+)
 batches = Counter("tally_batches", "Batches stored and counted by the worker.")
 consumer_lag = Gauge(
     "tally_consumer_lag_events",

@@ -5,9 +5,13 @@ at most `MAX_BODY_BYTES`. The org key decides the org and the mode: an event may
 `org_id` and `key_mode` (they are taken from the key), but one that names another org, or
 the other mode, is rejected. Each event is validated on its own: good events go through
 even when others in the same batch are refused, and the answer lists every event's fate.
-Accepted events are handed to the API process's emitter and flushed (delivered to
-usage.events, or fsynced to its spool) before the answer, so "accepted" survives a crash.
-Status: 200 when every event was accepted, 207 when some were not.
+Accepted events go to usage.events through the API process's emitter, and the answer waits
+until the worker has *stored* them (end-to-end acknowledgement, `Emitter.emit_stored`): a 2xx
+means every accepted event is counted, so a client never needs to send it again. If that is
+not confirmed within `TALLY_INGEST_WAIT_S` (10 s; a worker restarting, say), the answer is
+503 `not_stored_yet` with `Retry-After`: send the same batch again, and what was stored
+meanwhile is recognised by event_id. Status: 200 when every event was accepted, 207 when
+some were not.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from api.state import Services
 from producers.emitter import MAX_EVENT_BYTES
 from producers.spool import SpoolError
 from schemas.api import ErrorBody, EventResult, IngestResponse
-from schemas.events import InvalidEvent, validate_event
+from schemas.events import Event, InvalidEvent, validate_event
+from tally import metrics
 
 MAX_EVENTS = 1000
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -72,18 +77,31 @@ async def ingest(
     if svc.emitter is None:
         raise ApiError(503, "unavailable", "event ingestion is not enabled in this process")
     items = _parse(await _read_body(request))
-    results = [_admit(svc, key, i, item) for i, item in enumerate(items)]
-    if any(r.status == "accepted" for r in results):
+    checked = [_admit(svc, key, i, item) for i, item in enumerate(items)]
+    results = [result for result, _ in checked]
+    events = [event for _, event in checked if event is not None]
+    if events:
+        wait_s = svc.settings.ingest_wait_s
         try:
-            await svc.emitter.flush(timeout=svc.emitter.delivery_timeout_ms / 1000 + 5)
-        except TimeoutError:
-            raise ApiError(
-                503, "unavailable", "events could not be queued in time; retry the batch as is"
-            ) from None
+            stored = await svc.emitter.emit_stored(events, timeout=wait_s)
+        except SpoolError as exc:
+            results = [_failed(r, str(exc)) for r in results]
+        else:
+            if not stored:
+                metrics.ingest_unconfirmed.inc()
+                raise ApiError(
+                    503,
+                    "not_stored_yet",
+                    f"the batch was not confirmed as stored within {wait_s:g}s (the worker is"
+                    " catching up or restarting); send the same batch again: events already"
+                    " stored are recognised by event_id and counted once",
+                    headers={"Retry-After": "1"},
+                )
     body = IngestResponse(
         accepted=sum(r.status == "accepted" for r in results),
         rejected=sum(r.status == "rejected" for r in results),
         failed=sum(r.status == "failed" for r in results),
+        stored=True,
         results=results,
     )
     status = 200 if body.accepted == len(results) else 207
@@ -128,12 +146,14 @@ def _parse(body: bytes) -> list[Any]:
     return items
 
 
-def _admit(svc: Services, key: ApiKey, index: int, item: Any) -> EventResult:
+def _admit(svc: Services, key: ApiKey, index: int, item: Any) -> tuple[EventResult, Event | None]:
     """Validate one event against the contract, the key and the event-time policy
-    (tally.domain.eventtime), and queue it if good."""
+    (tally.domain.eventtime); the event, if good."""
     assert svc.emitter is not None
     if not isinstance(item, dict):
-        return EventResult(index=index, status="rejected", error="event: must be a JSON object")
+        return EventResult(
+            index=index, status="rejected", error="event: must be a JSON object"
+        ), None
     item = {"org_id": key.org_id, "key_mode": key.mode, **item}
     event_id = item.get("event_id") if isinstance(item.get("event_id"), str) else None
     try:
@@ -154,9 +174,13 @@ def _admit(svc: Services, key: ApiKey, index: int, item: Any) -> EventResult:
         if too_old_or_ahead is not None:  # history goes through `tally backfill --from --to`
             raise InvalidEvent(too_old_or_ahead)
     except InvalidEvent as exc:
-        return EventResult(index=index, status="rejected", event_id=event_id, error=exc.reason)
-    try:
-        svc.emitter.emit_event(event)
-    except SpoolError as exc:
-        return EventResult(index=index, status="failed", event_id=event.event_id, error=str(exc))
-    return EventResult(index=index, status="accepted", event_id=event.event_id)
+        return EventResult(
+            index=index, status="rejected", event_id=event_id, error=exc.reason
+        ), None
+    return EventResult(index=index, status="accepted", event_id=event.event_id), event
+
+
+def _failed(result: EventResult, why: str) -> EventResult:
+    if result.status != "accepted":
+        return result
+    return EventResult(index=result.index, status="failed", event_id=result.event_id, error=why)

@@ -313,3 +313,13 @@ def rebuild_derived(table: str, partition: int, days: list[date]) -> list[Query]
             p,
         ),
     ]
+
+
+def offset_gaps(log_epoch: str, partition: int, limit: int) -> Query:
+    """The latest gaps a worker passed in a partition's log (`offset_gaps`), oldest first."""
+    sql = (
+        "SELECT first_offset, last_offset FROM offset_gaps"
+        " WHERE log_epoch = {epoch:String} AND partition = {p:UInt16}"
+        " ORDER BY first_offset DESC LIMIT {n:UInt32}"
+    )
+    return sql, {"epoch": log_epoch, "p": partition, "n": limit}
