@@ -212,12 +212,13 @@ class Delivery:
 
         If the spool cannot take them (full, or the disk fails), they go back to the front
         of the buffer and the error propagates: the pump retries after a pause, and nothing
-        already accepted is dropped while the process lives.
+        already accepted is dropped while the process lives. Closing, the spool takes them
+        beyond its bound: what was accepted is kept.
         """
         if not records:
             return
         try:
-            self.spool.prepend(records)
+            self.spool.prepend(records, force=self._closing)
         except (SpoolFull, OSError):
             self._buffer.extendleft(reversed(records))
             raise

@@ -214,12 +214,14 @@ class Spool:
         self._sizes[tail] += len(frames)
         self._dirty = True
 
-    def prepend(self, records: Sequence[Record]) -> None:
-        """Put records in front of everything spooled (they are older): durable on return."""
+    def prepend(self, records: Sequence[Record], force: bool = False) -> None:
+        """Put records in front of everything spooled (they are older): durable on return.
+        With `force`, even beyond `max_bytes` (an emitter closing keeps what it accepted)."""
         if not records:
             return
         frames = b"".join(encode(k, v) for k, v in records)
-        self._check_room(len(frames))
+        if not force:
+            self._check_room(len(frames))
         head = self._segments[0] if self._segments else self._cursor.segment
         rest = b""
         if self._segments and self._cursor.offset:

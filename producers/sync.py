@@ -56,7 +56,8 @@ class SyncEmitter:
             raise
 
     def close(self, timeout: float | None = None) -> None:
-        """Flush (deliver or spool), stop the emitter and the background thread."""
+        """As `Emitter.close`: wait for storage (up to `close_timeout_s`), keep on disk what
+        is not confirmed, stop the emitter and the background thread."""
         if self._thread is None:
             return
         try:
@@ -73,6 +74,10 @@ class SyncEmitter:
     def wait_delivered(self, timeout: float) -> bool:
         """Block until nothing is left in memory or on disk; False after `timeout`."""
         return self._run(self._started.wait_delivered(timeout), timeout + 5)
+
+    def wait_stored(self, timeout: float) -> bool:
+        """Block until Tally has stored everything emitted; False after `timeout`."""
+        return self._run(self._started.wait_stored(timeout), timeout + 5)
 
     def stats(self) -> EmitterStats:
         return self._started.stats()

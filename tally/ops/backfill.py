@@ -4,8 +4,11 @@ each counted once.
 The file is read line by line (one JSON event per line, the wire format), in chunks: a bad
 line is reported with its number and reason and the run goes on; good lines go through
 `tally.ops.submit` (dedup within the file, skip what is already stored, then the worker's
-own dedup). With `wait`, the command returns once the worker has committed past the last
-event sent, so "done" means stored and counted.
+own dedup). With `wait`, the command returns once the workers' stored marks (the end-to-end
+acknowledgement, `schemas.marks`) have passed every event sent, in the log of the broker
+that took them, so "done" means stored and counted; if that broker restarted empty or lost
+some of them, the command says so and running it again sends just those (the others are
+already stored).
 
 Events older than TALLY_MAX_EVENT_AGE_DAYS are history: they need an explicit range of UTC
 days (`--from`, and `--to`, the day after the last), sent with each event, within which the
@@ -15,14 +18,17 @@ refused before anything is sent (`too_old`), with the range that would take it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from producers.marks import MarksReader
 from schemas.events import InvalidEvent
+from schemas.marks import StoredMarks
 from streams.decode import decode
-from tally.config import EVENTS_TOPIC
 from tally.domain.eventtime import DEFAULT, Backfill, EventTime
 from tally.ops import kafka
 from tally.ops.api import Api
@@ -109,11 +115,37 @@ async def backfill(
     return submitter.report
 
 
-async def wait_stored(
-    bootstrap: str, group_id: str, report: Report, timeout: float
-) -> dict[int, int]:
-    """Partitions whose last backfilled event the worker has not committed within `timeout`."""
-    if not report.marks:
+async def wait_stored(bootstrap: str, report: Report, timeout: float) -> dict[int, int]:
+    """Partitions (with their last offset sent) not confirmed as stored within `timeout` by
+    a stored mark of the broker that took them, or lost by that broker (a gap, a restart)."""
+    pending = dict(report.marks)
+    if not pending:
         return {}
-    async with kafka.group_reader(bootstrap, group_id) as group:
-        return await kafka.wait_committed(group, EVENTS_TOPIC, report.marks, timeout)
+    if report.broker_changed or report.cluster is None:
+        return pending
+    lost: dict[int, int] = {}
+    done = asyncio.Event()
+
+    def on_marks(marks: StoredMarks) -> None:
+        if marks.cluster != report.cluster:
+            return
+        for p, last in list(pending.items()):
+            if marks.marks.get(p, 0) > last:
+                del pending[p]
+                if _overlap(report.written.get(p, []), marks.gaps.get(p, [])):
+                    lost[p] = last
+        if not pending:
+            done.set()
+
+    reader = MarksReader(bootstrap, on_marks, client_id="tally-ops-marks")
+    await reader.start()
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), timeout)
+    finally:
+        await reader.stop()
+    return {**pending, **lost}
+
+
+def _overlap(written: list[tuple[int, int]], gaps: list[tuple[int, int]]) -> bool:
+    return any(a <= d and c <= b for a, b in written for c, d in gaps)

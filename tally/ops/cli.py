@@ -203,7 +203,7 @@ def dlq_replay(
             await submitter.submit(items)
         short = {}
         if wait and not dry_run:
-            short = await wait_stored(bootstrap, s.group_id, submitter.report, timeout)
+            short = await wait_stored(bootstrap, submitter.report, timeout)
         return submitter.report, short
 
     report, short = _run(go())
@@ -215,7 +215,12 @@ def dlq_replay(
         f" {report.repeated} repeated; {len(report.invalid)} still invalid"
     )
     if short:
-        typer.echo(f"not yet stored after {timeout:g}s: partitions {sorted(short)}", err=True)
+        typer.echo(
+            f"not confirmed as stored within {timeout:g}s (or lost by a broker that"
+            f" restarted): partitions {sorted(short)}; run the same command again: events"
+            " already stored are skipped",
+            err=True,
+        )
     raise typer.Exit(1 if report.invalid or short else 0)
 
 
@@ -301,7 +306,7 @@ def backfill(
         short = {}
         if wait and not dry_run:
             typer.echo("waiting for the worker to store them ...", err=True)
-            short = await bf.wait_stored(bootstrap, s.group_id, report, timeout)
+            short = await bf.wait_stored(bootstrap, report, timeout)
         return report, short
 
     report, short = _run(go())
@@ -320,7 +325,12 @@ def backfill(
         + ("" if dry_run or not wait or short else "; all stored")
     )
     if short:
-        typer.echo(f"not yet stored after {timeout:g}s: partitions {sorted(short)}", err=True)
+        typer.echo(
+            f"not confirmed as stored within {timeout:g}s (or lost by a broker that"
+            f" restarted): partitions {sorted(short)}; run the same command again: events"
+            " already stored are skipped",
+            err=True,
+        )
     raise typer.Exit(1 if report.invalid or short else 0)
 
 

@@ -130,20 +130,6 @@ async def committed(consumer: AIOKafkaConsumer, topic: str, parts: Iterable[int]
     return out
 
 
-async def wait_committed(
-    consumer: AIOKafkaConsumer, topic: str, marks: dict[int, int], timeout: float
-) -> dict[int, int]:
-    """Wait until the group has committed past `marks` (`{partition: offset}`); returns the
-    partitions still short of their mark when `timeout` ran out (empty when all are past)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        done = await committed(consumer, topic, marks)
-        short = {p: m for p, m in marks.items() if done.get(p, 0) <= m}
-        if not short or asyncio.get_running_loop().time() > deadline:
-            return short
-        await asyncio.sleep(0.2)
-
-
 async def scan(
     consumer: AIOKafkaConsumer,
     topic: str,

@@ -22,6 +22,7 @@ from schemas.events import InvalidEvent
 from streams.decode import decode
 from tally.config import EVENTS_TOPIC
 from tally.domain.eventtime import DEFAULT, Backfill, EventTime, iso
+from tally.kafka_clients import cluster_id
 from tally.ops.api import Api
 
 _partitioner = DefaultPartitioner()
@@ -34,6 +35,9 @@ class Report:
     repeated: int = 0
     invalid: list[tuple[str, str]] = field(default_factory=list)  # (where, why)
     marks: dict[int, int] = field(default_factory=dict)  # partition -> last offset written
+    written: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # offset ranges
+    cluster: str | None = None  # the broker all of them went to (None: not proven)
+    broker_changed: bool = False  # the broker restarted during the run: send them again
     sent_ids: list[str] = field(default_factory=list)
 
     @property
@@ -106,6 +110,7 @@ class Submitter:
         """Send `(key, value)` messages in whole record batches, each to the partition the
         producer's default partitioner picks for its key (so an org's backfilled events
         meet its live ones, and the worker's per-partition dedup sees both)."""
+        before = self.report.cluster or await cluster_id(producer.client)
         parts = sorted(await producer.partitions_for(EVENTS_TOPIC))
         by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
         for key, value in messages:
@@ -128,3 +133,11 @@ class Submitter:
             meta = await future
             last = meta.offset + n - 1
             self.report.marks[meta.partition] = max(self.report.marks.get(meta.partition, -1), last)
+            self.report.written.setdefault(meta.partition, []).append((meta.offset, last))
+        # The same cluster id before and after the acknowledgements proves which log they
+        # are offsets in (`schemas.marks`): the stored marks of that cluster tell when they
+        # are stored.
+        after = await cluster_id(producer.client)
+        if after != before:
+            self.report.broker_changed = True
+        self.report.cluster = after

@@ -16,8 +16,9 @@ from producers.emitter import Emitter
 from producers.spool import Spool, SpoolFull
 from producers.sync import SyncEmitter
 from schemas.events import InvalidEvent
-from tally.broker import free_port
+from tally.broker import EmbeddedBroker, free_port
 from tally.config import EVENTS_TOPIC
+from tally.topics import ensure_topics
 from tests.conftest import OrgFactory, bearer, eventually
 
 
@@ -260,3 +261,35 @@ async def test_an_emitter_refuses_events_before_start_and_after_close(tmp_path, 
     with pytest.raises(RuntimeError, match="the emitter is not running"):
         e.llm_usage(**call)
     assert e.stats().sent == 1
+
+
+async def test_without_stored_marks_the_emitter_holds_a_bounded_number_then_spools(tmp_path):
+    """No worker reads this broker: nothing is ever confirmed as stored. The emitter sends at
+    most `unconfirmed_max_events`, keeps the rest in its buffer and spool, refuses once the
+    spool is full, and at close keeps on disk what was never confirmed."""
+    async with EmbeddedBroker() as broker:
+        await ensure_topics(broker.bootstrap_servers, 2)
+        spool_dir = tmp_path / "spool"
+        e = Emitter(
+            broker.bootstrap_servers,
+            spool_dir=spool_dir,
+            unconfirmed_max_events=200,
+            buffer_events=100,
+            spool_max_bytes=40_000,
+            close_timeout_s=0.5,
+        )
+        async with e:
+            emitted = 0
+            with pytest.raises(SpoolFull):
+                for _ in range(5_000):
+                    e.tool_call(org_id="acme", agent_id="a", connector="c", tool="t", success=True)
+                    emitted += 1
+                    if emitted % 50 == 0:
+                        await asyncio.sleep(0.01)
+            await asyncio.sleep(0.5)
+            stats = e.stats()
+            assert stats.sent == 200 and stats.unconfirmed == 200 and stats.confirmed == 0
+            assert stats.failed == 1 and stats.spooled > 0
+            assert not await e.wait_stored(0.3)
+        with Spool(spool_dir) as spool:  # every accepted event is on disk for the next emitter
+            assert len(spool.read(10_000, max_bytes=1 << 30)[0]) == emitted
