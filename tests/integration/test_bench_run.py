@@ -35,6 +35,8 @@ MEASURED = (
     "api_bytes_per_key",
     "worker_bytes_per_key",
     "emit_us",
+    "emit_held_p50_s",
+    "emit_held_max_s",
     "prepare_each_us",
     "prepare_columns_us",
 )
@@ -53,7 +55,8 @@ async def test_the_bench_prints_every_figure_then_the_goals_then_one_json_line()
         20000,
         20000,
     )
-    assert figures["freshness_load_rate"] == 500
+    assert figures["freshness_load_rate"] == figures["emit_held_rate"] == 500
+    assert figures["emit_held_drained_s"] is not None  # every held event was confirmed stored
     assert figures["prepare_fetch"] == 4000  # the workload holds fewer than a fetch's worth
     for name in MEASURED:
         assert figures[name] > 0, name

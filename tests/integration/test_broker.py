@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from tally.broker import EmbeddedBroker, _answers_kafka, free_port
+from tally.broker import EmbeddedBroker, _answers_kafka, find_broker_bin, free_port
 
 
 def port_open(port: int) -> bool:
@@ -36,7 +36,47 @@ def test_a_broker_dies_with_the_process_that_started_it():
     assert port_open(port)
     parent.send_signal(signal.SIGKILL)  # no chance to stop its broker
     parent.wait()
-    deadline = time.monotonic() + 10
+    # At once: a broker that lingers acknowledges events that then die with it (it took
+    # about 5 s on SIGTERM), and holds the port an immediate restart needs.
+    deadline = time.monotonic() + 1.0
     while port_open(port) and time.monotonic() < deadline:
-        time.sleep(0.1)
+        time.sleep(0.02)
     assert not port_open(port), "the broker outlived the process that started it"
+
+
+def test_a_start_ends_a_broker_of_ours_left_behind_and_takes_its_port(tmp_path):
+    port, pidfile = free_port(), tmp_path / "broker.pid"
+    url = f"tcp://127.0.0.1:{port}"
+    leftover = subprocess.Popen(  # as a crash on a system without the parent-death signal
+        [
+            str(find_broker_bin()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not port_open(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pidfile.write_text(f"{leftover.pid}\n")
+        with EmbeddedBroker(port, pidfile=pidfile) as broker:
+            assert leftover.wait(timeout=5) == -signal.SIGKILL
+            assert _answers_kafka(port) and broker.cluster_id.startswith("tally-embedded-")
+            assert pidfile.read_text().strip() == str(broker.pid)
+        assert not pidfile.exists()
+    finally:
+        leftover.kill()
+
+
+def test_each_start_is_a_new_cluster_id():
+    with EmbeddedBroker() as a:
+        first = a.cluster_id
+    with EmbeddedBroker(a.port) as b:
+        assert b.cluster_id != first
