@@ -254,8 +254,9 @@ class Worker:
             log.warning("could not republish the counters of partitions acquired: %r", exc)
 
     async def _learn_cluster(self) -> None:
-        """The cluster id of the log read from now on: stored marks are tagged with it, and
-        holes are never passed on an embedded broker (`streams.holes`)."""
+        """The cluster id of the log read from now on: stored marks are tagged with it, an
+        embedded broker's epoch is named by it, and holes are waited on longer there
+        (`streams.holes`)."""
         assert self._producer is not None
         cluster = await self._marks.learn(self._producer)
         self._embedded = is_embedded_cluster(cluster)
@@ -597,11 +598,12 @@ class Worker:
             self._hole_logged = now
             log.warning(
                 "partition %d: offset %d has been missing from the broker's log for %.1fs while"
-                " later ones are there; reading it again until it fills (never passed on the"
-                " embedded broker)",
+                " later ones are there; reading it again until it fills, or passing it as a gap"
+                " after %.1fs",
                 tp.partition,
                 hole[0],
                 now - hole[2],
+                self._holes.wait_s,
                 extra={"partition": tp.partition, "offset": hole[0]},
             )
         return taken.records

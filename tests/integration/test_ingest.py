@@ -117,7 +117,13 @@ async def test_malformed_bodies_get_a_clear_error(
         assert r.json()["error"]["code"] == code
         assert r.json()["error"]["message"].startswith(message)
     else:
-        assert r.json() == {"accepted": 0, "rejected": 0, "failed": 0, "results": []}
+        assert r.json() == {
+            "accepted": 0,
+            "rejected": 0,
+            "failed": 0,
+            "stored": True,
+            "results": [],
+        }
 
 
 async def test_odd_items_are_rejected_one_by_one_and_never_break_the_endpoint(
