@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOWEST := .venv-lowest
 
-.PHONY: install browser run test lint bench clean
+.PHONY: install browser run test lint bench check-deps clean
 
 install: $(STAMP) browser
 
@@ -43,5 +44,16 @@ bench: install
 		|| echo "wrk could not be installed: the HTTP figures will be skipped"
 	$(BIN)/tally bench
 
+# The declared floors are real: a venv of its own with every direct dependency at the lowest
+# version pyproject.toml allows (uv's lowest-direct resolution), then the unit tests on it.
+check-deps:
+	rm -rf $(LOWEST)
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install --quiet uv
+	$(LOWEST)/bin/uv pip install --quiet --python $(LOWEST)/bin/python \
+		--resolution lowest-direct -e '.[test]'
+	$(LOWEST)/bin/uv pip list --python $(LOWEST)/bin/python
+	$(LOWEST)/bin/python -m pytest tests/unit -p no:cacheprovider
+
 clean:
-	rm -rf $(VENV) .tally-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOWEST) .tally-data .pytest_cache .mypy_cache .ruff_cache
