@@ -74,10 +74,14 @@ class EmbeddedBroker:
         port: int = 0,
         binary: Path | str | None = None,
         pidfile: Path | None = None,
+        cluster_id: str | None = None,
     ) -> None:
         self.port = port or free_port()
         self.binary = binary
         self.pidfile = pidfile
+        # Fixed, for a test standing in for a Kafka cluster (an id without the embedded
+        # prefix is taken for one: its logs are not lost by a restart); else fresh per start.
+        self._fixed_cluster_id = cluster_id
         self.cluster_id = ""
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -108,7 +112,7 @@ class EmbeddedBroker:
         if not _wait_port_free(self.port, PORT_FREE_WAIT_S):
             raise BrokerError(f"port {self.port} is already in use; pick another --broker-port")
         url = f"tcp://127.0.0.1:{self.port}"
-        self.cluster_id = f"{EMBEDDED_CLUSTER_PREFIX}{uuid.uuid4().hex}"
+        self.cluster_id = self._fixed_cluster_id or f"{EMBEDDED_CLUSTER_PREFIX}{uuid.uuid4().hex}"
         self._proc = subprocess.Popen(
             [
                 str(binary),

@@ -133,7 +133,10 @@ async def test_raising_the_partition_count_keeps_every_org_exact(store_url: str)
     for s in stores:
         await s.start()
     check = stores[3]
-    old, new = EmbeddedBroker(), EmbeddedBroker()
+    # The log copied to a new broker stands for one Kafka cluster whose partition count grew:
+    # one cluster id, not an embedded one (whose restart is a new, empty log).
+    kafka_like = f"kafka-like-{uuid.uuid4().hex[:8]}"
+    old, new = EmbeddedBroker(cluster_id=kafka_like), EmbeddedBroker(cluster_id=kafka_like)
     old.start()
     new.start()
     workers: list[Worker] = []
