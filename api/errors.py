@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger("tally.api")
 
@@ -60,8 +61,37 @@ def install(app: FastAPI) -> None:
         return error_response(500, "internal_error", "unexpected error: retry, or report it")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400:  # FastAPI could not read the body (not UTF-8 JSON)
             return error_response(422, "invalid_request", f"{exc.detail}: send a UTF-8 JSON body")
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(app, request)
+        return error_response(exc.status_code, code, str(exc.detail), headers or None)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(app: FastAPI, request: Request) -> str:
+    """The `Allow` of a 405 (RFC 9110): every method some route answers on this path.
+
+    Starlette's own header names the methods of the first route whose path matched, and a
+    path can be served by several routes (`GET` and `POST /api/v2/admin/orgs`). Each method
+    is tried against the routes as the router would (FastAPI's included routers too).
+    """
+    path = {
+        "type": "http",
+        "path": request.url.path,
+        "root_path": request.scope.get("root_path", ""),
+    }
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**path, "method": method})[0] == Match.FULL
+            for route in app.router.routes
+        )
+    ]
+    return ", ".join(allowed)
