@@ -2,7 +2,9 @@
 
 FastAPI documents request-validation failures with its own `HTTPValidationError` schema;
 Tally answers them as `{"error": {"code", "message"}}` like every other error, so the
-document is patched to say so.
+document is patched to say so. It is also patched to state what validation enforces where
+FastAPI cannot say it: an optional query parameter is absent, never null; and the reports'
+`from` and `to` go together (`_pair_range`).
 """
 
 from __future__ import annotations
@@ -142,6 +144,53 @@ def _fill_error_examples(op: dict[str, Any]) -> None:
         content["examples"] = {code: {"value": {"error": {"code": code, "message": message}}}}
 
 
+_RANGE = (
+    "`from` and `to` go together: both, for the UTC days from `from` up to (not including)"
+    " `to`, at most 366 days; or neither, for the org's current billing period. One without"
+    " the other is refused (400 `invalid_parameter`)."
+)
+
+
+def _absent_not_null(param: dict[str, Any]) -> None:
+    """An optional query parameter is left out, never sent as null: `T | None` is `T`."""
+    schema = param.get("schema", {})
+    options = schema.get("anyOf")
+    if param.get("in") != "query" or not options or {"type": "null"} not in options:
+        return
+    rest = [o for o in options if o != {"type": "null"}]
+    if len(rest) == 1:
+        del schema["anyOf"]
+        schema.update({**rest[0], **schema})
+
+
+def _pair_range(op: dict[str, Any]) -> None:
+    """`from` and `to` as one query parameter: an object exploded into `from=...&to=...`
+    (OpenAPI's `style: form, explode: true`), whose schema says that each needs the other."""
+    params = op.get("parameters", [])
+    query = {p["name"]: p for p in params if p.get("in") == "query"}
+    if "from" not in query or "to" not in query:
+        return
+    days = {name: {**query[name]["schema"], "type": "string"} for name in ("from", "to")}
+    for day in days.values():
+        day.pop("title", None)
+    pair = {
+        "name": "range",
+        "in": "query",
+        "required": False,
+        "style": "form",
+        "explode": True,
+        "description": _RANGE,
+        "schema": {
+            "type": "object",
+            "properties": days,
+            "dependentRequired": {"from": ["to"], "to": ["from"]},
+            "additionalProperties": False,
+        },
+    }
+    op["parameters"] = [pair if p is query["from"] else p for p in params if p is not query["to"]]
+    op["description"] = f"{op.get('description', '')}\n\n{_RANGE}".strip()
+
+
 def install(app: FastAPI) -> None:
     """Document every validation failure with the one error shape."""
 
@@ -161,6 +210,9 @@ def install(app: FastAPI) -> None:
         for path in doc.get("paths", {}).values():
             for op in path.values():
                 _fill_error_examples(op)
+                for param in op.get("parameters", []):
+                    _absent_not_null(param)
+                _pair_range(op)
                 invalid = op.get("responses", {}).get("422")
                 if invalid is None:
                     continue

@@ -51,7 +51,14 @@ class OrgCreate(BaseModel):
     org_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
     plan: str = "free"
     signup_date: date = Field(
-        ge=date(1970, 1, 1), le=date(2149, 6, 6), description="Free-plan windows start on its day."
+        ge=date(1970, 1, 1),
+        le=date(2149, 6, 6),
+        description="Free-plan windows start on its day: 1970-01-01 to 2149-06-06.",
+        # JSON Schema has no bounds for a date: the same days as a pattern.
+        json_schema_extra={
+            "pattern": r"^(19[7-9][0-9]|20[0-9]{2}|21[0-3][0-9]|214[0-8])-"
+            r"|^2149-0[1-5]-|^2149-06-0[1-6]$"
+        },
     )
 
 
@@ -286,7 +293,10 @@ class StatusChange(BaseModel):
         None,
         ge=datetime(1970, 1, 1, tzinfo=UTC),
         lt=datetime(2200, 1, 1, tzinfo=UTC),
-        description="Required for `trial`.",
+        description="Required for `trial`; from 1970-01-01T00:00:00Z, before 2200-01-01T00:00:00Z.",
+        # JSON Schema has no bounds for a time: the years as a pattern (the UTC offset moves
+        # the bounds by hours, which the description states exactly).
+        json_schema_extra={"pattern": r"^(19[7-9][0-9]|2[01][0-9]{2})-"},
     )
 
 

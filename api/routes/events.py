@@ -51,7 +51,15 @@ _BODY_DOC: dict[str, Any] = {
                 "schema": {
                     "type": "array",
                     "maxItems": MAX_EVENTS,
-                    "items": {"type": "object", "description": "An event (docs/events.md)."},
+                    # Any JSON value: each item is judged on its own, like every other
+                    # malformed event, so one that is not an object is rejected in `results`
+                    # (207) and the rest of the batch goes through.
+                    "items": {
+                        "description": "An event: an object in the wire format"
+                        " (docs/events.md). An item that is not one (not an object, or an"
+                        " object the contract refuses) is rejected on its own in `results`,"
+                        " with the reason; the other items are still accepted."
+                    },
                 }
             }
         },

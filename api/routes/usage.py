@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 
 from api.auth import current_key, services
 from api.errors import ApiError
@@ -29,6 +29,7 @@ from schemas.usage import (
 )
 from tally.domain import reports
 from tally.domain.reports import DayRange, InvalidParameter
+from tally.domain.usage import LINE_ITEMS
 from tally.store import reports as sql
 
 MAX_ROWS = 50_000
@@ -42,9 +43,29 @@ router = APIRouter(
     },
 )
 
-FROM = Query(None, alias="from", description="First UTC day counted, YYYY-MM-DD.")
-TO = Query(None, description="First UTC day NOT counted, YYYY-MM-DD. Default: current period.")
-KEY_MODE = Query(None, description="live (default: what is billed), test or all.")
+# What the routes check themselves (400 `invalid_parameter`, with the reason), stated in
+# the document too: `json_schema_extra` documents a constraint without FastAPI enforcing it
+# a second time as a 422. api/openapi.py states that `from` and `to` go together.
+_TOGETHER = " Give both `from` and `to`, or neither for the org's current billing period."
+FROM = Query(
+    None,
+    alias="from",
+    description="First UTC day counted, YYYY-MM-DD." + _TOGETHER,
+    json_schema_extra={"format": "date"},
+)
+TO = Query(
+    None,
+    description="First UTC day NOT counted, YYYY-MM-DD: after `from`, at most"
+    f" {reports.MAX_RANGE_DAYS} days later." + _TOGETHER,
+    json_schema_extra={"format": "date"},
+)
+KEY_MODE = Query(
+    None,
+    description="live (default: what is billed), test or all.",
+    json_schema_extra={"enum": list(reports.KEY_MODES)},
+)
+_NAMES = "|".join(reports.GROUPS)
+_IDENTIFIER = {"minLength": 1, "maxLength": 128}
 
 
 def current_period(svc: Services, org_id: str, now: datetime | None = None) -> DayRange:
@@ -63,12 +84,17 @@ async def breakdown(
     to: str | None = TO,
     group_by: str | None = Query(
         None,
-        description="Comma-separated dimensions: day, agent, line_item, item (model, connector"
-        " or storage kind), key_mode, mode. Empty: the total only.",
+        description="Comma-separated dimensions, each at most once: day, agent, line_item, item"
+        " (model, connector or storage kind), key_mode, mode. Empty: the total only.",
+        json_schema_extra={"pattern": f"^(({_NAMES})(,({_NAMES}))*)?$"},
     ),
-    agent_id: str | None = Query(None, description="Only this agent."),
+    agent_id: str | None = Query(
+        None, description="Only this agent.", json_schema_extra=_IDENTIFIER
+    ),
     line_item: str | None = Query(
-        None, description="Only this line item: llm, tool_calls, requests, storage, sessions."
+        None,
+        description="Only this line item: llm, tool_calls, requests, storage, sessions.",
+        json_schema_extra={"enum": list(LINE_ITEMS)},
     ),
     key_mode: str | None = KEY_MODE,
     key: ApiKey = Depends(current_key),
@@ -158,7 +184,9 @@ async def daily(
     responses={404: {"model": ErrorBody, "description": "No usage recorded for this run"}},
 )
 async def run_usage(
-    run_id: str, key: ApiKey = Depends(current_key), svc: Services = Depends(services)
+    run_id: str = Path(json_schema_extra=_IDENTIFIER),
+    key: ApiKey = Depends(current_key),
+    svc: Services = Depends(services),
 ) -> RunUsage:
     """The line items of one execution: LLM cost by model with its tokens, tool calls by
     connector, storage by kind; live and test traffic both shown, each line marked."""
@@ -181,7 +209,7 @@ async def run_usage(
 
 @router.get("/usage/agents/{agent_id}/runs", response_model=AgentRuns)
 async def agent_runs(
-    agent_id: str,
+    agent_id: str = Path(json_schema_extra=_IDENTIFIER),
     from_: str | None = FROM,
     to: str | None = TO,
     key_mode: str | None = KEY_MODE,
