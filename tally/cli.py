@@ -137,12 +137,13 @@ def up(
         bootstrap_servers=bootstrap_servers,
         clickhouse_url=clickhouse_url,
     )
+    made_key = None
     if settings.admin_key is None:
         # A newcomer's first run: make an admin key for this run rather than no admin at all.
-        key = secrets.token_urlsafe(24)
-        settings = settings.model_copy(update={"admin_key": SecretStr(key)})
-        typer.echo(f"TALLY_ADMIN_KEY is not set; the admin key for this run is: {key}", err=True)
+        made_key = secrets.token_urlsafe(24)
+        settings = settings.model_copy(update={"admin_key": SecretStr(made_key)})
     _logging(settings)
+    _banner(settings, made_key)
     from tally.broker import BrokerError
 
     try:
@@ -150,6 +151,41 @@ def up(
     except BrokerError as exc:
         typer.echo(f"tally: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+def _banner(settings: Settings, made_key: str | None) -> None:
+    """The first lines of `tally up`: where the API, the dashboard and the docs are, and the
+    admin key. Plain lines when the logs are text (a terminal), one log record when JSON."""
+    from tally import logs
+
+    host = settings.api_host
+    shown = "localhost" if host in ("0.0.0.0", "::", "") else host
+    api = f"http://{f'[{shown}]' if ':' in shown else shown}:{settings.api_port}"
+    where = {"api": api, "dashboard": f"{api}/dashboard", "docs": f"{api}/docs"}
+    if logs.choose_format(settings.log_format) == "json":
+        log = logging.getLogger("tally")
+        log.info("Tally starting: API %s, dashboard %s, docs %s", *where.values(), extra=where)
+        if made_key is not None:
+            log.warning(
+                "TALLY_ADMIN_KEY is not set; the admin key for this run is: %s",
+                made_key,
+                extra={"admin_key": made_key},
+            )
+        return
+    key = (
+        f"{made_key}  (made for this run: set TALLY_ADMIN_KEY to choose one)"
+        if made_key is not None
+        else "the one in TALLY_ADMIN_KEY"
+    )
+    lines = [
+        "Tally is starting; it answers in a few seconds on:",
+        f"  API        {where['api']}",
+        f"  dashboard  {where['dashboard']}",
+        f"  API docs   {where['docs']}",
+        f"  admin key  {key}",
+        "",
+    ]
+    typer.echo("\n".join(lines), err=True)
 
 
 @cli.command()

@@ -84,8 +84,10 @@ class Settings(BaseSettings):
     )
     prices_file: Path | None = None
     log_level: str = "INFO"
-    log_format: Literal["json", "text"] = Field(
-        "json", description="json: one JSON object per line; text: a line for people."
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto",
+        description="json: one JSON object per line; text: a line for people; auto: text when"
+        " stderr is a terminal, json otherwise.",
     )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="`tally worker`: serve Prometheus /metrics here."
