@@ -39,6 +39,7 @@ from tally.kafka_clients import cluster_id
 log = logging.getLogger("tally.emitter")
 
 Ack = tuple[int, int, Record]  # partition, offset, record
+CLUSTER_CHECK_S = 0.5
 
 
 class Delivery:
@@ -75,6 +76,7 @@ class Delivery:
     _next_connect: float
     _backoff: float
     _last_sync: float
+    _checked_at: float
     _unconfirmed: Unconfirmed
     _cluster: str | None
     _verifying: int
@@ -121,6 +123,7 @@ class Delivery:
                 elif self._closing and not self._buffer:
                     break
                 await self._sync()
+                await self._check_cluster()
                 await self._notify()
                 if not self._has_work():
                     await self._sleep()
@@ -327,6 +330,26 @@ class Delivery:
         if after is not None and after != before:
             await self._adopt(after)
         self._resolve(settled.done)
+
+    async def _check_cluster(self) -> None:
+        """While events wait for their stored marks, ask the broker its cluster id every
+        CLUSTER_CHECK_S: a broker that restarted empty after the last send would otherwise
+        hold them for good (its marks are of another cluster), with nothing left to send
+        that would show it."""
+        producer = self._producer
+        if not self._stored_mode or producer is None or not (self._unconfirmed or self._replayed):
+            return
+        now = time.monotonic()
+        if now - self._checked_at < CLUSTER_CHECK_S:
+            return
+        self._checked_at = now
+        try:
+            cluster = await cluster_id(producer.client)
+        except Exception as exc:  # the broker is away: the next send or check will tell
+            log.debug("cannot ask the broker its cluster id: %r", exc)
+            return
+        if cluster != self._cluster:
+            await self._adopt(cluster)
 
     async def _adopt(self, cluster: str) -> None:
         """The broker answering now is `cluster`: what another one acknowledged and did not

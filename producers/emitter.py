@@ -142,6 +142,7 @@ class Emitter(TypedHelpers, Delivery):
         self._replayed: deque[tuple[Ticket, Position]] = deque()  # read, not yet confirmed
         self._waiters: dict[Ticket, asyncio.Future[bool]] = {}
         self._marks: MarksReader | None = None
+        self._checked_at = 0.0  # when the broker's cluster id was last asked (idle)
         self._producer: AIOKafkaProducer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
