@@ -27,9 +27,11 @@ import pyarrow as pa
 
 from schemas.events import InvalidEvent
 from streams.decode import decode
+from streams.leases import ENDED, STARTED, session
 from tally.domain import counters
 from tally.domain.counters import CounterKey
 from tally.domain.eventtime import DEFAULT, Backfill, EventTime
+from tally.domain.leases import Lease
 from tally.domain.partitioning import partition_of
 from tally.domain.pricing import Pricer
 from tally.domain.usage import measure
@@ -88,7 +90,6 @@ def event_block(rows: list[list[object]]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
 
 
-STARTED, ENDED = 1, 2
 SESSION_BITS = {"session.started": STARTED, "session.ended": ENDED}
 
 # Headers of a forwarded message: where it was first read, and how often it was forwarded.
@@ -157,6 +158,7 @@ class PartitionState:
     check: tuple[int, int] | None = None
     counters: dict[CounterKey, int] = field(default_factory=dict)
     sessions: dict[tuple[str, str], int] = field(default_factory=dict)
+    leases: dict[tuple[str, str], Lease] = field(default_factory=dict)  # of open sessions
     seen: dict[str, float] = field(default_factory=dict)
 
     def expire(self, now: datetime, dedup_window_s: int) -> None:
@@ -187,8 +189,11 @@ class BatchResult:
     forwards: list[Forward] = field(default_factory=list)
     deltas: dict[CounterKey, int] = field(default_factory=dict)
     sessions: dict[tuple[str, str], int] = field(default_factory=dict)
+    leases: dict[tuple[str, str], Lease] = field(default_factory=dict)
+    ends: dict[str, int] = field(default_factory=dict)  # sessions ended, by reason (metrics)
     event_ids: set[str] = field(default_factory=set)
     duplicates: int = 0
+    voided: int = 0  # `expired` ends that a renewal read before them voided (not stored)
     ingested_at: float = 0.0
     types: dict[str, int] = field(default_factory=dict)  # stored events by type (metrics)
     block: pa.Table | None = None  # rows made a column at a time (streams.columns)
@@ -275,15 +280,21 @@ def count(
     pricer: Pricer,
     now: datetime,
 ) -> None:
-    """Add one decoded, routed and new event to `result`: its type, counters, session and
-    row (stored at `now`, the batch's time)."""
-    usage = measure(event, pricer)
+    """Add one decoded, routed and new event to `result`: its session and lease, type,
+    counters and row (stored at `now`, the batch's time). An `expired` end that the log
+    voided (tally.domain.leases) is left out: not stored, nothing counted."""
     org, kind, ts = event["org_id"], event["type"], event["ts"]
+    if (
+        event["session_id"]
+        and event["key_mode"] == "live"
+        and not session(result, state, pending, event)
+    ):
+        result.voided += 1
+        return
+    usage = measure(event, pricer)
     types = result.types
     types[kind] = types.get(kind, 0) + 1
     counters.add(result.deltas, org, ts, usage)
-    if kind in SESSION_BITS and event["key_mode"] == "live":
-        _session(result, state, pending, (org, event["session_id"]), SESSION_BITS[kind])
     get = event.get
     result.rows.append(
         [
@@ -344,23 +355,6 @@ def _misrouted(
     result.forwards.append(Forward(value, org_id, target, partition, record.offset, kept))
 
 
-def _session(
-    result: BatchResult,
-    state: PartitionState,
-    pending: Sequence[BatchResult],
-    sk: tuple[str, str],
-    bit: int,
-) -> None:
-    """A session's flags after this event: the latest flags known, newest batch first."""
-    for known in (result, *reversed(pending)):
-        before = known.sessions.get(sk)
-        if before is not None:
-            break
-    else:
-        before = state.sessions.get(sk, 0)
-    result.sessions[sk] = before | bit
-
-
 def projected(
     state: PartitionState, result: BatchResult, pending: Sequence[BatchResult] = ()
 ) -> dict[CounterKey, int]:
@@ -392,10 +386,12 @@ def apply(state: PartitionState, result: BatchResult) -> dict[CounterKey, int]:
             value += delta
         kept[key] = value
         changed[key] = value
+    state.leases.update(result.leases)
     for sk, flags in result.sessions.items():
         before = state.sessions.get(sk, 0)
         if flags == STARTED | ENDED:
             state.sessions.pop(sk, None)  # finished: nothing left to remember
+            state.leases.pop(sk, None)
         else:
             state.sessions[sk] = flags
         step = int(active(flags)) - int(active(before))

@@ -17,9 +17,10 @@ prices it event by event: the result is the same either way (tests/unit/test_col
 
 from __future__ import annotations
 
+import heapq
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import msgspec
@@ -27,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.events import TS_MAX, TS_MIN, InvalidEvent
-from streams import batch
+from streams import batch, leases
 from streams.batch import EVENT_COLUMNS, EVENT_SCHEMA, BatchResult, Message, PartitionState
 from streams.decode import (
     WireGatewayRequest,
@@ -230,8 +231,7 @@ def _columns(
             result.types[tag] = result.types.get(tag, 0) + n
     if pieces:
         _count(result.deltas, pieces, len(records))
-    for i in others:  # sessions and storage, event by event in offset order
-        batch.count(result, state, pending, decoded[i], records[i].offset, pricer, now)
+    _sessions(result, state, pending, records, events, codes, decoded, others, ts_us, pricer, now)
     if result.rows:
         blocks.append(batch.event_block(result.rows))
         result.rows = []
@@ -240,6 +240,53 @@ def _columns(
     result.last_offset = last.offset
     result.last_crc = zlib.crc32(last.value or b"")
     return result
+
+
+def _sessions(
+    result: BatchResult,
+    state: PartitionState,
+    pending: Sequence[BatchResult],
+    records: Sequence[Message],
+    events: list[Any],
+    codes: list[int],
+    decoded: dict[int, dict[str, Any]],
+    others: list[int],
+    ts_us: pa.Array,
+    pricer: Pricer,
+    now: datetime,
+) -> None:
+    """Sessions and storage event by event in offset order, with the lease renewals of the
+    live events taken a column at a time: as `batch.count` has them, one at a time, for a
+    session that starts or ends in the fetch; once, at the latest event time, for the
+    others (whether they are open does not change within the fetch)."""
+    moving = {(d["org_id"], d["session_id"]) for i in others if (d := decoded[i])["session_id"]}
+    interleaved: list[int] = []
+    latest: dict[tuple[str, str], tuple[int, int]] = {}
+    times = ts_us.to_pylist()
+    for i, e in enumerate(events):
+        if e.session_id is None or codes[i] >= _OTHER or e.key_mode != "live":
+            continue
+        sk = (e.org_id, e.session_id)
+        if sk in moving:
+            interleaved.append(i)
+        elif sk not in latest or times[i] > latest[sk][0]:
+            latest[sk] = (times[i], latest[sk][1] if sk in latest else i)
+    for i in heapq.merge(others, interleaved):
+        if codes[i] == _OTHER:
+            batch.count(result, state, pending, decoded[i], records[i].offset, pricer, now)
+        else:
+            e = events[i]
+            when = _EPOCH + timedelta(microseconds=times[i])
+            leases.renew(
+                result, state, pending, (e.org_id, e.session_id), when, e.agent_id, e.run_id or ""
+            )
+    for sk, (at, first) in latest.items():
+        e = events[first]
+        when = _EPOCH + timedelta(microseconds=at)
+        leases.renew(result, state, pending, sk, when, e.agent_id, e.run_id or "")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _duplicates(
