@@ -193,7 +193,9 @@ class BatchResult:
     ends: dict[str, int] = field(default_factory=dict)  # sessions ended, by reason (metrics)
     event_ids: set[str] = field(default_factory=set)
     duplicates: int = 0
-    voided: int = 0  # `expired` ends that a renewal read before them voided (not stored)
+    # The ids of `expired` ends the log voided (streams.leases): not stored, so not
+    # remembered as seen either (a copy read again is judged again, the same way).
+    voided: list[str] = field(default_factory=list)
     ingested_at: float = 0.0
     types: dict[str, int] = field(default_factory=dict)  # stored events by type (metrics)
     block: pa.Table | None = None  # rows made a column at a time (streams.columns)
@@ -289,7 +291,7 @@ def count(
         and event["key_mode"] == "live"
         and not session(result, state, pending, event)
     ):
-        result.voided += 1
+        result.voided.append(event["event_id"])
         return
     usage = measure(event, pricer)
     types = result.types
@@ -400,6 +402,7 @@ def apply(state: PartitionState, result: BatchResult) -> dict[CounterKey, int]:
             value = state.counters.get(key, 0) + step
             state.counters[key] = value
             changed[key] = value
-    state.seen.update(dict.fromkeys(result.event_ids, result.ingested_at))
+    ids = result.event_ids.difference(result.voided) if result.voided else result.event_ids
+    state.seen.update(dict.fromkeys(ids, result.ingested_at))
     state.next_offset = max(state.next_offset, result.last_offset + 1)
     return changed
