@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import orjson
+
 from tests.conftest import bearer, eventually, rows_reach
 from tests.factories import make_event
+from tests.integration.ops import serve, tally
 
 
 async def test_live_sessions_are_listed_with_their_expiry_and_a_delete_frees_a_slot(
@@ -62,3 +65,19 @@ async def test_live_sessions_are_listed_with_their_expiry_and_a_delete_frees_a_s
     r = await client.get("/api/v2/sessions", headers=bearer(other))
     assert r.json()["sessions"] == []
     assert (await client.delete("/api/v2/sessions/s0", headers=bearer(other))).status_code == 404
+
+
+async def test_operators_list_and_end_an_orgs_sessions_with_tally_sessions(stack, new_org, send):
+    org, _ = await new_org(plan="free")
+    await send(make_event("session.started", org_id=org, session_id="op-1", agent_id="bot"))
+    await rows_reach(stack, org, 1)
+    async with serve(stack) as url:
+        run = await tally("sessions", "list", org, "--api-url", url)
+        assert run.code == 0, run.err
+        assert "1 live sessions" in run.out and "op-1" in run.out and "bot" in run.out
+        run = await tally("sessions", "end", org, "op-1", "--api-url", url)
+        assert run.code == 0 and "ended_by_api" in run.out, run.err
+        run = await tally("sessions", "list", org, "--api-url", url, "--json")
+        assert run.code == 0 and orjson.loads(run.out)["sessions"] == []
+        run = await tally("sessions", "end", org, "op-1", "--api-url", url)
+        assert run.code == 1 and "404" in run.err
