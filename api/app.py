@@ -22,6 +22,7 @@ from api.routes import (
     ops,
     plans,
     quota,
+    sessions,
     subscriptions,
     usage,
 )
@@ -65,6 +66,8 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
     app.include_router(subscriptions.router)
     app.include_router(ops.router)
     app.include_router(ops.admin)
+    app.include_router(sessions.router)
+    app.include_router(sessions.admin)
     app.add_middleware(HttpMetrics)
     openapi.install(app)
     return app

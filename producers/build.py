@@ -285,7 +285,7 @@ def session(
     ts: datetime | str | None = None,
     event_id: str | None = None,
 ) -> Event:
-    """`session.started` or `session.ended` (`type_`)."""
+    """`session.started`, `session.heartbeat` or `session.ended` (`type_`)."""
     if ts is None and event_id is None:
         (when, eid), ok = stamp(), True
     else:
@@ -304,7 +304,7 @@ def session(
     try:
         good = (
             ok
-            and type_ in ("session.started", "session.ended")
+            and type_ in ("session.started", "session.heartbeat", "session.ended")
             and (org_id in _ids or _id(org_id))
             and (agent_id in _ids or _id(agent_id))
             and (run_id is None or run_id in _ids or _id(run_id))

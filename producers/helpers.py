@@ -138,6 +138,23 @@ class TypedHelpers:
             "session.started", org_id, agent_id, session_id, run_id, key_mode, ts, event_id
         )
 
+    def session_heartbeat(
+        self,
+        *,
+        org_id: str,
+        agent_id: str,
+        session_id: str,
+        run_id: str | None = None,
+        key_mode: str = "live",
+        ts: datetime | str | None = None,
+        event_id: str | None = None,
+    ) -> str:
+        """A session is still alive: renews its lease (for a session idle longer than that;
+        any event carrying its session_id renews it too)."""
+        return self._session(
+            "session.heartbeat", org_id, agent_id, session_id, run_id, key_mode, ts, event_id
+        )
+
     def session_ended(
         self,
         *,

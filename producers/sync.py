@@ -107,6 +107,10 @@ class SyncEmitter:
         """See `Emitter.session_started`."""
         return self._started.session_started(**fields)
 
+    def session_heartbeat(self, **fields: Any) -> str:
+        """See `Emitter.session_heartbeat`."""
+        return self._started.session_heartbeat(**fields)
+
     def session_ended(self, **fields: Any) -> str:
         """See `Emitter.session_ended`."""
         return self._started.session_ended(**fields)

@@ -132,9 +132,45 @@ class SessionStarted(_Envelope):
     session_id: Id
 
 
+class SessionHeartbeat(_Envelope):
+    """Renews an idle session's lease (any event carrying the session_id does too)."""
+
+    type: Literal["session.heartbeat"]
+    session_id: Id
+
+
+EndReason = Literal["ended", "expired", "ended_by_api"]
+
+
 class SessionEnded(_Envelope):
     type: Literal["session.ended"]
     session_id: Id
+    reason: EndReason = Field(
+        "ended",
+        description="`ended` (the runtime ended it), `expired` (its lease lapsed: written by"
+        " Tally) or `ended_by_api` (DELETE /api/v2/sessions/{session_id}).",
+    )
+    last_seen_at: Timestamp | None = Field(
+        None,
+        description="With `expired`: the last activity of the lease that lapsed. The end"
+        " counts only if the session saw nothing later (a renewal read first voids it).",
+    )
+
+    @field_validator("last_seen_at")
+    @classmethod
+    def _utc_seen(cls, v: datetime | None) -> datetime | None:
+        if v is None:
+            return None
+        v = v.astimezone(UTC)
+        if not TS_MIN <= v < TS_MAX:
+            raise ValueError("must be between 2000-01-01 and 2199-12-31 (UTC)")
+        return v
+
+    @model_validator(mode="after")
+    def _expiry_names_its_lease(self) -> SessionEnded:
+        if self.reason == "expired" and self.last_seen_at is None:
+            raise ValueError("last_seen_at: is required when reason is expired")
+        return self
 
 
 class StorageUsage(_Envelope):
@@ -144,7 +180,13 @@ class StorageUsage(_Envelope):
 
 
 Event = Annotated[
-    LlmUsage | ToolCall | GatewayRequest | SessionStarted | SessionEnded | StorageUsage,
+    LlmUsage
+    | ToolCall
+    | GatewayRequest
+    | SessionStarted
+    | SessionHeartbeat
+    | SessionEnded
+    | StorageUsage,
     Field(discriminator="type"),
 ]
 EVENT_TYPES = (
@@ -152,6 +194,7 @@ EVENT_TYPES = (
     "tool.call",
     "gateway.request",
     "session.started",
+    "session.heartbeat",
     "session.ended",
     "storage.usage",
 )

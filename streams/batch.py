@@ -27,9 +27,11 @@ import pyarrow as pa
 
 from schemas.events import InvalidEvent
 from streams.decode import decode
+from streams.leases import ENDED, STARTED, session
 from tally.domain import counters
 from tally.domain.counters import CounterKey
 from tally.domain.eventtime import DEFAULT, Backfill, EventTime
+from tally.domain.leases import Lease
 from tally.domain.partitioning import partition_of
 from tally.domain.pricing import Pricer
 from tally.domain.usage import measure
@@ -88,7 +90,6 @@ def event_block(rows: list[list[object]]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
 
 
-STARTED, ENDED = 1, 2
 SESSION_BITS = {"session.started": STARTED, "session.ended": ENDED}
 
 # Headers of a forwarded message: where it was first read, and how often it was forwarded.
@@ -157,6 +158,7 @@ class PartitionState:
     check: tuple[int, int] | None = None
     counters: dict[CounterKey, int] = field(default_factory=dict)
     sessions: dict[tuple[str, str], int] = field(default_factory=dict)
+    leases: dict[tuple[str, str], Lease] = field(default_factory=dict)  # of open sessions
     seen: dict[str, float] = field(default_factory=dict)
 
     def expire(self, now: datetime, dedup_window_s: int) -> None:
@@ -187,8 +189,13 @@ class BatchResult:
     forwards: list[Forward] = field(default_factory=list)
     deltas: dict[CounterKey, int] = field(default_factory=dict)
     sessions: dict[tuple[str, str], int] = field(default_factory=dict)
+    leases: dict[tuple[str, str], Lease] = field(default_factory=dict)
+    ends: dict[str, int] = field(default_factory=dict)  # sessions ended, by reason (metrics)
     event_ids: set[str] = field(default_factory=set)
     duplicates: int = 0
+    # The ids of `expired` ends the log voided (streams.leases): not stored, so not
+    # remembered as seen either (a copy read again is judged again, the same way).
+    voided: list[str] = field(default_factory=list)
     ingested_at: float = 0.0
     types: dict[str, int] = field(default_factory=dict)  # stored events by type (metrics)
     block: pa.Table | None = None  # rows made a column at a time (streams.columns)
@@ -275,15 +282,21 @@ def count(
     pricer: Pricer,
     now: datetime,
 ) -> None:
-    """Add one decoded, routed and new event to `result`: its type, counters, session and
-    row (stored at `now`, the batch's time)."""
-    usage = measure(event, pricer)
+    """Add one decoded, routed and new event to `result`: its session and lease, type,
+    counters and row (stored at `now`, the batch's time). An `expired` end that the log
+    voided (tally.domain.leases) is left out: not stored, nothing counted."""
     org, kind, ts = event["org_id"], event["type"], event["ts"]
+    if (
+        event["session_id"]
+        and event["key_mode"] == "live"
+        and not session(result, state, pending, event)
+    ):
+        result.voided.append(event["event_id"])
+        return
+    usage = measure(event, pricer)
     types = result.types
     types[kind] = types.get(kind, 0) + 1
     counters.add(result.deltas, org, ts, usage)
-    if kind in SESSION_BITS and event["key_mode"] == "live":
-        _session(result, state, pending, (org, event["session_id"]), SESSION_BITS[kind])
     get = event.get
     result.rows.append(
         [
@@ -344,23 +357,6 @@ def _misrouted(
     result.forwards.append(Forward(value, org_id, target, partition, record.offset, kept))
 
 
-def _session(
-    result: BatchResult,
-    state: PartitionState,
-    pending: Sequence[BatchResult],
-    sk: tuple[str, str],
-    bit: int,
-) -> None:
-    """A session's flags after this event: the latest flags known, newest batch first."""
-    for known in (result, *reversed(pending)):
-        before = known.sessions.get(sk)
-        if before is not None:
-            break
-    else:
-        before = state.sessions.get(sk, 0)
-    result.sessions[sk] = before | bit
-
-
 def projected(
     state: PartitionState, result: BatchResult, pending: Sequence[BatchResult] = ()
 ) -> dict[CounterKey, int]:
@@ -392,10 +388,12 @@ def apply(state: PartitionState, result: BatchResult) -> dict[CounterKey, int]:
             value += delta
         kept[key] = value
         changed[key] = value
+    state.leases.update(result.leases)
     for sk, flags in result.sessions.items():
         before = state.sessions.get(sk, 0)
         if flags == STARTED | ENDED:
             state.sessions.pop(sk, None)  # finished: nothing left to remember
+            state.leases.pop(sk, None)
         else:
             state.sessions[sk] = flags
         step = int(active(flags)) - int(active(before))
@@ -404,6 +402,7 @@ def apply(state: PartitionState, result: BatchResult) -> dict[CounterKey, int]:
             value = state.counters.get(key, 0) + step
             state.counters[key] = value
             changed[key] = value
-    state.seen.update(dict.fromkeys(result.event_ids, result.ingested_at))
+    ids = result.event_ids.difference(result.voided) if result.voided else result.event_ids
+    state.seen.update(dict.fromkeys(ids, result.ingested_at))
     state.next_offset = max(state.next_offset, result.last_offset + 1)
     return changed

@@ -17,18 +17,20 @@ prices it event by event: the result is the same either way (tests/unit/test_col
 
 from __future__ import annotations
 
+import heapq
 import zlib
-from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.events import TS_MAX, TS_MIN, InvalidEvent
-from streams import batch
+from streams import batch, leases
 from streams.batch import EVENT_COLUMNS, EVENT_SCHEMA, BatchResult, Message, PartitionState
+from streams.column_meters import Common, Slow, all_true, constant, llm, request, tool
 from streams.decode import (
     WireGatewayRequest,
     WireLlmUsage,
@@ -41,7 +43,7 @@ from tally.domain import counters
 from tally.domain.counters import CounterKey
 from tally.domain.eventtime import DEFAULT, EventTime
 from tally.domain.partitioning import partition_of
-from tally.domain.pricing import MTOK, Pricer, RateChanges, micros
+from tally.domain.pricing import Pricer, RateChanges, micros
 
 # What `streams.decode` checks event by event, as patterns over a column: an id is 1 to 128
 # printable ASCII characters (msgspec checks the length), a time has the RFC 3339 form the
@@ -72,10 +74,6 @@ _ABSENT = {
     "success": (1, pa.uint8()),
     "cache_hit": (0, pa.uint8()),
 }
-
-
-class _Slow(Exception):
-    """Not a fetch of the common shape: the definition, event by event, takes it."""
 
 
 def process(
@@ -116,7 +114,7 @@ def take(
         return None
     try:
         return _columns(state, records, pricer, now.astimezone(UTC), log_epoch, pending, event_time)
-    except (_Slow, RateChanges, pa.ArrowInvalid):
+    except (Slow, RateChanges, pa.ArrowInvalid):
         # ArrowInvalid: a time that names no instant (Feb 30, 24:00) or a product that
         # overflows 64 bits; the definition explains or computes it with Python's integers.
         return None
@@ -134,7 +132,7 @@ def _columns(
     try:
         events = [wire(r.value) for r in records]  # type: ignore[arg-type]
     except (msgspec.MsgspecError, ValueError, TypeError):  # refused, not JSON, no value
-        raise _Slow from None
+        raise Slow from None
     ids = [e.event_id for e in events]
     id_column = pa.array(ids, pa.string())
     orgs = pa.array([e.org_id for e in events], pa.string())
@@ -146,24 +144,24 @@ def _columns(
     if state.partitions and any(
         partition_of(org, state.partitions) != state.partition for org in org_ids
     ):
-        raise _Slow  # forwarded event by event
+        raise Slow  # forwarded event by event
     # Orgs, agents, runs and sessions repeat: their few distinct values are checked.
     for values in (org_ids, *(pc.unique(c).to_pylist() for c in (agents, runs, sessions))):
         if not all(known_id(v) for v in values if v is not None):
-            raise _Slow
-    if not _all(pc.match_substring_regex(id_column, _ID_FORM)) or not _all(
+            raise Slow
+    if not all_true(pc.match_substring_regex(id_column, _ID_FORM)) or not all_true(
         pc.match_substring_regex(time_text, _TIME_FORM)
     ):
-        raise _Slow
+        raise Slow
     ts = time_text.cast(_NS).cast(_US, safe=False)  # fractions truncated, as Python does
     ts_us = ts.cast(pa.int64())
     lo, hi = pc.min_max(ts_us).values()
     if lo.as_py() < micros(TS_MIN) or hi.as_py() >= micros(TS_MAX):
-        raise _Slow
+        raise Slow
     # An event the policy refuses, or takes only for its backfill header, is the definition's.
     oldest, newest = event_time.bounds(now)
     if lo.as_py() < micros(oldest) or hi.as_py() > micros(newest):
-        raise _Slow
+        raise Slow
 
     result = batch.begin(state, now, log_epoch, pending)
     duplicates = _duplicates(ids, state.seen, batch.earlier_ids(pending), result.event_ids)
@@ -180,9 +178,9 @@ def _columns(
         try:
             decoded[i] = decode(records[i].value)
         except InvalidEvent:
-            raise _Slow from None
+            raise Slow from None
 
-    common = _Common(
+    common = Common(
         id_column,
         orgs,
         agents,
@@ -195,23 +193,23 @@ def _columns(
     )
     ingested = pc.fill_null(pa.nulls(len(records), _US), pa.scalar(now, _US))
     blocks = []
-    pieces: list[tuple[_Common, dict[str, pa.Array]]] = []
+    pieces: list[tuple[Common, dict[str, pa.Array]]] = []
     for code, kind in enumerate(_KINDS):
         rows = pc.indices_nonzero(pc.equal(code_column, code))
         if len(rows):
             of_kind = [events[i] for i in rows.to_pylist()]
             part = common.take(rows)
-            make = _llm if kind is WireLlmUsage else _tool if kind is WireToolCall else _request
+            make = llm if kind is WireLlmUsage else tool if kind is WireToolCall else request
             meters, columns = make(part, of_kind, pricer)
             pieces.append((part, meters))
             n = len(part.org)
             for name, (value, type_) in _ABSENT.items():
                 if name not in columns:
-                    columns[name] = _constant(value, type_, n)
+                    columns[name] = constant(value, type_, n)
             tag = str(kind.__struct_config__.tag)
             columns.update(
-                type=_constant(tag, pa.string(), n),
-                line_item=_constant(_LINE_ITEM[kind], pa.string(), n),
+                type=constant(tag, pa.string(), n),
+                line_item=constant(_LINE_ITEM[kind], pa.string(), n),
                 org_id=part.org,
                 event_id=part.event_id,
                 ts=part.ts,
@@ -219,10 +217,10 @@ def _columns(
                 run_id=part.run,
                 session_id=part.session,
                 key_mode=part.key_mode,
-                partition=_constant(state.partition, pa.uint16(), n),
+                partition=constant(state.partition, pa.uint16(), n),
                 offset=part.offset,
                 ingested_at=ingested.slice(0, n),
-                log_epoch=_constant(log_epoch, pa.string(), n),
+                log_epoch=constant(log_epoch, pa.string(), n),
             )
             blocks.append(
                 pa.Table.from_arrays([columns[c] for c in EVENT_COLUMNS], schema=EVENT_SCHEMA)
@@ -230,8 +228,7 @@ def _columns(
             result.types[tag] = result.types.get(tag, 0) + n
     if pieces:
         _count(result.deltas, pieces, len(records))
-    for i in others:  # sessions and storage, event by event in offset order
-        batch.count(result, state, pending, decoded[i], records[i].offset, pricer, now)
+    _sessions(result, state, pending, records, events, codes, decoded, others, ts_us, pricer, now)
     if result.rows:
         blocks.append(batch.event_block(result.rows))
         result.rows = []
@@ -240,6 +237,53 @@ def _columns(
     result.last_offset = last.offset
     result.last_crc = zlib.crc32(last.value or b"")
     return result
+
+
+def _sessions(
+    result: BatchResult,
+    state: PartitionState,
+    pending: Sequence[BatchResult],
+    records: Sequence[Message],
+    events: list[Any],
+    codes: list[int],
+    decoded: dict[int, dict[str, Any]],
+    others: list[int],
+    ts_us: pa.Array,
+    pricer: Pricer,
+    now: datetime,
+) -> None:
+    """Sessions and storage event by event in offset order, with the lease renewals of the
+    live events taken a column at a time: as `batch.count` has them, one at a time, for a
+    session that starts or ends in the fetch; once, at the latest event time, for the
+    others (whether they are open does not change within the fetch)."""
+    moving = {(d["org_id"], d["session_id"]) for i in others if (d := decoded[i])["session_id"]}
+    interleaved: list[int] = []
+    latest: dict[tuple[str, str], tuple[int, int]] = {}
+    times = ts_us.to_pylist()
+    for i, e in enumerate(events):
+        if e.session_id is None or codes[i] >= _OTHER or e.key_mode != "live":
+            continue
+        sk = (e.org_id, e.session_id)
+        if sk in moving:
+            interleaved.append(i)
+        elif sk not in latest or times[i] > latest[sk][0]:
+            latest[sk] = (times[i], latest[sk][1] if sk in latest else i)
+    for i in heapq.merge(others, interleaved):
+        if codes[i] == _OTHER:
+            batch.count(result, state, pending, decoded[i], records[i].offset, pricer, now)
+        else:
+            e = events[i]
+            when = _EPOCH + timedelta(microseconds=times[i])
+            leases.renew(
+                result, state, pending, (e.org_id, e.session_id), when, e.agent_id, e.run_id or ""
+            )
+    for sk, (at, first) in latest.items():
+        e = events[first]
+        when = _EPOCH + timedelta(microseconds=at)
+        leases.renew(result, state, pending, sk, when, e.agent_id, e.run_id or "")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _duplicates(
@@ -260,139 +304,6 @@ def _duplicates(
     return duplicates
 
 
-class _Common(NamedTuple):
-    """The envelope's columns of a fetch, or of one type's events in it."""
-
-    event_id: pa.Array
-    org: pa.Array
-    agent: pa.Array
-    run: pa.Array
-    session: pa.Array
-    key_mode: pa.Array
-    ts: pa.Array
-    ts_us: pa.Array
-    offset: pa.Array
-
-    def take(self, rows: pa.Array) -> _Common:
-        return _Common(*(column.take(rows) for column in self))
-
-
-def _rates(
-    items: pa.Array, part: _Common, rate_from: Callable[[str, int], Any], fields: tuple[str, ...]
-) -> tuple[pa.Array, list[pa.Array]]:
-    """Per event: whether its item (model or connector) has a rate, and the rate's `fields`
-    (0 without one), from the one rate in force for each item over the fetch; `rate_from`
-    raises RateChanges if an item's rate changes after the fetch's earliest event."""
-    since = pc.min(part.ts_us).as_py()
-    names = pc.unique(items)
-    rates = [rate_from(name, since) for name in names.to_pylist()]
-    at = pc.index_in(items, value_set=names)
-    has_rate = pa.array([r is not None for r in rates], pa.bool_()).take(at)
-    values = [
-        pa.array([getattr(r, f) if r else 0 for r in rates], pa.int64()).take(at) for f in fields
-    ]
-    return has_rate, values
-
-
-def _llm(
-    part: _Common, events: list[Any], pricer: Pricer
-) -> tuple[dict[str, pa.Array], dict[str, pa.Array]]:
-    """LLM usage: tokens billed when live, priced by the model's rate (`Pricer.llm`)."""
-    model = pa.array([e.model for e in events], pa.string())
-    inp = pa.array([e.input_tokens for e in events], pa.int64())
-    out = pa.array([e.output_tokens for e in events], pa.int64())
-    cached = pa.array([e.cached_input_tokens for e in events], pa.int64())
-    mode = pa.array([e.mode for e in events], pa.string())
-    if not _all(pc.less_equal(cached, inp)):
-        raise _Slow
-    live = pc.equal(part.key_mode, "live")
-    quantity = pc.add_checked(inp, out)
-    billable = pc.if_else(live, quantity, 0)
-    priced, (in_rate, cached_rate, out_rate) = _rates(
-        model,
-        part,
-        pricer.llm_rate_from,
-        ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok"),
-    )
-    numerator = pc.add_checked(
-        pc.add_checked(
-            pc.multiply_checked(pc.subtract_checked(inp, cached), in_rate),
-            pc.multiply_checked(cached, cached_rate),
-        ),
-        pc.multiply_checked(out, out_rate),
-    )
-    # Rounded half up, as pricing's _div_round: (2n + d) // (2d).
-    cost = pc.divide(pc.add_checked(pc.multiply_checked(numerator, 2), MTOK), 2 * MTOK)
-    cost = pc.if_else(live, cost, 0)
-    upstream = pc.if_else(pc.equal(mode, "managed"), cost, 0)
-    meters = {
-        counters.TOKENS: billable,
-        counters.COST_PREFIX + "llm": cost,
-        counters.UPSTREAM_COST: upstream,
-        counters.UNPRICED: pc.cast(pc.invert(priced), pa.int64()),
-    }
-    return meters, {
-        "item": model,
-        "quantity": quantity.cast(pa.uint64()),
-        "billable": billable.cast(pa.uint64()),
-        "cost_micros": cost,
-        "priced": priced.cast(pa.uint8()),
-        "input_tokens": inp.cast(pa.uint64()),
-        "output_tokens": out.cast(pa.uint64()),
-        "cached_input_tokens": cached.cast(pa.uint64()),
-        "mode": mode,
-    }
-
-
-def _tool(
-    part: _Common, events: list[Any], pricer: Pricer
-) -> tuple[dict[str, pa.Array], dict[str, pa.Array]]:
-    """Tool calls: billed when live and successful, at the connector's rate per call."""
-    connector = pa.array([e.connector for e in events], pa.string())
-    tool = pa.array([e.tool for e in events], pa.string())
-    success = pa.array([e.success for e in events], pa.bool_())
-    n = len(connector)
-    billed = pc.and_(pc.equal(part.key_mode, "live"), success)
-    has_rate, (per_call,) = _rates(connector, part, pricer.tool_call_rate_from, ("per_call",))
-    cost = pc.if_else(billed, per_call, 0)
-    priced = pc.if_else(billed, has_rate, True)
-    billable = pc.cast(billed, pa.int64())
-    meters = {
-        counters.TOOL_CALLS: billable,
-        counters.COST_PREFIX + "tool_calls": cost,
-        counters.UNPRICED: pc.cast(pc.invert(priced), pa.int64()),
-    }
-    return meters, {
-        "item": connector,
-        "quantity": _constant(1, pa.uint64(), n),
-        "billable": billable.cast(pa.uint64()),
-        "cost_micros": cost,
-        "priced": priced.cast(pa.uint8()),
-        "tool": tool,
-        "success": success.cast(pa.uint8()),
-    }
-
-
-def _request(
-    part: _Common, events: list[Any], pricer: Pricer
-) -> tuple[dict[str, pa.Array], dict[str, pa.Array]]:
-    """Gateway requests: one billed per live request, per day and per minute; no cost."""
-    model = pa.array([e.model for e in events], pa.string())
-    cache_hit = pa.array([e.cache_hit for e in events], pa.bool_())
-    mode = pa.array([e.mode for e in events], pa.string())
-    n = len(model)
-    billable = pc.cast(pc.equal(part.key_mode, "live"), pa.int64())
-    return {counters.REQUESTS: billable}, {
-        "item": model,
-        "quantity": _constant(1, pa.uint64(), n),
-        "billable": billable.cast(pa.uint64()),
-        "cost_micros": _constant(0, pa.int64(), n),
-        "priced": _constant(1, pa.uint8(), n),
-        "mode": mode,
-        "cache_hit": cache_hit.cast(pa.uint8()),
-    }
-
-
 _METERS = (
     counters.TOKENS,
     counters.COST_PREFIX + "llm",
@@ -405,7 +316,7 @@ _METERS = (
 
 
 def _count(
-    deltas: dict[CounterKey, int], pieces: list[tuple[_Common, dict[str, pa.Array]]], n: int
+    deltas: dict[CounterKey, int], pieces: list[tuple[Common, dict[str, pa.Array]]], n: int
 ) -> None:
     """Add each meter's sums to `deltas`, per org and day (requests per org and minute too),
     as `counters.add` does event by event: a key only where some event adds to it (every
@@ -416,16 +327,16 @@ def _count(
         for values in meters.values():
             top = pc.max(values).as_py()
             if top and top * n >= _SUM_LIMIT:
-                raise _Slow
+                raise Slow
         columns = {
             "org": part.org,
             "day": pc.divide(part.ts_us, _US_PER_DAY),
             "minute": pc.divide(part.ts_us, _US_PER_MINUTE)
             if counters.REQUESTS in meters
-            else _constant(-1, pa.int64(), size),
+            else constant(-1, pa.int64(), size),
         }
         for name in _METERS:
-            columns[name] = meters[name] if name in meters else _constant(0, pa.int64(), size)
+            columns[name] = meters[name] if name in meters else constant(0, pa.int64(), size)
         tables.append(pa.table(columns))
     sums = (
         pa.concat_tables(tables)
@@ -444,22 +355,3 @@ def _count(
                 )
                 for key in keys:
                     deltas[key] = deltas.get(key, 0) + value
-
-
-def _constant(value: object, type_: pa.DataType, n: int) -> pa.Array:
-    """`value` n times: a slice of one array kept per value (most recur in every fetch)."""
-    key = (value, type_)
-    have = _constants.get(key)
-    if have is None or len(have) < n:
-        if len(_constants) >= 64:
-            _constants.clear()
-        size = max(n, 1 << 14)
-        have = _constants[key] = pc.fill_null(pa.nulls(size, type_), pa.scalar(value, type_))
-    return have.slice(0, n)
-
-
-_constants: dict[tuple[object, pa.DataType], pa.Array] = {}
-
-
-def _all(mask: pa.Array) -> bool:
-    return pc.all(mask).as_py() is not False  # None: every value was null (none to check)

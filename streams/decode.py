@@ -32,7 +32,8 @@ FIELDS = {
     "tool.call": ("connector", "tool", "success"),
     "gateway.request": ("model", "cache_hit", "mode"),
     "session.started": (),
-    "session.ended": (),
+    "session.heartbeat": (),
+    "session.ended": ("reason", "last_seen_at"),
     "storage.usage": ("kind", "byte_seconds"),
 }
 _fromisoformat = datetime.fromisoformat
@@ -89,8 +90,14 @@ class WireSessionStarted(WireEnvelope, tag="session.started"):
     session_id: _Id
 
 
+class WireSessionHeartbeat(WireEnvelope, tag="session.heartbeat"):
+    session_id: _Id
+
+
 class WireSessionEnded(WireEnvelope, tag="session.ended"):
     session_id: _Id
+    reason: Literal["ended", "expired", "ended_by_api"] = "ended"
+    last_seen_at: str | None = None
 
 
 class WireStorageUsage(WireEnvelope, tag="storage.usage"):
@@ -104,6 +111,7 @@ wire = msgspec.json.Decoder(
     | WireToolCall
     | WireGatewayRequest
     | WireSessionStarted
+    | WireSessionHeartbeat
     | WireSessionEnded
     | WireStorageUsage
 ).decode
@@ -212,8 +220,25 @@ def _fast(raw: bytes) -> dict[str, Any]:
         out["type"] = "storage.usage"
         out["kind"] = event.kind
         out["byte_seconds"] = event.byte_seconds
+    elif type(event) is WireSessionEnded:
+        out["type"] = "session.ended"
+        out["reason"] = event.reason
+        seen = event.last_seen_at
+        if seen is None:
+            if event.reason == "expired":
+                raise _Slow  # the contract explains what is missing
+            out["last_seen_at"] = None
+        else:
+            seen_at = _time(seen)
+            if seen_at.tzinfo is not UTC:
+                seen_at = seen_at.astimezone(UTC)
+            if not TS_MIN <= seen_at < TS_MAX:
+                raise _Slow
+            out["last_seen_at"] = seen_at
     else:
-        out["type"] = "session.started" if type(event) is WireSessionStarted else "session.ended"
+        out["type"] = (
+            "session.started" if type(event) is WireSessionStarted else "session.heartbeat"
+        )
     return out
 
 

@@ -17,8 +17,10 @@ from datetime import UTC, date, datetime, timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streams.batch import ENDED, STARTED, PartitionState, event_block
+from streams.batch import PartitionState, event_block
+from streams.leases import ENDED, STARTED
 from tally.domain import counters
+from tally.domain.leases import Lease
 from tally.store import Store
 from tally.store import queries as q
 
@@ -239,7 +241,7 @@ class ClickHouseSink:
         ):
             if billable:
                 state.counters[(org, counters.REQUESTS_MINUTE, int(minute))] = int(billable)
-        for org, session_id, started, ended in await self.store.query(
+        for org, session_id, started, ended, seen, agent, run in await self.store.query(
             *q.open_sessions(partition, partitions)
         ):
             flags = (STARTED if started else 0) | (ENDED if ended else 0)
@@ -247,8 +249,14 @@ class ClickHouseSink:
             if flags == STARTED:
                 key = (org, counters.SESSIONS, 0)
                 state.counters[key] = state.counters.get(key, 0) + 1
+                state.leases[(org, session_id)] = Lease(_utc(seen), agent, run)
         for event_id, at_ms in await self.store.query(
             *q.recent_event_ids(partition, partitions, now_s - self.dedup_window_s)
         ):
             state.seen[event_id] = at_ms / 1000
         return state
+
+
+def _utc(ts: datetime) -> datetime:
+    """A time read from the store, aware and in UTC."""
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)

@@ -32,6 +32,7 @@ from streams.assignor import CountingAssignor
 from streams.batch import BatchResult, PartitionState, apply, projected
 from streams.holes import HOLE_WAIT_S, HoleCheck
 from streams.marks import GAPS_KEPT, MarksPublisher
+from streams.sessions import LeaseKeeper
 from streams.sink import ClickHouseSink
 from tally import failpoints, metrics
 from tally.broker import is_embedded_cluster
@@ -102,6 +103,7 @@ class Worker:
         self._assignor = CountingAssignor()
         self._holes = HoleCheck()
         self._marks = MarksPublisher()
+        self._leases = LeaseKeeper(settings.session_lease_s, settings.event_time)
         self._embedded = False  # the broker is an embedded one (`tally.broker`)
         self._marks_due = False  # a batch was stored since the last stored marks
         self._hole_logged = 0.0
@@ -419,6 +421,7 @@ class Worker:
                     self._marks_due = True
                 if self._marks_due:
                     await self._publish_marks()
+                await self._leases.write(self._producer, self.states, self._lag)
                 if time.monotonic() - last_report >= 10 and self.processed != reported:
                     marks = {p: st.next_offset for p, st in sorted(self.states.items())}
                     log.info(
@@ -447,6 +450,12 @@ class Worker:
             await self._log_reset(
                 f"the broker is a new log (cluster {other}, was {self._marks.cluster})"
             )
+
+    def _lag(self, partition: int) -> int | None:
+        """Records of a partition's log not yet read (None: not known yet)."""
+        assert self._consumer is not None
+        high = self._consumer.highwater(TopicPartition(EVENTS_TOPIC, partition))
+        return None if high is None else max(0, high - self._read_to(partition))
 
     def _backlog(self) -> int:
         """Rows prepared and waiting for the insert after the one under way; at four fetches'
@@ -684,7 +693,7 @@ class Worker:
             await self._publish(sessions)
             self.processed += result.stored
             self.duplicates += result.duplicates
-            metrics.batch_done(result.types, result.duplicates)
+            metrics.batch_done(result.types, result.duplicates, result.ends)
         # Waiting for the broker to acknowledge them and to take the offsets (informational:
         # the stored marks are what a restart reads) happens behind the loop, one at a time.
         await self._committed()

@@ -82,6 +82,13 @@ class Settings(BaseSettings):
         le=3600,
         description="How long an admitted session check holds a slot before the counters show it.",
     )
+    session_lease_s: float = Field(
+        900.0,
+        ge=1,
+        le=30 * 86_400,
+        description="A live session's lease: it ends as expired this long after its last"
+        " event (a session.heartbeat renews an idle one).",
+    )
     prices_file: Path | None = None
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "text"] = Field(

@@ -135,9 +135,27 @@ def quota_check(meter: str, code: str) -> None:
     quota_checks.labels(meter, code).inc()
 
 
-def batch_done(types: Mapping[str, int], duplicate_count: int) -> None:
-    """Once per stored batch (per partition): events by type and duplicates skipped."""
+sessions_ended = Counter(
+    "tally_sessions_ended",
+    "Live sessions ended, by reason: ended (by the runtime), expired (the lease lapsed),"
+    " ended_by_api.",
+    ["reason"],
+)
+session_expiries_written = Counter(
+    "tally_session_expiries_written",
+    "Session.ended events with reason expired that the worker wrote for lapsed leases"
+    " (written again after a crash, stored once).",
+)
+
+
+def batch_done(
+    types: Mapping[str, int], duplicate_count: int, ends: Mapping[str, int] | None = None
+) -> None:
+    """Once per stored batch (per partition): events by type, duplicates skipped, sessions
+    ended by reason."""
     batches.inc()
+    for reason, n in (ends or {}).items():
+        sessions_ended.labels(reason).inc(n)
     for kind, n in types.items():
         events_stored.labels(kind).inc(n)
     if duplicate_count:

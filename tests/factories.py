@@ -24,6 +24,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "tool.call": {"connector": "github", "tool": "create_issue", "success": True},
     "gateway.request": {"model": "gpt-4o-mini", "cache_hit": False, "mode": "managed"},
     "session.started": {},
+    "session.heartbeat": {},
     "session.ended": {},
     "storage.usage": {"kind": "knowledge_base", "byte_seconds": 10**9 * 86_400},
 }

@@ -144,6 +144,7 @@ async def states_match_the_store(worker: Worker, store: Store) -> bool:
             loaded.next_offset != state.next_offset
             or loaded.counters != live
             or loaded.sessions != state.sessions
+            or loaded.leases != state.leases
             or set(loaded.seen) != set(state.seen)
         ):
             return False

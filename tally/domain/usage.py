@@ -46,7 +46,16 @@ def measure(event: Mapping[str, Any], pricer: Pricer) -> Usage:
         amount = event["byte_seconds"]
         price = pricer.storage(event["kind"], event["ts"], amount)
         return _usage("storage", event["kind"], amount, amount if live else 0, price, live)
-    return _usage("sessions", "", 1, 0, FREE, live)
+    # Starts and plain ends are item ""; a heartbeat, a lapse and an end over the API say so.
+    item = _SESSION_ITEMS.get(kind) or _SESSION_ITEMS.get(event.get("reason", ""), "")
+    return _usage("sessions", item, 1, 0, FREE, live)
+
+
+_SESSION_ITEMS = {
+    "session.heartbeat": "heartbeat",
+    "expired": "expired",
+    "ended_by_api": "ended_by_api",
+}
 
 
 def _usage(

@@ -60,6 +60,14 @@ class Api:
         _ok(r)
         return r.json()
 
+    async def admin_call(self, method: str, path: str) -> Any:
+        """An admin endpoint without a body (GET, DELETE)."""
+        if not self.admin_key:
+            raise ApiUnavailable(f"{path} needs the admin key: set TALLY_ADMIN_KEY")
+        r = await self._request(method, f"/api/v2/admin{path}")
+        _ok(r)
+        return r.json()
+
     async def stored(self, event_ids: list[str], org_ids: list[str] | None = None) -> set[str]:
         """The event ids among these that are already stored."""
         out: set[str] = set()

@@ -426,3 +426,6 @@ def register(app: typer.Typer) -> None:
     app.command()(reconcile)
     app.command()(credit)
     app.add_typer(dlq_app, name="dlq")
+    from tally.ops.sessions import sessions_app
+
+    app.add_typer(sessions_app, name="sessions")

@@ -67,15 +67,43 @@ def minute_counters(partition: int, partitions: int, since_epoch_s: int) -> Quer
 
 
 def open_sessions(partition: int, partitions: int) -> Query:
-    """Live sessions that have started or ended but not both."""
-    sql = (
-        "SELECT org_id, session_id, max(type = 'session.started') AS s,"
-        " max(type = 'session.ended') AS e FROM events"
+    """Live sessions that have started or ended but not both: `(org_id, session_id,
+    started, ended, last_seen, agent_id, run_id)`, the lease's last activity (the latest
+    event time of the session's live events other than ends) and where it started."""
+    sessions = (
+        "SELECT org_id, session_id FROM events"
         f" WHERE {_OWNED} AND key_mode = 'live'"
         " AND type IN ('session.started', 'session.ended')"
-        " GROUP BY org_id, session_id HAVING s != e"
+        " GROUP BY org_id, session_id"
+        " HAVING max(type = 'session.started') != max(type = 'session.ended')"
+    )
+    sql = (
+        "SELECT org_id, session_id, max(type = 'session.started') AS s,"
+        " max(type = 'session.ended') AS e, maxIf(ts, type != 'session.ended'),"
+        " argMinIf(agent_id, ts, type = 'session.started'),"
+        " argMinIf(run_id, ts, type = 'session.started') FROM events"
+        f" WHERE {_OWNED} AND key_mode = 'live' AND session_id != ''"
+        f" AND (org_id, session_id) IN ({sessions})"
+        " GROUP BY org_id, session_id"
     )
     return sql, {"p": partition, "n": partitions}
+
+
+def live_sessions(org_id: str) -> Query:
+    """An org's live sessions, oldest first: `(session_id, agent_id, run_id, started_at,
+    last_seen_at)`, as the worker's leases have them (tally.domain.leases)."""
+    sql = (
+        "SELECT session_id, argMinIf(agent_id, ts, type = 'session.started'),"
+        " argMinIf(run_id, ts, type = 'session.started'),"
+        " minIf(ts, type = 'session.started') AS started, maxIf(ts, type != 'session.ended')"
+        " FROM events WHERE org_id = {org:String} AND key_mode = 'live' AND session_id != ''"
+        " AND session_id IN (SELECT session_id FROM events WHERE org_id = {org:String}"
+        " AND key_mode = 'live' AND type IN ('session.started', 'session.ended')"
+        " GROUP BY session_id HAVING max(type = 'session.started') = 1"
+        " AND max(type = 'session.ended') = 0)"
+        " GROUP BY session_id ORDER BY started, session_id"
+    )
+    return sql, {"org": org_id}
 
 
 def recent_event_ids(partition: int, partitions: int, since_epoch_s: int) -> Query:

@@ -17,6 +17,7 @@ from streams.batch import BatchResult, PartitionState, Record, event_block, proc
 from tally.bench.workload import generate
 from tally.catalogue import load_prices
 from tally.domain.eventtime import Backfill, EventTime
+from tally.domain.leases import Lease
 from tally.domain.partitioning import partition_of
 from tally.domain.pricing import Pricer
 from tests.factories import make_event
@@ -70,6 +71,8 @@ IDS = [f"ev-{i}" for i in range(40)]
 HOME = [o for o in (f"o{i}" for i in range(40)) if partition_of(o, 4) == partition_of("o1", 4)]
 AWAY = next(o for o in (f"o{i}" for i in range(40)) if partition_of(o, 4) != partition_of("o1", 4))
 ORGS = HOME[:3]
+LEASE_SEEN = "2026-11-23T00:00:00.5Z"  # a lease's last activity, in the generated times
+LEASE_AT = datetime(2026, 11, 23, 0, 0, 0, 500_000, tzinfo=UTC)
 
 
 def wire_time(t: datetime, form: int, digits: int, extra: str) -> str:
@@ -129,7 +132,7 @@ def events(draw: st.DrawFn) -> bytes:
             ["llm.usage"] * 4
             + ["tool.call"] * 3
             + ["gateway.request"] * 2
-            + ["session.started", "session.ended", "storage.usage"]
+            + ["session.started", "session.ended", "session.heartbeat", "storage.usage"]
         )
     )
     event = make_event(
@@ -165,6 +168,11 @@ def events(draw: st.DrawFn) -> bytes:
                 event[name] = value
     elif kind == "storage.usage":
         event["byte_seconds"] = draw(st.integers(0, 10**15))
+    elif kind == "session.ended":
+        reason = draw(st.sampled_from([..., "ended", "expired", "expired", "ended_by_api"]))
+        event["reason"] = reason
+        if reason == "expired":  # judged at a lease the state holds, or at another time
+            event["last_seen_at"] = draw(st.sampled_from([LEASE_SEEN, "2026-11-23T00:00:00Z"]))
     if draw(st.integers(0, 30)) == 0:
         event["unknown_field"] = {"nested": [1, 2]}  # ignored by the contract
     event = {k: v for k, v in event.items() if v is not ...}
@@ -187,6 +195,8 @@ def fetches(
             flags = draw(st.sampled_from([None, 1, 2]))
             if flags is not None:
                 state.sessions[(org, session)] = flags
+            if flags == 1 and draw(st.booleans()):
+                state.leases[(org, session)] = Lease(LEASE_AT, "a1", "r1")
     before = draw(st.lists(events(), max_size=10))
     values = draw(st.lists(events(), min_size=1, max_size=40))
     earlier = [Record(100 + i, v, draw(HEADERS)) for i, v in enumerate(before)]
@@ -205,6 +215,9 @@ def assert_same(got: BatchResult, want: BatchResult) -> None:
         "forwards",
         "deltas",
         "sessions",
+        "leases",
+        "ends",
+        "voided",
         "event_ids",
         "duplicates",
         "ingested_at",
