@@ -82,6 +82,7 @@ class Delivery:
     _verifying: int
     _replay_from: Position | None
     _replayed: deque[tuple[Ticket, Position]]
+    _replay_generation: int
     _waiters: dict[Ticket, asyncio.Future[bool]]
 
     def _poke(self) -> None:
@@ -248,10 +249,15 @@ class Delivery:
                     self._spooling = False  # all read: new events go through memory again
                     log.info("spool %s delivered", self.spool.directory)
             return
-        producer, before = self._producer, self._cluster
+        producer, before, generation = self._producer, self._cluster, self._replay_generation
         acked, unacked = await self._deliver(records)
         if unacked:  # the whole chunk is still on disk: read it again once reconnected
             await self._disconnect()
+            return
+        if generation != self._replay_generation:
+            # The spool's head moved while these were in flight (records put in front of
+            # it): `position` may name a segment that is gone. They are read again from
+            # the new cursor and sent again (counted once, by event_id).
             return
         if not self._stored_mode:
             with self._lock:
@@ -381,6 +387,7 @@ class Delivery:
             ticket.lost = True
         self._replayed.clear()
         self._replay_from = None
+        self._replay_generation += 1
         if not self.spool.empty:
             self._spooling = True
 

@@ -140,6 +140,7 @@ class Emitter(TypedHelpers, Delivery):
         self._verifying = 0  # acknowledged, waiting for the cluster id that says where to
         self._replay_from: Position | None = None  # the spool is read ahead to here
         self._replayed: deque[tuple[Ticket, Position]] = deque()  # read, not yet confirmed
+        self._replay_generation = 0  # moves when the replay starts over from the cursor
         self._waiters: dict[Ticket, asyncio.Future[bool]] = {}
         self._marks: MarksReader | None = None
         self._checked_at = 0.0  # when the broker's cluster id was last asked (idle)
