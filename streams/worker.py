@@ -8,6 +8,11 @@ On assignment it rebuilds each partition's state from the store and seeks to the
 watermark; Kafka's committed offsets are only informational (they show lag). The state of a
 partition is that of the orgs mapping to it under the partition count the group leader
 assigned from (`streams.assignor`); an event of another org is forwarded to its partition.
+
+The worker's rooms: this module holds its lifecycle, the rebalance (rebuild from the store)
+and the consumption loop; `streams.pipeline` the store pipeline, `streams.logwatch` which
+log it reads (cluster id, epochs, stored marks, holes) and `streams.publications` what it
+sends besides the rows.
 """
 
 from __future__ import annotations
@@ -17,56 +22,39 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
-from aiokafka.producer.message_accumulator import BatchBuilder
-from aiokafka.structs import OffsetAndMetadata
 
 from schemas.prices import PriceBook
 from streams import columns
 from streams.assignor import CountingAssignor
-from streams.batch import BatchResult, PartitionState, apply, projected
-from streams.holes import HOLE_WAIT_S, HoleCheck
+from streams.batch import PartitionState
+from streams.holes import HoleCheck
+from streams.logwatch import _new_log
 from streams.marks import GAPS_KEPT, MarksPublisher
+from streams.pipeline import Prepared, StorePipeline
 from streams.sessions import LeaseKeeper
 from streams.sink import ClickHouseSink
-from tally import failpoints, metrics
-from tally.broker import is_embedded_cluster
-from tally.config import COUNTERS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, Settings
-from tally.domain.counters import HEARTBEAT_KEY, CounterKey, encode_key
-from tally.domain.partitioning import key_partition
+from tally import metrics
+from tally.config import EVENTS_TOPIC, Settings
+from tally.domain.counters import CounterKey
 from tally.domain.pricing import Pricer
-from tally.kafka_clients import cluster_id, stop_client
-from tally.topics import ensure_topics
+from tally.kafka_clients import stop_client
 
 log = logging.getLogger("tally.worker")
 
 
-Prepared = list[tuple[TopicPartition, BatchResult]]
 STOP_DRAIN_S = 30.0
 CLOSE_TIMEOUT_S = 10.0
 STORE_POLL_MS = 5
-PUBLISH_EVERY_S = 0.05
-# A publication costs per key sent: a few changed keys go at once, more wait for the next
-# PUBLISH_EVERY_S (under load a key changes in every fetch: only its latest value matters).
-PUBLISH_AT_ONCE_KEYS = 16
-STORE_EVERY_S = 0.25
-COMMIT_TIMEOUT_S = 5.0
-TOPICS_CHECK_S = 0.5
 # After a fault in the loop, wait this long before rebuilding, doubling up to the max for
 # faults in a row; a fault more than FAULT_RESET_S after the last starts over.
 FAULT_BACKOFF_S = 0.5
 FAULT_BACKOFF_MAX_S = 10.0
 FAULT_RESET_S = 60.0
-# On the embedded broker a hole usually fills within one re-read (another producer's batch
-# still being written); one that stays this long is a batch the broker lost (seen: a whole
-# batch of ~820 records after a restart under load). It is passed as a gap, stored and
-# published with the stored marks, so producers send again what they had in it.
-EMBEDDED_HOLE_WAIT_S = 2.0
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -80,7 +68,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.worker.acquire(assigned)
 
 
-class Worker:
+class Worker(StorePipeline):
     """Consume, store and count; use `async with Worker(...)` or `start()` / `stop()`."""
 
     def __init__(self, settings: Settings, sink: ClickHouseSink, book: PriceBook) -> None:
@@ -149,23 +137,6 @@ class Worker:
         self._task = asyncio.create_task(self._run(), name="tally-worker")
         self._topics_task = asyncio.create_task(self._keep_topics(), name="tally-worker-topics")
 
-    async def _keep_topics(self) -> None:
-        """Create Tally's topics again on a broker that restarted empty (a new cluster id),
-        apart from the loop: the loop's own publications wait for those topics, and
-        producers wait for usage.events rather than let a produce create it."""
-        assert self._producer is not None and self.settings.bootstrap_servers is not None
-        seen = None
-        while True:
-            await asyncio.sleep(TOPICS_CHECK_S)
-            try:
-                cluster = await cluster_id(self._producer.client)
-                if seen is not None and cluster != seen:
-                    partitions = self.partitions or self.settings.partitions
-                    await ensure_topics(self.settings.bootstrap_servers, partitions)
-                seen = cluster
-            except Exception as exc:  # the broker is away: look again
-                log.debug("cannot check the broker's topics: %r", exc)
-
     async def stop(self) -> None:
         """Finish the batch in flight, then leave the group and close the connections."""
         if self._topics_task is not None:
@@ -208,8 +179,6 @@ class Worker:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-    # -- rebalance -------------------------------------------------------------------------
 
     async def acquire(self, assigned: set[TopicPartition]) -> None:
         async with self._lock:
@@ -255,22 +224,6 @@ class Worker:
         except Exception as exc:
             log.warning("could not republish the counters of partitions acquired: %r", exc)
 
-    async def _learn_cluster(self) -> None:
-        """The cluster id of the log read from now on: stored marks are tagged with it, an
-        embedded broker's epoch is named by it, and holes are waited on longer there
-        (`streams.holes`)."""
-        assert self._producer is not None
-        cluster = await self._marks.learn(self._producer)
-        self._embedded = is_embedded_cluster(cluster)
-        self._holes.wait_s = EMBEDDED_HOLE_WAIT_S if self._embedded else HOLE_WAIT_S
-
-    def _epoch(self) -> str:
-        """The epoch of the log read now: on an embedded broker, named by its cluster id
-        (a broker restarted empty is a new one); on Kafka, the configured one."""
-        if self._embedded and self._marks.cluster is not None:
-            return self.sink.epoch_for(self._marks.cluster)
-        return self.sink.base_epoch
-
     def _partition_count(self, assigned: set[TopicPartition]) -> int:
         """usage.events' partition count for this generation: the group leader's, the same for
         every member (`streams.assignor`); without it (a group still speaking plain
@@ -304,59 +257,11 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _log_reset(self, why: str, partition: int | None = None) -> None:
-        """The broker's log is not the one of the stored marks: read it from its start.
-
-        Every owned partition moves to a new log epoch at offset 0; counters and the dedup
-        window stay, so events already counted are recognised by their event_id.
-        """
-        assert self._consumer is not None
-        await self._learn_cluster()
-        epoch = self._epoch()
-        if not self._embedded or any(st.epoch == epoch for st in self.states.values()):
-            epoch = self.sink.new_epoch()  # no cluster id tells this log from the last
-        log.warning(
-            "%s; reading the new log from its start under epoch %s",
-            why,
-            epoch,
-            extra={"partition": partition},
-        )
-        for p, state in self.states.items():
-            state.next_offset = 0
-            state.epoch = epoch
-            state.check = None
-            self._holes.forget(p)
-            self._marks.forget(p)
-            self._consumer.seek(TopicPartition(EVENTS_TOPIC, p), 0)
-            await self._publish(state.counters)  # the new broker's counters topic is empty
-        await self._flush_producer()
-
     async def release(self, revoked: set[TopicPartition]) -> None:
         async with self._lock:
             await self._settle_or_drop()
             for tp in revoked:
                 self.states.pop(tp.partition, None)
-
-    async def _settle_or_drop(self) -> None:
-        """Settle before the owned partitions change; if that fails, drop what is prepared
-        and not stored instead: whoever owns its partitions next reads it again from the
-        stored marks and counts it once."""
-        try:
-            await self._settle()
-        except Exception:
-            log.exception("could not store the batches prepared; they will be read again")
-            await self._drop_prepared()
-
-    async def _drop_prepared(self) -> None:
-        """Forget what is prepared and not stored. An insert under way is waited for first
-        (it finishes or fails in the store's own time), so that a state built from the
-        store afterwards has it, or not, for good."""
-        if self._inflight is not None:
-            with contextlib.suppress(Exception):
-                await self._inflight[1]
-        self._inflight, self._queued, self._early = None, [], {}
-
-    # -- the loop --------------------------------------------------------------------------
 
     async def _run(self) -> None:
         """The loop, kept alive: a fault in it (a broker or store error that outlasted the
@@ -439,90 +344,11 @@ class Worker:
                         state.expire(now, s.dedup_window_s)
                     last_forget = time.monotonic()
 
-    async def _publish_marks(self) -> None:
-        """Tell producers how far each partition is stored (`streams.marks`); if the broker
-        turned out to be a new log, store what is prepared and read the new one."""
-        assert self._producer is not None
-        self._marks_due = False
-        other = await self._marks.publish(self._producer, self.states)
-        if other is not None:
-            await self._settle()
-            await self._log_reset(
-                f"the broker is a new log (cluster {other}, was {self._marks.cluster})"
-            )
-
     def _lag(self, partition: int) -> int | None:
         """Records of a partition's log not yet read (None: not known yet)."""
         assert self._consumer is not None
         high = self._consumer.highwater(TopicPartition(EVENTS_TOPIC, partition))
         return None if high is None else max(0, high - self._read_to(partition))
-
-    def _backlog(self) -> int:
-        """Rows prepared and waiting for the insert after the one under way; at four fetches'
-        worth the loop waits for the store (a bound on memory while the store is slow)."""
-        return sum(r.stored for _, r in self._queued)
-
-    def _due(self) -> bool:
-        """Insert a fetch's worth at once, or what there is every STORE_EVERY_S: the counters
-        are out already, and each insert costs the store a part to write and merge."""
-        return bool(self._queued) and (
-            self._backlog() >= self.settings.batch_max_records
-            or time.monotonic() - self._stored_at >= STORE_EVERY_S
-        )
-
-    def _start_store(self) -> None:
-        self._stored_at = time.monotonic()
-        queued, self._queued = self._queued, []
-        self._inflight = (queued, asyncio.create_task(self._store(queued)))
-
-    async def _settle(self) -> None:
-        """Publish and store everything prepared, and fold it into the state."""
-        await self._publish_early(at_once=True)
-        await self._complete()
-        if self._queued:
-            self._start_store()
-            await self._complete()
-        await self._committed()
-
-    def _unapplied(self, partition: int) -> list[BatchResult]:
-        """The partition's batches prepared but not yet applied, oldest first."""
-        stored = self._inflight[0] if self._inflight else []
-        return [r for tp, r in (*stored, *self._queued) if tp.partition == partition]
-
-    def _read_to(self, partition: int, unapplied: list[BatchResult] | None = None) -> int:
-        """The next offset to read: past every prepared batch, stored or not."""
-        if unapplied is None:
-            unapplied = self._unapplied(partition)
-        return unapplied[-1].last_offset + 1 if unapplied else self.states[partition].next_offset
-
-    async def _check_logs(self) -> None:
-        """An owned partition whose log ends before our mark belongs to an empty broker that
-        came back (it answers our fetches with nothing): read that log from its start."""
-        assert self._consumer is not None
-        for partition in list(self.states):
-            tp = TopicPartition(EVENTS_TOPIC, partition)
-            high = self._consumer.highwater(tp)
-            read_to = self._read_to(partition)
-            if high is not None and high < read_to and await self._log_ends_before(tp, read_to):
-                await self._settle()
-                await self._log_reset(_new_log(partition, high, read_to), partition)
-                return
-
-    async def _log_ends_before(self, tp: TopicPartition, offset: int) -> bool:
-        """Whether the broker's log of a partition ends before `offset` (a broker that lost
-        its log), asked afresh. Not on an embedded broker: there a new log has a new cluster
-        id (`_publish_marks` notices it), while the ends it reports can lag the records it
-        served for good (seen after a restart under load: 2977 reported, 3146 read), and a
-        reset on them reads the log from its start again and again."""
-        assert self._consumer is not None
-        if self._embedded:
-            return False
-        try:
-            end = (await self._consumer.end_offsets([tp]))[tp]
-        except Exception as exc:  # the broker is away: no verdict yet
-            log.debug("partition %d: cannot ask where its log ends: %r", tp.partition, exc)
-            return False
-        return int(end) < offset
 
     async def _prepare(self, fetched: dict[TopicPartition, list]) -> Prepared:  # type: ignore[type-arg]
         """Decode, dedup, price and aggregate a fetch, per partition (pure work)."""
@@ -571,285 +397,3 @@ class Worker:
                 # before the next partition's work.
                 await asyncio.sleep(0)
         return results
-
-    async def _without_holes(
-        self,
-        tp: TopicPartition,
-        state: PartitionState,
-        first: int,
-        records: list,  # type: ignore[type-arg]
-    ) -> Sequence:  # type: ignore[type-arg]
-        """The records up to a hole in their offsets, which is read again (`streams.holes`).
-        A hole passed as a gap is stored first, then published with the stored marks."""
-        assert self._consumer is not None
-        taken = self._holes.take(tp.partition, first, records, time.monotonic())
-        if taken.gaps:
-            await self.sink.write_gaps(state.epoch, tp.partition, taken.gaps)
-            self._marks.add_gaps(tp.partition, taken.gaps)
-        for gap_from, gap_to in taken.gaps:
-            metrics.offset_gaps.inc()
-            log.warning(
-                "partition %d: offsets %d to %d are not in the log (read %d times over %.1fs);"
-                " going on after them",
-                tp.partition,
-                gap_from,
-                gap_to,
-                self._holes.reads,
-                self._holes.wait_s,
-                extra={"partition": tp.partition, "offset": gap_from},
-            )
-        if taken.reread_from is not None:
-            self._consumer.seek(tp, taken.reread_from)
-        now = time.monotonic()
-        metrics.offset_hole_wait.set(self._holes.waiting(now))
-        hole = self._holes.hole(tp.partition)
-        if hole is not None and now - hole[2] >= 1.0 and now - self._hole_logged >= 10.0:
-            self._hole_logged = now
-            log.warning(
-                "partition %d: offset %d has been missing from the broker's log for %.1fs while"
-                " later ones are there; reading it again until it fills, or passing it as a gap"
-                " after %.1fs",
-                tp.partition,
-                hole[0],
-                now - hole[2],
-                self._holes.wait_s,
-                extra={"partition": tp.partition, "offset": hole[0]},
-            )
-        return taken.records
-
-    def _count_early(
-        self, state: PartitionState, result: BatchResult, before: list[BatchResult]
-    ) -> None:
-        """What a prepared batch makes of the counters, to publish before it is stored, so
-        that quota reads see its events without waiting for the insert. This is safe: the
-        values are absolute and a function of the events alone, so if the worker dies before
-        the batch is stored, it is read and counted again and the same values come out; the
-        offsets still move only once the batch is stored. A counter table in this process
-        has them at once; the topic has them at the next publication."""
-        values = projected(state, result, before)
-        self._early.update(values)
-        if self.hand_over is not None and values:
-            self.hand_over(values, int(time.time() * 1000))
-
-    async def _publish_early(self, at_once: bool = False) -> None:
-        """Send the counters of prepared batches: a few keys at once, many at most every
-        PUBLISH_EVERY_S (under load a key changes in every fetch, and its latest value is all
-        a reader needs)."""
-        early = self._early
-        if early and (
-            at_once
-            or len(early) <= PUBLISH_AT_ONCE_KEYS
-            or time.monotonic() - self._sent_early_at >= PUBLISH_EVERY_S
-        ):
-            self._early = {}
-            await self._publish(early)
-            self._sent_early_at = time.monotonic()
-
-    async def _store(self, results: Prepared) -> None:
-        """Dead letters and forwarded events first (so none is lost), then the rows with
-        their offsets: a batch stored only after they are acknowledged is never read again,
-        and one read again after a crash sends them again (the dedup window of the partition
-        they go to recognises a second copy)."""
-        started = time.perf_counter()
-        await asyncio.gather(self._dead_letters(results), self._forward(results))
-        rows = [row for _, r in results for row in r.rows]
-        blocks = [r.block for _, r in results if r.block is not None]
-        failpoints.hit("worker.before_insert")
-        await self.sink.write(
-            rows,
-            {tp.partition: (r.epoch, r.last_offset + 1, r.last_crc) for tp, r in results},
-            blocks,
-        )
-        failpoints.hit("worker.after_insert")
-        self._time("store", started)
-
-    async def _complete(self) -> None:
-        """Wait for the insert under way, then fold its batches into the state, publish the
-        sessions they opened or closed, and commit their offsets (informational)."""
-        if self._inflight is None:
-            return
-        assert self._consumer is not None
-        results, task = self._inflight
-        await task
-        self._inflight = None
-        self._marks_due = True
-        started = time.perf_counter()
-        for tp, result in results:
-            changed = apply(self.states[tp.partition], result)
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug(
-                    "partition %d applied through offset %d: %d rows, %d duplicates, changed %s",
-                    tp.partition,
-                    result.last_offset,
-                    result.stored,
-                    result.duplicates,
-                    {k: v for k, v in changed.items() if k[1] == "tokens"},
-                )
-            # The batch's meters went out when it was prepared (_count_early): publishing
-            # them now could move a key back behind a batch prepared since. Sessions remain.
-            sessions = {k: v for k, v in changed.items() if k not in result.deltas}
-            if self.hand_over is not None and sessions:
-                self.hand_over(sessions, int(time.time() * 1000))
-            await self._publish(sessions)
-            self.processed += result.stored
-            self.duplicates += result.duplicates
-            metrics.batch_done(result.types, result.duplicates, result.ends)
-        # Waiting for the broker to acknowledge them and to take the offsets (informational:
-        # the stored marks are what a restart reads) happens behind the loop, one at a time.
-        await self._committed()
-        offsets = {tp: OffsetAndMetadata(r.last_offset + 1, "") for tp, r in results}
-        self._committing = asyncio.create_task(self._commit(offsets))
-        self._time("publish", started)
-
-    async def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
-        assert self._consumer is not None
-        await self._flush_producer()
-        failpoints.hit("worker.after_publish")
-        # Bounded: the offsets are informational, and a broker that lost the topic would
-        # have the commit retried for ever, holding up the loop that notices it.
-        await asyncio.wait_for(self._consumer.commit(offsets), COMMIT_TIMEOUT_S)
-
-    async def _committed(self) -> None:
-        """Wait for the last commit (and the publications before it) to finish. The offsets
-        are informational, so a commit that failed (the group rebalanced meanwhile, say) is
-        logged and the worker goes on."""
-        task = self._committing
-        if task is not None:
-            try:
-                await task
-            except Exception as exc:
-                log.warning("offset commit failed (informational; stored marks count): %r", exc)
-            finally:
-                if task.done():  # not when only this wait was cancelled: stop() waits again
-                    self._committing = None
-
-    def _time(self, phase: str, started: float) -> None:
-        elapsed = time.perf_counter() - started
-        self.timings[phase] = self.timings.get(phase, 0.0) + elapsed
-        metrics.batch_seconds.labels(phase).observe(elapsed)
-
-    async def _dead_letters(self, results: list[tuple[TopicPartition, BatchResult]]) -> None:
-        assert self._producer is not None
-        futures = []
-        for _, result in results:
-            for dead in result.dead:
-                headers = [
-                    ("error", dead.error.encode()),
-                    ("source", f"{EVENTS_TOPIC}/{dead.partition}/{dead.offset}".encode()),
-                ]
-                value = orjson.dumps(
-                    {
-                        "error": dead.error,
-                        "partition": dead.partition,
-                        "offset": dead.offset,
-                        "value": dead.value.decode("utf-8", "backslashreplace"),
-                    }
-                )
-                futures.append(await self._producer.send(DLQ_TOPIC, value, headers=headers))
-                self.dead_letters += 1
-                metrics.dead_letter(dead.error)
-                log.warning(
-                    "dead letter: %s",
-                    dead.error,
-                    extra={"partition": dead.partition, "offset": dead.offset},
-                )
-        if futures:
-            await asyncio.gather(*futures)
-
-    async def _forward(self, results: list[tuple[TopicPartition, BatchResult]]) -> None:
-        """Send each event that arrived on a partition its org does not map to on to the one
-        it maps to, keyed by its org_id."""
-        assert self._producer is not None
-        futures = []
-        for tp, result in results:
-            if not result.forwards:
-                continue
-            for f in result.forwards:
-                await self._until_known(f.partition)
-                futures.append(
-                    await self._producer.send(
-                        EVENTS_TOPIC,
-                        f.value,
-                        key=f.org_id.encode(),
-                        partition=f.partition,
-                        headers=list(f.headers),
-                    )
-                )
-            self.forwarded += len(result.forwards)
-            metrics.forwarded.inc(len(result.forwards))
-            first = result.forwards[0]
-            log.warning(
-                "partition %d: forwarded %d events whose org_id maps to another partition of"
-                " %d (org %r to partition %d, offset %d); producers must key by org_id with"
-                " Kafka's default (murmur2) partitioner",
-                tp.partition,
-                len(result.forwards),
-                self.partitions,
-                first.org_id,
-                first.partition,
-                first.offset,
-                extra={"partition": tp.partition, "offset": first.offset},
-            )
-        if futures:
-            await asyncio.gather(*futures)
-
-    async def _until_known(self, partition: int) -> None:
-        """Wait until the producer's metadata knows a partition the group leader assigned
-        from (it may be older than the leader's just after an increase)."""
-        assert self._producer is not None
-        delay = 0.1
-        while partition not in (await self._producer.partitions_for(EVENTS_TOPIC)):
-            log.warning("partition %d is not in the producer's metadata yet; refreshing", partition)
-            await self._producer.client.force_metadata_update()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-    async def _publish(self, values: dict[CounterKey, int]) -> None:
-        """Send absolute counter values: republishing one is always harmless. They go out as
-        one record batch per partition of the topic, each message to the partition a keyed
-        send would pick (so a key's values stay in order on one partition)."""
-        producer = self._producer
-        assert producer is not None
-        if not values:
-            return
-        partitions = len(await producer.partitions_for(COUNTERS_TOPIC))
-        at = int(time.time() * 1000)
-        batches: dict[int, BatchBuilder] = {}
-        for counter, value in values.items():
-            key = encode_key(counter)
-            message = orjson.dumps({"v": value, "t": at})
-            partition = key_partition(key, partitions)
-            batch = batches.get(partition)
-            if batch is None:
-                batch = batches[partition] = producer.create_batch()
-            if batch.append(key=key, value=message, timestamp=None) is None:  # full
-                await producer.send_batch(batch, COUNTERS_TOPIC, partition=partition)
-                batch = batches[partition] = producer.create_batch()
-                batch.append(key=key, value=message, timestamp=None)
-        for partition, batch in batches.items():
-            await producer.send_batch(batch, COUNTERS_TOPIC, partition=partition)
-
-    async def _heartbeat(self) -> None:
-        """Per owned partition: the time the counters are current to and the lag behind it."""
-        assert self._producer is not None and self._consumer is not None
-        at = int(time.time() * 1000)
-        lags = {}
-        for partition in self.states:
-            tp = TopicPartition(EVENTS_TOPIC, partition)
-            high = self._consumer.highwater(tp)
-            lag = max(0, high - self.states[partition].next_offset) if high is not None else 0
-            lags[partition] = lag
-            beat = encode_key((HEARTBEAT_KEY, str(partition), 0))
-            await self._producer.send(COUNTERS_TOPIC, orjson.dumps({"v": lag, "t": at}), key=beat)
-        metrics.partition_lag(lags)
-
-    async def _flush_producer(self) -> None:
-        assert self._producer is not None
-        await self._producer.flush()
-
-
-def _new_log(partition: int, found: int, mark: int) -> str:
-    return (
-        f"partition {partition}: the broker's log (offset {found}) is not the one of the stored"
-        f" mark {mark}"
-    )
