@@ -17,6 +17,7 @@ import pytest
 import typer.main
 import yaml
 
+from schemas.marks import STORED_TOPIC
 from tally.cli import cli
 from tally.config import COUNTERS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, Settings
 from tally.store import redact
@@ -125,7 +126,7 @@ def test_kafka_init_creates_the_topics_with_their_partitions_and_policies(servic
     assert init["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert init["entrypoint"][0] == "/bin/sh" and init["command"][0].startswith("set -eu")
     topics = topic_commands(services)
-    assert set(topics) == {EVENTS_TOPIC, DLQ_TOPIC, COUNTERS_TOPIC}
+    assert set(topics) == {EVENTS_TOPIC, DLQ_TOPIC, COUNTERS_TOPIC, STORED_TOPIC}
 
     def option(words: list[str], name: str) -> list[str]:
         return [words[i + 1] for i, w in enumerate(words) if w == name]
@@ -140,6 +141,7 @@ def test_kafka_init_creates_the_topics_with_their_partitions_and_policies(servic
     assert events_partitions % services["worker"]["deploy"]["replicas"] == 0
     assert option(topics[COUNTERS_TOPIC], "--partitions") == [str(events_partitions)]
     assert option(topics[DLQ_TOPIC], "--partitions") == ["1"]
+    assert option(topics[STORED_TOPIC], "--partitions") == ["1"]  # marks: one ordered stream
     assert "cleanup.policy=compact" in option(topics[COUNTERS_TOPIC], "--config")
     assert all("cleanup.policy" not in c for c in option(topics[EVENTS_TOPIC], "--config"))
     assert "--bootstrap-server kafka:9092" in services["kafka-init"]["command"][0]
