@@ -18,9 +18,9 @@ import pytest_asyncio
 from aiokafka import AIOKafkaProducer
 
 from api.app import create_app
+from commands.runtime import Tally
 from tally.broker import EmbeddedBroker
 from tally.config import EVENTS_TOPIC, Settings
-from tally.runtime import Tally
 from tests.factories import wire
 
 ADMIN_KEY = "test-admin-key-0123456789"

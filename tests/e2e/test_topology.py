@@ -21,8 +21,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from api.app import create_app
+from commands.runtime import Tally
 from tally.config import EVENTS_TOPIC, Settings
-from tally.runtime import Tally
 from tally.store import Store
 from tests.backends import TOPOLOGIES, Topology, drop_database, fresh_database, topology
 from tests.conftest import ADMIN_KEY, bearer, eventually

@@ -13,8 +13,8 @@ import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
+from commands.runtime import Tally
 from tally.broker import free_port
-from tally.runtime import Tally
 from tests.conftest import ADMIN_KEY, eventually
 
 
@@ -63,7 +63,7 @@ async def tally(*args: str, timeout: float = 120, **env: str) -> Run:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tally.cli",
+        "commands.cli",
         *args,
         env={**os.environ, "TALLY_ADMIN_KEY": ADMIN_KEY, **env},
         stdout=asyncio.subprocess.PIPE,

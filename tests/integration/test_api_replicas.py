@@ -22,8 +22,8 @@ import pytest_asyncio
 
 from api.app import create_app
 from api.registry import Registry
+from commands.runtime import Tally
 from tally.config import Settings
-from tally.runtime import Tally
 from tally.store import Store
 from tests.backends import drop_database, fresh_database
 from tests.conftest import ADMIN_KEY, bearer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 
-from tally.bench.freshness import LOAD_ORGS, _load, freshness
+from commands.bench.freshness import LOAD_ORGS, _load, freshness
 from tally.domain import counters
 from tests.conftest import eventually
 

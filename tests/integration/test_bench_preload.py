@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from commands.bench import preload
+from commands.runtime import Tally
 from producers.simulate import CONNECTORS, MODELS
 from streams.batch import EVENT_COLUMNS
-from tally.bench import preload
 from tally.catalogue import load_prices
 from tally.domain.pricing import Pricer
 from tally.domain.usage import measure
-from tally.runtime import Tally
 from tally.store import Store
 from tests.backends import drop_database, fresh_database
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from tally.bench.run import GOALS
+from commands.bench.run import GOALS
 from tests.integration.ops import tally
 
 SIZES = {

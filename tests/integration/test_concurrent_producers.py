@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest_asyncio
 from aiokafka import AIOKafkaProducer
 
+from commands.runtime import Tally
 from tally.broker import EmbeddedBroker
 from tally.config import EVENTS_TOPIC
 from tally.domain import counters
-from tally.runtime import Tally
 from tally.store import Store
 from tests.backends import drop_database, fresh_database
 from tests.conftest import eventually, rows_reach, running

@@ -105,7 +105,7 @@ class Process:
                 [
                     sys.executable,
                     "-m",
-                    "tally.cli",
+                    "commands.cli",
                     "up",
                     "--bootstrap-servers",
                     self.bootstrap,

@@ -58,7 +58,7 @@ class Up:
         with self.log.open("ab") as out:
             out.write(b"\n=== start\n")
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tally.cli", *args],
+                [sys.executable, "-m", "commands.cli", *args],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -99,7 +99,7 @@ class Broker:
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tally.cli", "broker", "--port", str(self.port)],
+                [sys.executable, "-m", "commands.cli", "broker", "--port", str(self.port)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )

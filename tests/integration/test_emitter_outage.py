@@ -111,7 +111,7 @@ def _spawn_tally(bootstrap: str, data_dir: Path, port: int) -> subprocess.Popen[
     args = ["up", "--bootstrap-servers", bootstrap, "--data-dir", str(data_dir)]
     with open(data_dir / "tally.log", "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "tally.cli", *args, "--api-port", str(port)],
+            [sys.executable, "-m", "commands.cli", *args, "--api-port", str(port)],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=log,

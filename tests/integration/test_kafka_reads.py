@@ -9,8 +9,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from commands.ops import kafka
 from tally.broker import EmbeddedBroker
-from tally.ops import kafka
 
 
 async def _topic_with(bootstrap: str, values: list[bytes]) -> str:

@@ -30,6 +30,7 @@ import pytest_asyncio
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from api.counter_table import CounterTable
+from commands.ops import kafka
 from streams.decode import decode
 from streams.sink import ClickHouseSink
 from streams.worker import Worker
@@ -38,7 +39,6 @@ from tally.config import EVENTS_TOPIC, Settings
 from tally.domain.partitioning import partition_of
 from tally.domain.pricing import Pricer
 from tally.domain.usage import measure
-from tally.ops import kafka
 from tally.store import Store
 from tally.topics import ensure_topics
 from tests.backends import drop_database, fresh_database

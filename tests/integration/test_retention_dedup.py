@@ -23,9 +23,9 @@ from aiokafka import AIOKafkaProducer
 
 from api.app import create_app
 from api.retention import RetentionSweeper
+from commands.runtime import Tally
 from tally.broker import EmbeddedBroker
 from tally.config import EVENTS_TOPIC, Settings
-from tally.runtime import Tally
 from tally.store import Store
 from tests.backends import drop_database, fresh_database
 from tests.conftest import ADMIN_KEY, bearer, eventually, rows_reach, running, stored_rows

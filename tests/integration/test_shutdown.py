@@ -44,7 +44,7 @@ class Proc:
         self.log = log
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tally.cli", *args],
+                [sys.executable, "-m", "commands.cli", *args],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

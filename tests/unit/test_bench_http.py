@@ -1,6 +1,6 @@
 """The bench's HTTP figures: reading wrk's report, and turns of each app read as one."""
 
-from tally.bench.http import combine, parse_wrk
+from commands.bench.http import combine, parse_wrk
 
 WRK = """Running 2s test @ http://127.0.0.1:8000/api/v2/quota/tokens
   2 threads and 64 connections

@@ -4,9 +4,9 @@ the sizes the bench accepts."""
 import pytest
 from typer.testing import CliRunner
 
-from tally.bench import prepare
-from tally.bench.workload import generate
-from tally.cli import cli
+from commands.bench import prepare
+from commands.bench.workload import generate
+from commands.cli import cli
 
 
 def test_both_ways_of_preparing_a_fetch_are_timed_on_the_same_events():

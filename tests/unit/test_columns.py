@@ -11,10 +11,10 @@ import pyarrow as pa
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from commands.bench.workload import generate
 from schemas.prices import PriceBook
 from streams import columns
 from streams.batch import BatchResult, PartitionState, Record, event_block, process
-from tally.bench.workload import generate
 from tally.catalogue import load_prices
 from tally.domain.eventtime import Backfill, EventTime
 from tally.domain.leases import Lease

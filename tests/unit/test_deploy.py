@@ -17,8 +17,8 @@ import pytest
 import typer.main
 import yaml
 
+from commands.cli import cli
 from schemas.marks import STORED_TOPIC
-from tally.cli import cli
 from tally.config import COUNTERS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, Settings
 from tally.store import redact
 

@@ -11,6 +11,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
+from commands.cli import cli
 from schemas.events import (
     EVENT_TYPES,
     SCHEMA_VERSION,
@@ -20,7 +21,6 @@ from schemas.events import (
     parse_event,
     validate_event,
 )
-from tally.cli import cli
 from tests.factories import make_event
 
 ID_RULE = "must be 1 to 128 printable ASCII characters, without spaces"

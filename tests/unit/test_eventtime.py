@@ -6,6 +6,8 @@ from datetime import UTC, date, datetime, timedelta, timezone
 import orjson
 import pytest
 
+from commands.ops.backfill import too_old
+from commands.ops.submit import Submitter
 from tally.config import Settings
 from tally.domain.eventtime import (
     BACKFILL_HEADER,
@@ -15,8 +17,6 @@ from tally.domain.eventtime import (
     iso,
     refusal,
 )
-from tally.ops.backfill import too_old
-from tally.ops.submit import Submitter
 from tests.factories import make_event
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)

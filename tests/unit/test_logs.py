@@ -75,7 +75,7 @@ def test_faust_and_mode_start_up_lines_are_left_out_unless_debug(captured):
 
 
 def test_tally_up_says_first_where_everything_is_and_the_admin_key(capsys):
-    from tally.cli import _banner
+    from commands.cli import _banner
 
     settings = Settings(api_host="0.0.0.0", api_port=8080, log_format="text")
     _banner(settings, "made-key")

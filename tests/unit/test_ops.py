@@ -12,6 +12,9 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
+from commands.ops import dlq, kafka
+from commands.ops.status import PartitionStatus, Status, problems, render
+from commands.ops.text import Progress, table
 from schemas.events import InvalidEvent
 from schemas.ops import ReconcileRequest
 from streams.decode import decode
@@ -19,9 +22,6 @@ from tally import metrics
 from tally.domain import reconcile as rec
 from tally.domain.usage import Usage
 from tally.logs import JsonFormatter, TextFormatter
-from tally.ops import dlq, kafka
-from tally.ops.status import PartitionStatus, Status, problems, render
-from tally.ops.text import Progress, table
 from tally.store import ops as sql
 from tests.factories import make_event, wire
 

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from commands.bench.stats import percentile
 from producers.emitter import Emitter
-from tally.bench.stats import percentile
 
 
 async def emit_cost(bootstrap: str, spool_dir: Path, calls: int) -> float:

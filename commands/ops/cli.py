@@ -45,8 +45,8 @@ dlq_app = typer.Typer(help="Dead letters on usage.events.dlq: list them, replay 
 
 
 def _settings() -> Settings:
+    from commands.cli import settings_from
     from tally import logs
-    from tally.cli import settings_from
 
     settings = settings_from()
     # The commands report what failed themselves; the Kafka client's own errors are noise.
@@ -71,8 +71,8 @@ def _admin_key(settings: Settings) -> str | None:
 
 
 def _run(coro: Any) -> Any:
-    from tally.ops.api import ApiUnavailable
-    from tally.ops.kafka import BrokerUnavailable
+    from commands.ops.api import ApiUnavailable
+    from commands.ops.kafka import BrokerUnavailable
 
     try:
         return asyncio.run(coro)
@@ -104,8 +104,8 @@ def status(
 
     Exits 1 when anything is down, behind by more than --max-lag or staler than
     --max-staleness."""
-    from tally.ops import status as st
-    from tally.ops.api import Api
+    from commands.ops import status as st
+    from commands.ops.api import Api
 
     s = _settings()
 
@@ -129,8 +129,8 @@ def dlq_list(
     limit: Annotated[int, typer.Option(help="Show the newest N only (0: all).")] = 0,
 ) -> None:
     """Dead letters with the reason each was refused."""
-    from tally.ops import dlq
-    from tally.ops.text import table
+    from commands.ops import dlq
+    from commands.ops.text import table
 
     s = _settings()
     letters = _run(dlq.read(_bootstrap(s, bootstrap_servers)))
@@ -179,11 +179,11 @@ def dlq_replay(
     """Re-submit dead letters to usage.events once they are valid; each counts once.
 
     Messages still invalid are reported and not sent (exit 1)."""
-    from tally.ops import dlq
-    from tally.ops.api import Api
-    from tally.ops.backfill import wait_stored
-    from tally.ops.kafka import writer
-    from tally.ops.submit import Submitter
+    from commands.ops import dlq
+    from commands.ops.api import Api
+    from commands.ops.backfill import wait_stored
+    from commands.ops.kafka import writer
+    from commands.ops.submit import Submitter
 
     s = _settings()
     key = _need_admin(s, "--skip-stored") if skip_stored else None
@@ -274,10 +274,10 @@ def backfill(
     (the day after the last): without one, such a file is refused before anything is sent.
     Bad lines are reported and skipped; events already stored or repeated in the file are
     sent once. Exits 1 if any line was rejected or the worker did not store all in time."""
+    from commands.ops import backfill as bf
+    from commands.ops.api import Api
+    from commands.ops.text import Progress
     from tally.domain.eventtime import iso
-    from tally.ops import backfill as bf
-    from tally.ops.api import Api
-    from tally.ops.text import Progress
 
     s = _settings()
     history = _history(start, end)
@@ -353,10 +353,10 @@ def reconcile(
     """Broker events, stored rows, rollups and counters compared per org and day.
 
     Exits 1 and lists the differences when any remain after --settle seconds."""
+    from commands.ops import reconcile as rc
+    from commands.ops.api import Api
     from tally.catalogue import load_prices
     from tally.domain.pricing import Pricer
-    from tally.ops import reconcile as rc
-    from tally.ops.api import Api
 
     s = _settings()
     key = _admin_key(s)
@@ -394,7 +394,7 @@ def credit(
     api_url: ApiUrl = None,
 ) -> None:
     """Issue a credit (a top-up of the org's balance; history is kept, nothing is deleted)."""
-    from tally.ops.api import Api
+    from commands.ops.api import Api
 
     s = _settings()
     key = _admin_key(s)
@@ -426,6 +426,6 @@ def register(app: typer.Typer) -> None:
     app.command()(reconcile)
     app.command()(credit)
     app.add_typer(dlq_app, name="dlq")
-    from tally.ops.sessions import sessions_app
+    from commands.ops.sessions import sessions_app
 
     app.add_typer(sessions_app, name="sessions")

@@ -22,10 +22,10 @@ import uvicorn
 
 from api.app import create_app
 from api.subscriptions import account
+from commands.runtime import Tally
 from tally.broker import free_port
 from tally.domain import counters
 from tally.domain.quota import day_buckets
-from tally.runtime import Tally
 
 PATH = "/api/v2/quota/tokens"
 ROUND_SECONDS = 2

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from commands.ops import kafka
+from commands.ops.api import Api, ApiUnavailable
+from commands.ops.text import table
 from tally.config import DLQ_TOPIC, EVENTS_TOPIC
-from tally.ops import kafka
-from tally.ops.api import Api, ApiUnavailable
-from tally.ops.text import table
 
 
 @dataclass

@@ -3,7 +3,7 @@ each counted once.
 
 The file is read line by line (one JSON event per line, the wire format), in chunks: a bad
 line is reported with its number and reason and the run goes on; good lines go through
-`tally.ops.submit` (dedup within the file, skip what is already stored, then the worker's
+`commands.ops.submit` (dedup within the file, skip what is already stored, then the worker's
 own dedup). With `wait`, the command returns once the workers' stored marks (the end-to-end
 acknowledgement, `schemas.marks`) have passed every event sent, in the log of the broker
 that took them, so "done" means stored and counted; if that broker restarted empty or lost
@@ -25,15 +25,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from commands.ops import kafka
+from commands.ops.api import Api
+from commands.ops.submit import Report, Submitter
+from commands.ops.text import Progress
 from producers.marks import MarksReader
 from schemas.events import InvalidEvent
 from schemas.marks import StoredMarks
 from streams.decode import decode
 from tally.domain.eventtime import DEFAULT, Backfill, EventTime
-from tally.ops import kafka
-from tally.ops.api import Api
-from tally.ops.submit import Report, Submitter
-from tally.ops.text import Progress
 
 CHUNK = 5_000
 

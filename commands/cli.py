@@ -49,7 +49,7 @@ def _logging(settings: Settings) -> None:
 
 async def _serve(settings: Settings, *, worker: bool, api: bool) -> None:
     from api.app import create_app
-    from tally.runtime import Tally, settle_gc, tune_gc
+    from commands.runtime import Tally, settle_gc, tune_gc
     from tally.store import redact
 
     tune_gc()
@@ -299,8 +299,8 @@ def bench(
     ] = False,
 ) -> None:
     """Measure Tally against the machine's ceiling; prints a table, then one JSON line."""
-    from tally.bench.run import main as run_bench
-    from tally.runtime import tune_gc
+    from commands.bench.run import main as run_bench
+    from commands.runtime import tune_gc
 
     logging.basicConfig(level=logging.WARNING)
     tune_gc()  # as `tally up` runs, for the ceiling and Tally alike
@@ -394,7 +394,7 @@ def _progress_bar() -> Any:
 
 
 def _register_operations() -> None:
-    from tally.ops.cli import register
+    from commands.ops.cli import register
 
     register(cli)
 

@@ -1,6 +1,6 @@
 """The usage reports over a store pre-loaded with a month of events, through the API.
 
-The preload (`tally.bench.preload`) is generated inside ClickHouse and goes through the
+The preload (`commands.bench.preload`) is generated inside ClickHouse and goes through the
 materialized views like the worker's inserts. The queries are the ones a dashboard sends:
 breakdowns by day, agent and line item (some filtered), the daily series, an agent's runs
 and one run's line items, for random orgs, each through the API with the org's key.
@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 
 from api.app import create_app
-from tally.bench import preload
-from tally.bench.stats import percentile
+from commands.bench import preload
+from commands.bench.stats import percentile
+from commands.runtime import Tally
 from tally.catalogue import load_prices
-from tally.runtime import Tally
 
 # (shape name, path, query parameters); {agent} and {run} are filled in per request.
 SHAPES: list[tuple[str, str, dict[str, str]]] = [

@@ -1,6 +1,6 @@
 """Memory per counter key, measured in a fresh process so that nothing else is counted.
 
-Run as `python -m tally.bench.memory KEYS`; prints one JSON object.
+Run as `python -m commands.bench.memory KEYS`; prints one JSON object.
 """
 
 from __future__ import annotations

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tally.bench import drain, emitter, freshness, http, prepare, queries
-from tally.bench.workload import Workload, generate
+from commands.bench import drain, emitter, freshness, http, prepare, queries
+from commands.bench.workload import Workload, generate
+from commands.runtime import Tally, settle_gc
 from tally.broker import EmbeddedBroker
 from tally.config import Settings
-from tally.runtime import Tally, settle_gc
 from tally.topics import ensure_topics
 
 GOALS = {
@@ -145,7 +145,7 @@ async def http_figures(
 
 async def memory(keys: int) -> dict[str, Any]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tally.bench.memory", str(keys), stdout=asyncio.subprocess.PIPE
+        sys.executable, "-m", "commands.bench.memory", str(keys), stdout=asyncio.subprocess.PIPE
     )
     out, _ = await proc.communicate()
     data = json.loads(out)

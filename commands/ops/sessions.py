@@ -9,7 +9,7 @@ from urllib.parse import quote
 import orjson
 import typer
 
-from tally.ops.cli import ApiUrl, AsJson, _admin_key, _api_url, _run, _settings
+from commands.ops.cli import ApiUrl, AsJson, _admin_key, _api_url, _run, _settings
 
 sessions_app = typer.Typer(help="Live sessions: list an org's, end one at once.")
 
@@ -17,7 +17,7 @@ Org = Annotated[str, typer.Argument(help="The org.")]
 
 
 def _call(method: str, path: str, api_url: str | None) -> Any:
-    from tally.ops.api import Api
+    from commands.ops.api import Api
 
     s = _settings()
     key = _admin_key(s)

@@ -18,12 +18,12 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from tally.bench.stats import cpu_seconds, percentile
+from commands.bench.stats import cpu_seconds, percentile
+from commands.runtime import Tally
 from tally.broker import die_with_parent
 from tally.config import EVENTS_TOPIC
 from tally.domain import counters
 from tally.domain.partitioning import partition_of
-from tally.runtime import Tally
 
 LOAD_ORGS = [f"load-org-{i}" for i in range(50)]
 PROBE_TIMEOUT_S = 30.0  # a probe not counted by then is an error, not a figure
@@ -108,7 +108,7 @@ class _Load:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "tally.bench.freshness",
+            "commands.bench.freshness",
             bootstrap,
             str(rate),
             stdout=asyncio.subprocess.PIPE,

@@ -18,12 +18,12 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
+from commands.ops.api import Api
 from schemas.events import InvalidEvent
 from streams.decode import decode
 from tally.config import EVENTS_TOPIC
 from tally.domain.eventtime import DEFAULT, Backfill, EventTime, iso
 from tally.kafka_clients import cluster_id
-from tally.ops.api import Api
 
 _partitioner = DefaultPartitioner()
 

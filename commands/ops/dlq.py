@@ -3,7 +3,7 @@
 The worker writes each refused message as `{"error", "partition", "offset", "value"}`. The
 repair loop is: `tally dlq list --json > dlq.jsonl`, fix the `value` of the lines worth
 saving (as JSON text or as a JSON object), `tally dlq replay --fix dlq.jsonl`. A replayed
-event is counted once however often it is replayed (see `tally.ops.submit`).
+event is counted once however often it is replayed (see `commands.ops.submit`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
+from commands.ops import kafka
 from tally.config import DLQ_TOPIC
-from tally.ops import kafka
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from commands.bench.workload import Workload
 from streams import columns
 from streams.batch import PartitionState, Record, event_block, process
-from tally.bench.workload import Workload
 from tally.catalogue import load_prices
 from tally.domain.pricing import Pricer
 

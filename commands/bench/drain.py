@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from tally.bench.workload import Workload
+from commands.bench.workload import Workload
+from commands.runtime import Tally
 from tally.config import EVENTS_TOPIC
 from tally.domain import counters
-from tally.runtime import Tally
 
 
 async def produce(bootstrap: str, workload: Workload) -> float:

@@ -22,15 +22,15 @@ from typing import Any
 
 import orjson
 
+from commands.ops import kafka
+from commands.ops.api import Api
+from commands.ops.text import table
 from schemas.events import InvalidEvent
 from streams.decode import decode
 from tally.config import EVENTS_TOPIC
 from tally.domain import reconcile as rec
 from tally.domain.pricing import Pricer
 from tally.domain.usage import measure
-from tally.ops import kafka
-from tally.ops.api import Api
-from tally.ops.text import table
 
 
 @dataclass
