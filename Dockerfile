@@ -11,16 +11,17 @@ WORKDIR /app
 
 # Dependencies first, in a layer of their own: a code change does not reinstall them.
 COPY pyproject.toml README.md ./
-RUN for p in schemas producers streams api tally; do mkdir -p $p && touch $p/__init__.py; done \
+RUN for p in schemas producers streams api tally commands; do mkdir -p $p && touch $p/__init__.py; done \
     && pip install . \
     && pip uninstall -y tally \
-    && rm -rf schemas producers streams api tally build *.egg-info
+    && rm -rf schemas producers streams api tally commands build *.egg-info
 
 COPY schemas schemas
 COPY producers producers
 COPY streams streams
 COPY api api
 COPY tally tally
+COPY commands commands
 RUN pip install --no-deps . && rm -rf build *.egg-info \
     && useradd --system --uid 10001 --create-home --home-dir /var/lib/tally tally
 
