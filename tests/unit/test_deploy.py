@@ -224,7 +224,8 @@ def test_the_image_runs_the_tally_command_as_an_unprivileged_user():
     entrypoint = json.loads(dict(instructions)["ENTRYPOINT"])
     assert entrypoint == ["tally"] and json.loads(dict(instructions)["CMD"]) == ["api"]
     copied = {args.split()[0] for kind, args in instructions if kind == "COPY"}
-    assert {"pyproject.toml", "schemas", "producers", "streams", "api", "tally"} <= copied
+    packages = {"schemas", "producers", "streams", "api", "tally", "commands"}
+    assert {"pyproject.toml", *packages} <= copied
     runs = " ".join(args for kind, args in instructions if kind == "RUN")
     assert "pip install --no-deps ." in runs and "useradd" in runs
     user = dict(instructions)["USER"]
