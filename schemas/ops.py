@@ -31,8 +31,9 @@ class ReconcileRequest(BaseModel):
     )
     epochs: dict[int, list[str]] = Field(
         default_factory=dict,
-        description="Per partition, the log epochs whose rows belong to the broker's log"
-        " (see /reconcile/epochs).",
+        description="Per partition (the key, a partition number), the log epochs whose rows"
+        " belong to the broker's log (see /reconcile/epochs).",
+        json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}},
     )
 
     @model_validator(mode="after")

@@ -24,7 +24,15 @@ from tally.domain.leases import api_end_event, expires_at
 from tally.store import queries as q
 
 router = APIRouter(prefix="/api/v2", tags=["sessions"], responses=errors("unauthorized"))
-admin = APIRouter(prefix="/api/v2/admin", tags=["sessions"], dependencies=[Depends(require_admin)])
+admin = APIRouter(
+    prefix="/api/v2/admin",
+    tags=["sessions"],
+    dependencies=[Depends(require_admin)],
+    responses=errors("unauthorized", "forbidden"),
+)
+# Ending a session: it may not be live (404), the key may not be allowed to (403), and the
+# end may not be confirmed as stored in time (503, with Retry-After).
+_END = errors("not_found", "forbidden", "quota_unavailable")
 
 
 def _utc(ts: datetime) -> datetime:
@@ -86,7 +94,7 @@ async def list_sessions(
     return await live(svc, key.org_id)
 
 
-@router.delete("/sessions/{session_id}", response_model=EndedSession)
+@router.delete("/sessions/{session_id}", response_model=EndedSession, responses=_END)
 async def end_session(
     session_id: str, key: ApiKey = Depends(current_key), svc: Services = Depends(services)
 ) -> EndedSession:
@@ -102,7 +110,7 @@ async def admin_list_sessions(org_id: str, svc: Services = Depends(services)) ->
     return await live(svc, org_id)
 
 
-@admin.delete("/orgs/{org_id}/sessions/{session_id}", response_model=EndedSession)
+@admin.delete("/orgs/{org_id}/sessions/{session_id}", response_model=EndedSession, responses=_END)
 async def admin_end_session(
     org_id: str, session_id: str, svc: Services = Depends(services)
 ) -> EndedSession:
