@@ -512,9 +512,7 @@ async def test_the_runs_by_day_migration_dates_an_existing_store_once(backend: B
 
         assert await store.migrate() == ["015_usage_runs_by_day.sql"]
         assert await store.query(by_run) == before
-        assert await store.query("SELECT count() FROM usage_runs WHERE day = toDate(0)") == [
-            (0,)
-        ]
+        assert await store.query("SELECT count() FROM usage_runs WHERE day = toDate(0)") == [(0,)]
         # Again, and three at once: the same rows, none counted twice.
         racers = [Store(url) for _ in range(3)]
         try:
