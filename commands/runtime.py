@@ -77,7 +77,7 @@ class Tally:
         if s.embedded_broker:
             if self.broker is None:
                 self.broker = EmbeddedBroker(
-                    s.broker_port, s.broker_bin, pidfile=s.data_dir / "broker.pid"
+                    s.broker_port, s.broker_bin, pidfile=s.data_dir / "broker.pid", sole=True
                 )
                 self._own_broker = True
             if not self.broker.running:
@@ -93,7 +93,8 @@ class Tally:
         await self.store.start()
         if self.want_worker:
             sink = ClickHouseSink(self.store, s.log_epoch, s.dedup_window_s)
-            self.worker = Worker(s, sink, book)
+            # The broker this process started serves its worker alone: no group to form.
+            self.worker = Worker(s, sink, book, sole=self._own_broker)
         if self.want_api:
             registry = Registry(self.store)
             await registry.refresh()

@@ -1,9 +1,11 @@
 """The batch consumer at the heart of the worker.
 
-It consumes `usage.events` as a member of the worker group, a whole fetch at a time, and for
-each fetch: the counters it changes, as absolute values on `usage.counters` (quota reads see
-them at once); dead letters (so none is lost); one insert of the rows with their offsets;
-then the batch is folded into the partition state and its open sessions published.
+It consumes `usage.events` as a member of the worker group (or, the sole worker of a
+`tally up`'s own broker, every partition by assignment, without waiting for a group to
+form), a whole fetch at a time, and for each fetch: the counters it changes, as absolute
+values on `usage.counters` (quota reads see them at once); dead letters (so none is lost);
+one insert of the rows with their offsets; then the batch is folded into the partition
+state and its open sessions published.
 On assignment it rebuilds each partition's state from the store and seeks to the stored
 watermark; Kafka's committed offsets are only informational (they show lag). The state of a
 partition is that of the orgs mapping to it under the partition count the group leader
@@ -39,10 +41,11 @@ from streams.pipeline import Prepared, StorePipeline
 from streams.sessions import LeaseKeeper
 from streams.sink import ClickHouseSink
 from tally import metrics
+from tally.broker import is_sole_cluster
 from tally.config import EVENTS_TOPIC, Settings
 from tally.domain.counters import CounterKey
 from tally.domain.pricing import Pricer
-from tally.kafka_clients import stop_client
+from tally.kafka_clients import cluster_id, stop_client
 
 log = logging.getLogger("tally.worker")
 
@@ -71,8 +74,13 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 class Worker(StorePipeline):
     """Consume, store and count; use `async with Worker(...)` or `start()` / `stop()`."""
 
-    def __init__(self, settings: Settings, sink: ClickHouseSink, book: PriceBook) -> None:
+    def __init__(
+        self, settings: Settings, sink: ClickHouseSink, book: PriceBook, sole: bool = False
+    ) -> None:
         self.settings = settings
+        # The only worker of its broker's log (`tally up` and its embedded broker): it takes
+        # every partition at once instead of waiting for a consumer group to form.
+        self.sole = sole
         self.sink = sink
         self.pricer = Pricer(book)
         self.states: dict[int, PartitionState] = {}
@@ -132,8 +140,18 @@ class Worker(StorePipeline):
             max_partition_fetch_bytes=8 << 20,
             partition_assignment_strategy=(self._assignor, RoundRobinPartitionAssignor),
         )
-        self._consumer.subscribe([EVENTS_TOPIC], listener=_Rebalance(self))
+        cluster = await cluster_id(self._producer.client)
+        if not self.sole:
+            if is_sole_cluster(cluster):
+                raise RuntimeError(
+                    f"the broker at {s.bootstrap_servers} belongs to a `tally up`, whose worker"
+                    " reads every partition: start more workers against Kafka or `tally broker`"
+                )
+            self._consumer.subscribe([EVENTS_TOPIC], listener=_Rebalance(self))
         await self._consumer.start()
+        if self.sole:
+            count = len(await self._producer.partitions_for(EVENTS_TOPIC))
+            self._consumer.assign([TopicPartition(EVENTS_TOPIC, p) for p in range(count)])
         self._task = asyncio.create_task(self._run(), name="tally-worker")
         self._topics_task = asyncio.create_task(self._keep_topics(), name="tally-worker-topics")
 
@@ -226,9 +244,12 @@ class Worker(StorePipeline):
 
     def _partition_count(self, assigned: set[TopicPartition]) -> int:
         """usage.events' partition count for this generation: the group leader's, the same for
-        every member (`streams.assignor`); without it (a group still speaking plain
-        roundrobin during a rolling upgrade) this member's own metadata."""
+        every member (`streams.assignor`), or all of them for a sole worker; without it (a
+        group still speaking plain roundrobin during a rolling upgrade) this member's own
+        metadata."""
         assert self._consumer is not None
+        if self.sole:  # every partition, by assignment
+            return len(assigned)
         count = self._assignor.take(EVENTS_TOPIC)
         if count is None:
             known = self._consumer.partitions_for_topic(EVENTS_TOPIC) or ()
@@ -269,6 +290,9 @@ class Worker(StorePipeline):
         and read again from their stored marks, as a restart would, so nothing prepared and
         not stored is lost or counted twice."""
         delay, failed_at = FAULT_BACKOFF_S, None
+        if self.sole:
+            assert self._consumer is not None
+            await self.acquire(self._consumer.assignment())
         while True:
             try:
                 if failed_at is not None:

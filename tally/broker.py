@@ -55,6 +55,9 @@ def _port_open(port: int) -> bool:
 
 
 EMBEDDED_CLUSTER_PREFIX = "tally-embedded-"
+# The broker of a `tally up`: its own worker reads every partition without a group, so no
+# other worker may join (`is_sole_cluster`).
+SOLE_CLUSTER_PREFIX = f"{EMBEDDED_CLUSTER_PREFIX}up-"
 PORT_FREE_WAIT_S = 5.0
 
 
@@ -63,10 +66,17 @@ def is_embedded_cluster(cluster_id: str | None) -> bool:
     return bool(cluster_id) and str(cluster_id).startswith((EMBEDDED_CLUSTER_PREFIX, "tansu"))
 
 
+def is_sole_cluster(cluster_id: str | None) -> bool:
+    """Whether a cluster id is the broker of a `tally up`, whose one worker owns its log."""
+    return bool(cluster_id) and str(cluster_id).startswith(SOLE_CLUSTER_PREFIX)
+
+
 class EmbeddedBroker:
     """Start Tansu on a loopback port, wait until it answers Kafka requests, stop it cleanly.
 
     Use as `with EmbeddedBroker(port) as b:` or `async with`, or call `start()` / `stop()`.
+    `sole`: the broker of a `tally up`, whose worker takes every partition without a group
+    (its cluster id says so, and other workers refuse to join).
     """
 
     def __init__(
@@ -75,6 +85,7 @@ class EmbeddedBroker:
         binary: Path | str | None = None,
         pidfile: Path | None = None,
         cluster_id: str | None = None,
+        sole: bool = False,
     ) -> None:
         self.port = port or free_port()
         self.binary = binary
@@ -82,6 +93,7 @@ class EmbeddedBroker:
         # Fixed, for a test standing in for a Kafka cluster (an id without the embedded
         # prefix is taken for one: its logs are not lost by a restart); else fresh per start.
         self._fixed_cluster_id = cluster_id
+        self._prefix = SOLE_CLUSTER_PREFIX if sole else EMBEDDED_CLUSTER_PREFIX
         self.cluster_id = ""
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -112,7 +124,7 @@ class EmbeddedBroker:
         if not _wait_port_free(self.port, PORT_FREE_WAIT_S):
             raise BrokerError(f"port {self.port} is already in use; pick another --broker-port")
         url = f"tcp://127.0.0.1:{self.port}"
-        self.cluster_id = self._fixed_cluster_id or f"{EMBEDDED_CLUSTER_PREFIX}{uuid.uuid4().hex}"
+        self.cluster_id = self._fixed_cluster_id or f"{self._prefix}{uuid.uuid4().hex}"
         self._proc = subprocess.Popen(
             [
                 str(binary),

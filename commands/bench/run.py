@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from commands.bench import drain, emitter, freshness, http, prepare, queries
+from commands.bench import drain, emitter, freshness, http, prepare, queries, start
 from commands.bench.workload import Workload, generate
 from commands.runtime import Tally, settle_gc
 from tally.broker import EmbeddedBroker
@@ -31,6 +31,11 @@ GOALS = {
     # At a steady 10,000 events/s an emitter holds about a second of events until Tally
     # confirms them stored (end-to-end acknowledgement), not more.
     "emit_held_max_s": ("<=", 1.5),
+    # `tally up` on a fresh data dir, from the command to /readyz; then idle, each process's
+    # share of one core.
+    "start_ready_s": ("<=", 3.0),
+    "idle_cpu_tally": ("<=", 0.02),
+    "idle_cpu_broker": ("<=", 0.02),
 }
 
 
@@ -50,6 +55,8 @@ async def run(
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
     }
+    if not only_breakdowns:
+        figures.update(await start.start_and_idle())  # first, alone on the machine
     with tempfile.TemporaryDirectory(prefix="tally-bench-") as tmp:
         async with EmbeddedBroker() as broker:
             await ensure_topics(broker.bootstrap_servers, partitions)

@@ -39,6 +39,7 @@ MEASURED = (
     "emit_held_max_s",
     "prepare_each_us",
     "prepare_columns_us",
+    "start_ready_s",
 )
 HTTP = ("rps", "p50_ms", "p99_ms")
 
@@ -60,6 +61,7 @@ async def test_the_bench_prints_every_figure_then_the_goals_then_one_json_line()
     assert figures["prepare_fetch"] == 4000  # the workload holds fewer than a fetch's worth
     for name in MEASURED:
         assert figures[name] > 0, name
+    assert 0 <= figures["idle_cpu_tally"] < 2 and 0 <= figures["idle_cpu_broker"] < 2
     assert figures["freshness_idle_p50_ms"] <= figures["freshness_idle_p99_ms"]
     assert figures["freshness_load_p50_ms"] <= figures["freshness_load_p99_ms"]
     assert figures["breakdown_p50_ms"] <= figures["breakdown_p95_ms"]

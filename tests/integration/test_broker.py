@@ -80,3 +80,25 @@ def test_each_start_is_a_new_cluster_id():
         first = a.cluster_id
     with EmbeddedBroker(a.port) as b:
         assert b.cluster_id != first
+
+
+async def test_no_other_worker_joins_the_broker_of_a_tally_up(tmp_path):
+    """A `tally up`'s worker reads every partition of its own broker without a group: a
+    worker joining a group there would read them too, so it refuses, saying why."""
+    import pytest
+
+    from streams.sink import ClickHouseSink
+    from streams.worker import Worker
+    from tally.catalogue import load_prices
+    from tally.config import Settings
+    from tally.store import Store
+    from tally.topics import ensure_topics
+
+    with EmbeddedBroker(sole=True) as broker:
+        await ensure_topics(broker.bootstrap_servers, 2)
+        settings = Settings(bootstrap_servers=broker.bootstrap_servers, partitions=2)
+        store = Store(f"chdb:///{tmp_path}/chdb")  # never opened: the refusal comes first
+        worker = Worker(settings, ClickHouseSink(store, "e", 60), load_prices())
+        with pytest.raises(RuntimeError, match="belongs to a `tally up`"):
+            await worker.start()
+        await worker.stop()
