@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -69,10 +69,31 @@ class OrgOut(BaseModel):
     created_at: datetime
 
 
+# What an org key may do. A key gets every scope unless it asks for fewer; keys issued
+# before scopes existed carry every scope too (store migration 011).
+Scope = Literal[
+    "events:write",  # send usage events
+    "quota:read",  # quota reads, admission checks, limits and the workspace
+    "usage:read",  # usage breakdowns in units (tokens, calls, bytes): no money
+    "billing:read",  # credits, invoices and every cost figure
+    "sessions:write",  # list and end the org's live sessions
+]
+SCOPES: tuple[str, ...] = get_args(Scope)
+RUNTIME_SCOPES: tuple[str, ...] = ("events:write", "quota:read")  # an agent runtime's key
+
+
 class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"mode": "live", "scopes": list(RUNTIME_SCOPES)}]},
+    )
 
     mode: Literal["live", "test"] = "live"
+    scopes: list[Scope] = Field(
+        default_factory=lambda: list(get_args(Scope)),
+        min_length=1,
+        description="What the key may do; every scope when left out.",
+    )
 
 
 class KeyCreated(BaseModel):
@@ -80,6 +101,7 @@ class KeyCreated(BaseModel):
     key_id: str
     org_id: str
     mode: Literal["live", "test"]
+    scopes: list[Scope]
 
 
 class Health(BaseModel):
@@ -368,6 +390,7 @@ class KeyOut(BaseModel):
         key_id="3f9a0c1b2d4e",
         org_id="acme",
         mode="live",
+        scopes=["events:write", "quota:read"],
         created_at="2026-06-01T10:00:00Z",
         revoked=False,
     )
@@ -375,6 +398,7 @@ class KeyOut(BaseModel):
     key_id: str
     org_id: str
     mode: Literal["live", "test"]
+    scopes: list[Scope]
     created_at: datetime
     revoked: bool
 
