@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterator
 
-from fastapi import Depends, Request
-from fastapi.routing import APIRoute
+from fastapi import Depends, FastAPI, Request
+from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import ApiError
@@ -83,15 +84,27 @@ def missing_scope(key: ApiKey, scope: str) -> str:
     )
 
 
-def route_scope(route: APIRoute) -> str | None:
+def api_routes(app: FastAPI) -> list[RouteContext]:
+    """Every FastAPI route of the app, those of included routers too, with the dependencies
+    their routers add (`.path_format`, `.methods`, `.dependant`)."""
+    return [c for c in iter_route_contexts(app.routes) if isinstance(c.original_route, APIRoute)]
+
+
+def route_scope(route: RouteContext) -> str | None:
     """The scope a route requires, if it requires one."""
+    return next((c.scope for c in _calls(route) if isinstance(c, RequireScope)), None)
+
+
+def is_admin_route(route: RouteContext) -> bool:
+    return any(c is require_admin for c in _calls(route))
+
+
+def _calls(route: RouteContext) -> Iterator[object]:
     pending = [route.dependant]
     while pending:
         dependant = pending.pop()
-        if isinstance(dependant.call, RequireScope):
-            return dependant.call.scope
+        yield dependant.call
         pending.extend(dependant.dependencies)
-    return None
 
 
 async def require_admin(

@@ -26,12 +26,11 @@ from datetime import datetime
 from typing import NamedTuple
 
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import metrics
-from api.auth import route_scope
+from api.auth import api_routes, route_scope
 from api.registry import ApiKey
 from api.routes import quota
 from api.state import Services
@@ -68,8 +67,8 @@ class QuotaFastPath:
         """The scope the FastAPI route of `path` declares (`api.auth.require_scope`): the
         fast path answers for that route, so it asks for the same scope."""
         if not self._scopes:
-            for route in self.api.routes:
-                if isinstance(route, APIRoute) and route.path in READS:
+            for route in api_routes(self.api):
+                if route.path in READS:
                     scope = route_scope(route)
                     assert scope is not None, f"{route.path} declares no scope"
                     self._scopes[route.path] = scope

@@ -13,9 +13,8 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.routing import APIRoute
 
-from api.auth import route_scope
+from api.auth import api_routes, route_scope
 from schemas.api import ErrorBody
 
 # code -> (HTTP status, an example message)
@@ -196,9 +195,7 @@ def _pair_range(op: dict[str, Any]) -> None:
 def _document_scopes(app: FastAPI, doc: dict[str, Any]) -> None:
     """Each org route's scope (`api.auth.require_scope`), in its description, as
     `x-required-scope`, and with the 403 `forbidden` a key without it gets."""
-    for route in app.routes:
-        if not isinstance(route, APIRoute):
-            continue
+    for route in api_routes(app):
         scope = route_scope(route)
         if scope is None:
             continue
