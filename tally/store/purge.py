@@ -24,6 +24,12 @@ def tables_query() -> tuple[str, dict[str, Any]]:
     return sql, {"kept": list(KEPT)}
 
 
+def closed_query() -> tuple[str, dict[str, Any]]:
+    """The orgs closed now (not restored, not yet purged)."""
+    sql = "SELECT org_id FROM orgs GROUP BY org_id HAVING argMax(closed_at, version) IS NOT NULL"
+    return sql, {}
+
+
 def delete(table: str, org_id: str) -> tuple[str, dict[str, Any]]:
     """Delete the org's rows of `table` (a name from `tables_query`, never user input)."""
     if not table.replace("_", "").isalnum():
