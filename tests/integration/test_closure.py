@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+import orjson
 from aiokafka import AIOKafkaConsumer
 
 from tally.config import COUNTERS_TOPIC
@@ -12,6 +13,7 @@ from tally.domain.counters import decode_key
 from tally.store import purge
 from tests.conftest import ADMIN_KEY, OrgFactory, Send, bearer, eventually, rows_reach
 from tests.factories import make_event
+from tests.integration.ops import serve, tally
 from tests.integration.test_stream import dead_letters
 
 ADMIN = bearer(ADMIN_KEY)
@@ -176,3 +178,24 @@ async def _at(client, key: str, expected: int) -> int | None:
 
 async def rows(stack, org: str, table: str) -> int:
     return int((await stack.store.query(*purge.rows_query(table, org)))[0][0])
+
+
+async def test_operators_close_restore_purge_and_read_the_trail_with_tally_orgs(
+    stack, client, new_org: OrgFactory
+):
+    org, key = await new_org()
+    async with serve(stack) as url:
+        run = await tally("orgs", "close", org, "--api-url", url)
+        assert run.code == 0 and f"{org} closed at" in run.out, run.err
+        r = await client.get("/api/v2/quota/tokens", headers=bearer(key))
+        assert r.status_code == 401, r.text
+        run = await tally("orgs", "restore", org, "--api-url", url)
+        assert run.code == 0 and "restored" in run.out, run.err
+        assert await used(client, key) == 0
+        run = await tally("orgs", "purge", "--api-url", url)  # nothing is due: grace of 30 days
+        assert run.code == 0, run.err
+        assert org in stack.services.registry.orgs
+        run = await tally("orgs", "audit", "--org", org, "--api-url", url, "--json")
+        assert run.code == 0, run.err
+        actions = [e["action"] for e in orjson.loads(run.out)["entries"]]
+        assert actions == ["org.created", "key.issued", "org.closed", "org.restored"]
