@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.errors import ApiError
 from api.registry import ApiKey
 from api.state import Services
-from schemas.api import Scope
+from schemas.access import Scope
 from tally.domain.keys import admin_actor, key_id_of
 
 # The dependencies are coroutines on purpose: they never block (a hash and dict lookups),

@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from api.subscriptions import Accounts, AccountsSnapshot
-from schemas.api import SCOPES
+from schemas.access import SCOPES
 from tally.domain.keys import hash_key, key_id_of, matches, new_key, normalise_scopes
 from tally.store import Store
 

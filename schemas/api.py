@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from schemas.access import RUNTIME_SCOPES, Scope, all_scopes
 from schemas.plans import Plan, PlanOverrides
 
 
@@ -69,19 +70,6 @@ class OrgOut(BaseModel):
     created_at: datetime
 
 
-# What an org key may do. A key gets every scope unless it asks for fewer; keys issued
-# before scopes existed carry every scope too (store migration 011).
-Scope = Literal[
-    "events:write",  # send usage events
-    "quota:read",  # quota reads, admission checks, limits and the workspace
-    "usage:read",  # usage breakdowns in units (tokens, calls, bytes): no money
-    "billing:read",  # credits, invoices and every cost figure
-    "sessions:write",  # list and end the org's live sessions
-]
-SCOPES: tuple[str, ...] = get_args(Scope)
-RUNTIME_SCOPES: tuple[str, ...] = ("events:write", "quota:read")  # an agent runtime's key
-
-
 class KeyCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -90,7 +78,7 @@ class KeyCreate(BaseModel):
 
     mode: Literal["live", "test"] = "live"
     scopes: list[Scope] = Field(
-        default_factory=lambda: list(get_args(Scope)),
+        default_factory=all_scopes,
         min_length=1,
         description="What the key may do; every scope when left out.",
     )

@@ -14,8 +14,8 @@ from api.errors import ApiError
 from api.openapi import errors
 from api.registry import Org
 from api.state import Services
+from schemas.access import Action, AuditEntry, AuditTrail, OrgClosure, PurgeRun
 from schemas.api import ErrorBody
-from schemas.audit import Action, AuditEntry, AuditTrail, OrgClosure, PurgeRun
 from tally.store import audit
 
 log = logging.getLogger("tally.admin")

@@ -7,7 +7,7 @@ import hmac
 import secrets
 from collections.abc import Iterable
 
-from schemas.api import SCOPES
+from schemas.access import SCOPES
 
 PREFIX = "tk"
 

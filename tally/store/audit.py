@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from schemas.audit import ACTIONS
+from schemas.access import ACTIONS
 from tally.store import Store
 
 COLUMNS = ("at", "actor", "action", "org_id", "before", "after", "entry_id")

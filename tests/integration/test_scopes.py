@@ -9,7 +9,7 @@ import httpx
 
 from api.app import create_app
 from api.auth import api_routes, is_admin_route, route_scope
-from schemas.api import SCOPES
+from schemas.access import SCOPES
 from tally.domain.keys import hash_key
 from tests.conftest import ADMIN_KEY, OrgFactory, bearer, eventually
 from tests.factories import make_event

@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from schemas.api import SCOPES, KeyCreate
+from schemas.access import SCOPES
+from schemas.api import KeyCreate
 from tally.domain.keys import admin_actor, hash_key, normalise_scopes
 from tally.store import audit, purge
 

@@ -1,4 +1,4 @@
-"""The audit trail of admin actions, and closing an account."""
+"""Who may do what: key scopes, the audit trail of admin actions, closing an account."""
 
 from __future__ import annotations
 
@@ -6,6 +6,23 @@ from datetime import datetime
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field
+
+# What an org key may do. A key gets every scope unless it asks for fewer; keys issued
+# before scopes existed carry every scope too (store migration 011).
+Scope = Literal[
+    "events:write",  # send usage events
+    "quota:read",  # quota reads, admission checks, limits and the workspace
+    "usage:read",  # usage breakdowns in units (tokens, calls, bytes): no money
+    "billing:read",  # credits, invoices and every cost figure
+    "sessions:write",  # end the org's live sessions
+]
+SCOPES: tuple[str, ...] = get_args(Scope)
+RUNTIME_SCOPES: tuple[str, ...] = ("events:write", "quota:read")  # an agent runtime's key
+
+
+def all_scopes() -> list[Scope]:
+    return list(get_args(Scope))
+
 
 Action = Literal[
     "org.created",
