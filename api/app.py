@@ -15,6 +15,7 @@ from api.metrics import HttpMetrics
 from api.routes import (
     admin,
     admission,
+    closure,
     credits,
     dashboard,
     events,
@@ -57,6 +58,7 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(quota.router)
     app.include_router(admin.router)
+    app.include_router(closure.router)
     app.include_router(usage.router)
     app.include_router(credits.router)
     app.include_router(dashboard.router)

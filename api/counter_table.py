@@ -100,6 +100,15 @@ class CounterTable:
         for key in [k for k, at in self._handed.items() if at < cutoff]:
             del self._handed[key]
 
+    def keys_of(self, org_id: str) -> list[CounterKey]:
+        return [k for k in self.values if k[0] == org_id]
+
+    def forget(self, key: CounterKey) -> None:
+        """A tombstone: the counter is gone (its org was purged)."""
+        if self.values.pop(key, None) is not None:
+            self._org_changes[key[0]] = self._org_changes.get(key[0], 0) + 1
+            self._sums.pop((key[0], key[1]), None)
+
     def expire(self, now: datetime) -> int:
         """Drop counters no quota read can need any more; returns how many."""
         stale = [k for k in self.values if counters.expired(k, now)]
@@ -207,9 +216,12 @@ class CounterTable:
                 self._table_changes += 1
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
-        if key is None or value is None:
+        if key is None:
             return
         org, name, bucket = decode_key(key)
+        if value is None:
+            self.forget((org, name, bucket))
+            return
         data = orjson.loads(value)
         if org == HEARTBEAT_KEY:
             beats = self.beats

@@ -7,6 +7,9 @@ unknown one, a query string, another method) goes on to the app, whose routes wo
 error. Routing, dependency injection, response validation and the middleware stack cost
 several times the read itself, which is a few dict lookups.
 
+The key must carry the scope the FastAPI route declares (`quota:read`); a key without it
+goes on to the route, which answers 403.
+
 An org's answer is kept and given again, with fresh freshness headers, for as long as
 nothing it was made of can have changed: the org's counters (`CounterTable.changes`), the
 orgs and accounts (their `generation`), and the time (`Account.until`: the billing window
@@ -27,6 +30,7 @@ from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import metrics
+from api.auth import api_routes, route_scope
 from api.registry import ApiKey
 from api.routes import quota
 from api.state import Services
@@ -57,6 +61,18 @@ class QuotaFastPath:
         self.app = app
         self.api = api
         self.kept: dict[tuple[str, str], _Answer] = {}
+        self._scopes: dict[str, str] = {}
+
+    def _scope(self, path: str) -> str:
+        """The scope the FastAPI route of `path` declares (`api.auth.require_scope`): the
+        fast path answers for that route, so it asks for the same scope."""
+        if not self._scopes:
+            for route in api_routes(self.api):
+                if route.path in READS:
+                    scope = route_scope(route)
+                    assert scope is not None, f"{route.path} declares no scope"
+                    self._scopes[route.path] = scope
+        return self._scopes[path]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"] if scope["type"] == "http" else ""
@@ -66,7 +82,8 @@ class QuotaFastPath:
             svc: Services = self.api.state.services
             key = _bearer(scope["headers"])
             record = svc.registry.authenticate(key) if key else None
-            if record is not None:
+            # A key without the route's scope goes on to the route, which words the 403.
+            if record is not None and self._scope(path) in record.scopes:
                 body = self._answer(svc, path, read, record)
                 headers = [(b"content-length", str(len(body)).encode()), _JSON]
                 for name, value in quota.freshness(svc).items():

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from api.auth import api_routes, route_scope
 from schemas.api import ErrorBody
 
 # code -> (HTTP status, an example message)
@@ -60,7 +61,7 @@ _DESCRIPTIONS = {
     400: "The request names something that does not exist or cannot be done",
     401: "Missing, unknown or revoked key",
     402: "Trial ended or payment past due: new runs are paused, reads keep working",
-    403: "Not allowed on this plan, or admin disabled",
+    403: "Not allowed on this plan, a key without the scope the route needs, or admin disabled",
     404: "No such org or key",
     409: "Conflicts with the current state",
     422: "The request does not validate",
@@ -191,6 +192,37 @@ def _pair_range(op: dict[str, Any]) -> None:
     op["description"] = f"{op.get('description', '')}\n\n{_RANGE}".strip()
 
 
+def _document_scopes(app: FastAPI, doc: dict[str, Any]) -> None:
+    """Each org route's scope (`api.auth.require_scope`), in its description, as
+    `x-required-scope`, and with the 403 `forbidden` a key without it gets."""
+    for route in api_routes(app):
+        scope = route_scope(route)
+        if scope is None:
+            continue
+        for method in route.methods or ():
+            op = doc["paths"].get(route.path_format, {}).get(method.lower())
+            if op is None:
+                continue
+            op["x-required-scope"] = scope
+            note = f"Needs a key with the `{scope}` scope."
+            op["description"] = f"{op.get('description', '')}\n\n{note}".strip()
+            forbidden = op.setdefault("responses", {}).setdefault(
+                "403",
+                {
+                    "description": _DESCRIPTIONS[403],
+                    "content": {"application/json": {"schema": {"$ref": _ERROR_REF}}},
+                },
+            )
+            content = forbidden.setdefault("content", {}).setdefault("application/json", {})
+            content.setdefault("schema", {"$ref": _ERROR_REF})
+            message = f"this key lacks the {scope!r} scope (it has: quota:read): issue a key"
+            example = {"value": {"error": {"code": "forbidden", "message": message}}}
+            content.setdefault("examples", {})["forbidden"] = example
+
+
+_ERROR_REF = "#/components/schemas/ErrorBody"
+
+
 def install(app: FastAPI) -> None:
     """Document every validation failure with the one error shape."""
 
@@ -207,6 +239,7 @@ def install(app: FastAPI) -> None:
             servers=app.servers,
         )
         ref = {"$ref": "#/components/schemas/ErrorBody"}
+        _document_scopes(app, doc)
         for path in doc.get("paths", {}).values():
             for op in path.values():
                 _fill_error_examples(op)

@@ -19,7 +19,8 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from api.subscriptions import Accounts, AccountsSnapshot
-from tally.domain.keys import hash_key, key_id_of, matches, new_key
+from schemas.access import SCOPES
+from tally.domain.keys import hash_key, key_id_of, matches, new_key, normalise_scopes
 from tally.store import Store
 
 # A refresh reads the records written since the newest version it has seen, less this margin
@@ -39,6 +40,7 @@ class Org:
     signup_date: date
     created_at: datetime
     version: int = 0
+    closed_at: datetime | None = None  # closed (`DELETE /admin/orgs/{id}`) and not restored
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,7 @@ class ApiKey:
     created_at: datetime
     revoked: bool = False
     version: int = 0
+    scopes: tuple[str, ...] = SCOPES
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,15 +108,24 @@ def unknown(
     """The records of `keys_query` and `orgs_query` rows that `keys` and `orgs` lack or hold
     in an older version. Runs in a thread: a full reload reads every key and org, and only
     the few that changed come back to the event loop to be merged."""
-    new_keys = []
-    for key_id, org_id, mode, key_hash, created_at, revoked, version in key_rows:
+    new_keys: list[ApiKey] = []
+    for key_id, org_id, mode, key_hash, created_at, revoked, version, scopes in key_rows:
         mine = keys.get(key_id)
         if mine is None or version > mine.version or (revoked and not mine.revoked):
-            key = ApiKey(key_id, org_id, mode, key_hash, _utc(created_at), bool(revoked), version)
+            key = ApiKey(
+                key_id,
+                org_id,
+                mode,
+                key_hash,
+                _utc(created_at),
+                bool(revoked),
+                version,
+                normalise_scopes(scopes),
+            )
             new_keys.append(key)
     new_orgs = [
-        Org(org_id, plan, signup, _utc(created_at), version)
-        for org_id, plan, signup, created_at, version in org_rows
+        Org(org_id, plan, signup, _utc(created_at), version, _utc(closed) if closed else None)
+        for org_id, plan, signup, created_at, version, closed in org_rows
         if org_id not in orgs or version > orgs[org_id].version
     ]
     return Snapshot(
@@ -129,7 +141,8 @@ def keys_query(since: int) -> tuple[str, dict[str, Any]]:
     """The current record of every key with a version newer than `since` (-1: all)."""
     sql = (
         "SELECT key_id, argMax(org_id, version), argMax(mode, version),"
-        " argMax(key_hash, version), min(created_at), max(revoked), max(version)"
+        " argMax(key_hash, version), min(created_at), max(revoked), max(version),"
+        " argMax(scopes, version)"
         " FROM api_keys WHERE key_id IN"
         " (SELECT key_id FROM api_keys WHERE version > {since:Int64}) GROUP BY key_id"
     )
@@ -140,7 +153,7 @@ def orgs_query(since: int) -> tuple[str, dict[str, Any]]:
     """The current record of every org with a version newer than `since` (-1: all)."""
     sql = (
         "SELECT org_id, argMax(plan, version), argMax(signup_date, version),"
-        " min(created_at), max(version) FROM orgs WHERE org_id IN"
+        " min(created_at), max(version), argMax(closed_at, version) FROM orgs WHERE org_id IN"
         " (SELECT org_id FROM orgs WHERE version > {since:Int64}) GROUP BY org_id"
     )
     return sql, {"since": since}
@@ -205,10 +218,33 @@ class Registry:
         self.generation += 1
         return org
 
-    async def create_key(self, org_id: str, mode: str) -> tuple[str, ApiKey]:
+    async def set_closed(self, org_id: str, closed_at: datetime | None) -> Org:
+        """Close an org (its keys stop at once) or, with `None`, restore it."""
+        now = datetime.now(UTC)
+        org = replace(self.orgs[org_id], closed_at=closed_at, version=_version(now))
+        await self.store.insert(
+            "orgs",
+            [[org_id, org.plan, org.signup_date, org.created_at, org.version, closed_at]],
+            ("org_id", "plan", "signup_date", "created_at", "version", "closed_at"),
+        )
+        self.orgs[org_id] = org
+        self.generation += 1
+        return org
+
+    def forget(self, org_id: str) -> None:
+        """Drop a purged org and its keys from memory (the store no longer holds them)."""
+        self.orgs.pop(org_id, None)
+        self.keys = {k: v for k, v in self.keys.items() if v.org_id != org_id}
+        self.generation += 1
+
+    async def create_key(
+        self, org_id: str, mode: str, scopes: tuple[str, ...] = SCOPES
+    ) -> tuple[str, ApiKey]:
         key, key_id = new_key(mode)
         now = datetime.now(UTC)
-        record = ApiKey(key_id, org_id, mode, hash_key(key), now, version=_version(now))
+        record = ApiKey(
+            key_id, org_id, mode, hash_key(key), now, version=_version(now), scopes=scopes
+        )
         await self._save_key(record)
         self.keys[key_id] = record
         return key, record
@@ -233,19 +269,35 @@ class Registry:
     async def _save_key(self, k: ApiKey) -> None:
         await self.store.insert(
             "api_keys",
-            [[k.key_id, k.org_id, k.mode, k.key_hash, k.created_at, int(k.revoked), k.version]],
-            ("key_id", "org_id", "mode", "key_hash", "created_at", "revoked", "version"),
+            [
+                [
+                    k.key_id,
+                    k.org_id,
+                    k.mode,
+                    k.key_hash,
+                    k.created_at,
+                    int(k.revoked),
+                    k.version,
+                    list(k.scopes),
+                ]
+            ],
+            ("key_id", "org_id", "mode", "key_hash", "created_at", "revoked", "version", "scopes"),
         )
 
     def authenticate(self, presented: str) -> ApiKey | None:
-        """The live key record for a presented key, compared in constant time."""
+        """The live key record for a presented key, compared in constant time; a key of a
+        closed org is not live."""
         key_id = key_id_of(presented)
         record = self.keys.get(key_id) if key_id else None
         # Hash and compare even for an unknown key id, so timing does not tell them apart.
         ok = matches(presented, record.key_hash if record else _NO_KEY)
-        if record is None or record.revoked or not ok:
+        if record is None or record.revoked or not ok or self.is_closed(record.org_id):
             return None
         return record
+
+    def is_closed(self, org_id: str) -> bool:
+        org = self.orgs.get(org_id)
+        return org is not None and org.closed_at is not None
 
 
 _NO_KEY = hash_key("no such key")

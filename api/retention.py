@@ -1,5 +1,7 @@
 """Deletes raw events past each org's plan log retention, in the API process (which knows
-every org's plan in force). Rollups are kept: quotas, breakdowns and bills do not change."""
+every org's plan in force). Rollups are kept: quotas, breakdowns and bills do not change.
+
+The same sweep purges closed orgs whose grace period has ended (`api.closure`)."""
 
 from __future__ import annotations
 
@@ -7,10 +9,12 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
+from api import closure
 from api.background import Background
 from api.state import Services
 from api.subscriptions import account
 from tally.domain.retention import cutoffs
+from tally.store import audit
 
 log = logging.getLogger("tally.retention")
 
@@ -38,6 +42,9 @@ class RetentionSweeper(Background):
         groups = cutoffs(retention, now)
         for cutoff, orgs in groups.items():
             await svc.store.command(DELETE, {"orgs": orgs, "cutoff": cutoff})
+        purged = await closure.purge_due(svc, audit.RETENTION_ACTOR, now)
+        if purged:
+            log.info("closed orgs purged: %s", ", ".join(purged))
         return sum(len(orgs) for orgs in groups.values())
 
     async def _run(self) -> None:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from schemas.access import RUNTIME_SCOPES, Scope, all_scopes
 from schemas.plans import Plan, PlanOverrides
 
 
@@ -70,9 +71,17 @@ class OrgOut(BaseModel):
 
 
 class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"mode": "live", "scopes": list(RUNTIME_SCOPES)}]},
+    )
 
     mode: Literal["live", "test"] = "live"
+    scopes: list[Scope] = Field(
+        default_factory=all_scopes,
+        min_length=1,
+        description="What the key may do; every scope when left out.",
+    )
 
 
 class KeyCreated(BaseModel):
@@ -80,6 +89,7 @@ class KeyCreated(BaseModel):
     key_id: str
     org_id: str
     mode: Literal["live", "test"]
+    scopes: list[Scope]
 
 
 class Health(BaseModel):
@@ -368,6 +378,7 @@ class KeyOut(BaseModel):
         key_id="3f9a0c1b2d4e",
         org_id="acme",
         mode="live",
+        scopes=["events:write", "quota:read"],
         created_at="2026-06-01T10:00:00Z",
         revoked=False,
     )
@@ -375,6 +386,7 @@ class KeyOut(BaseModel):
     key_id: str
     org_id: str
     mode: Literal["live", "test"]
+    scopes: list[Scope]
     created_at: datetime
     revoked: bool
 

@@ -26,7 +26,9 @@ class Figures(BaseModel):
     )
     requests: int = Field(description="Gateway requests.")
     storage_byte_seconds: int = Field(description="Storage used, in byte-seconds.")
-    cost_micros: int = Field(description="Cost in micro-units.")
+    cost_micros: int | None = Field(
+        description="Cost in micro-units; null for a key without the billing:read scope."
+    )
     unpriced: int = Field(description="Events with no price in the price book (cost 0).")
 
 
@@ -70,7 +72,9 @@ class RunLineItem(BaseModel):
         description="Tokens, calls, requests or byte-seconds, depending on the line item."
     )
     billable: int = Field(description="The part of quantity that counts against a limit.")
-    cost_micros: int
+    cost_micros: int | None = Field(
+        description="Cost in micro-units; null for a key without the billing:read scope."
+    )
     unpriced: int
     input_tokens: int
     output_tokens: int

@@ -160,6 +160,9 @@ class PartitionState:
     sessions: dict[tuple[str, str], int] = field(default_factory=dict)
     leases: dict[tuple[str, str], Lease] = field(default_factory=dict)  # of open sessions
     seen: dict[str, float] = field(default_factory=dict)
+    # Orgs closed by an admin (`DELETE /api/v2/admin/orgs/{id}`), as the worker last read
+    # them from the store: their events are dead-lettered, to be replayed if restored.
+    closed: frozenset[str] = frozenset()
 
     def expire(self, now: datetime, dedup_window_s: int) -> None:
         """Forget event ids older than the dedup window and counters no read can need."""
@@ -255,6 +258,10 @@ def process(
         if partitions and partition_of(event["org_id"], partitions) != partition:
             _misrouted(result, record, event["org_id"], partitions, partition)
             continue
+        if event["org_id"] in state.closed:
+            refused = closed_org(event["org_id"])
+            result.dead.append(DeadLetter(record.value, refused, partition, record.offset))
+            continue
         event_id = event["event_id"]
         if event_id in seen or event_id in event_ids or event_id in earlier:
             result.duplicates += 1
@@ -271,6 +278,13 @@ def process(
         result.last_offset = last.offset
         result.last_crc = zlib.crc32(last.value or b"")
     return result
+
+
+def closed_org(org_id: str) -> str:
+    return (
+        f"org_closed: org {org_id!r} is closed, its events are refused; restore it "
+        f"(POST /api/v2/admin/orgs/{org_id}/restore) and replay them with `tally dlq`"
+    )
 
 
 def count(

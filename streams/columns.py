@@ -145,6 +145,8 @@ def _columns(
         partition_of(org, state.partitions) != state.partition for org in org_ids
     ):
         raise Slow  # forwarded event by event
+    if state.closed and not state.closed.isdisjoint(org_ids):
+        raise Slow  # dead-lettered event by event
     # Orgs, agents, runs and sessions repeat: their few distinct values are checked.
     for values in (org_ids, *(pc.unique(c).to_pylist() for c in (agents, runs, sessions))):
         if not all(known_id(v) for v in values if v is not None):

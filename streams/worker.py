@@ -46,6 +46,7 @@ from tally.config import EVENTS_TOPIC, Settings
 from tally.domain.counters import CounterKey
 from tally.domain.pricing import Pricer
 from tally.kafka_clients import cluster_id, stop_client
+from tally.store import purge as closure_sql
 
 log = logging.getLogger("tally.worker")
 
@@ -84,6 +85,7 @@ class Worker(StorePipeline):
         self.sink = sink
         self.pricer = Pricer(book)
         self.states: dict[int, PartitionState] = {}
+        self._closed: frozenset[str] = frozenset()  # closed orgs, read every few seconds
         self.partitions = 0  # usage.events' partition count the owned states are built for
         self.processed = 0
         self.dead_letters = 0
@@ -219,6 +221,7 @@ class Worker(StorePipeline):
                 # Its stored marks are offsets in another embedded broker's log (one that
                 # restarted empty since): this broker's log is read from its start.
                 state.epoch, state.next_offset, state.check = epoch, 0, None
+            state.closed = self._closed
             self.states[tp.partition] = state
             self._holes.forget(tp.partition)
             self._marks.forget(tp.partition)
@@ -316,7 +319,7 @@ class Worker(StorePipeline):
     async def _loop(self) -> None:
         assert self._consumer is not None
         s = self.settings
-        last_forget = last_beat = last_report = time.monotonic()
+        last_forget = last_beat = last_report = last_closed = time.monotonic()
         reported = -1
         while True:
             # While a store is under way, look back at it often (STORE_POLL_MS).
@@ -362,11 +365,25 @@ class Worker(StorePipeline):
                         extra={"processed": self.processed},
                     )
                     reported, last_report = self.processed, time.monotonic()
+                if time.monotonic() - last_closed >= s.registry_refresh_s:
+                    await self._read_closed()
+                    last_closed = time.monotonic()
                 if time.monotonic() - last_forget > 60:
                     now = datetime.now(UTC)
                     for state in self.states.values():
                         state.expire(now, s.dedup_window_s)
                     last_forget = time.monotonic()
+
+    async def _read_closed(self) -> None:
+        """Which orgs are closed, for every partition's state (their events are refused)."""
+        try:
+            rows = await self.sink.store.query(*closure_sql.closed_query())
+        except Exception as exc:  # the store may be down: keep the last set read
+            log.warning("could not read the closed orgs: %s", exc)
+            return
+        closed = self._closed = frozenset(row[0] for row in rows)
+        for state in self.states.values():
+            state.closed = closed
 
     def _lag(self, partition: int) -> int | None:
         """Records of a partition's log not yet read (None: not known yet)."""

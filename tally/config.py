@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     retention_interval_s: float = Field(
         3_600, gt=0, description="How often raw events past their plan's retention are deleted."
     )
+    closure_grace_days: int = Field(
+        30,
+        ge=0,
+        le=3650,
+        description="Days a closed org's data is kept (and the closure can be undone with"
+        " POST /api/v2/admin/orgs/{org_id}/restore) before the retention sweep purges it.",
+    )
     registry_refresh_s: float = Field(
         2.0,
         gt=0,

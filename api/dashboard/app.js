@@ -41,6 +41,7 @@
   /* ---- formatting, at the edge only ---- */
 
   function money(micros) {
+    if (micros === null || micros === undefined) return "—"; // a key without billing:read
     const n = Number(micros);
     const abs = Math.abs(n);
     const units = Math.floor(abs / 1e6);
@@ -246,6 +247,10 @@
     total.dataset.micros = t.cost_micros;
     $("total-detail").textContent = `${num(t.tokens)} tokens · ${num(t.billable_tool_calls)} ` +
       `tool calls · ${gbDays(t.storage_byte_seconds)} storage · ${num(t.events)} events`;
+    if (credits) renderCredits(credits);
+  }
+
+  function renderCredits(credits) {
     const bal = $("credit-balance");
     bal.textContent = money(credits.balance_micros);
     bal.dataset.micros = credits.balance_micros;
@@ -431,28 +436,53 @@
 
   /* ---- loading ---- */
 
+  /* A panel the key's scopes do not cover answers 403 `forbidden`: it is hidden, not an error. */
+  const forbidden = (e) => {
+    if (e instanceof ApiError && e.status === 403 && e.code === "forbidden") return null;
+    throw e;
+  };
+  const maybe = (path, params) => api(path, params).catch(forbidden);
+
   async function loadAll() {
     const app = $("app");
     try {
-      const q = await loadQuota();
-      state.period = periodOf(q);
-      const range = { from: state.period.from, to: state.period.to };
+      const q = await loadQuota().catch(forbidden);
+      const range = q ? periodOf(q) : {};
       const [daily, byAgent, byLine, byItem, credits] = await Promise.all([
-        api("/api/v2/usage/daily", range),
-        api("/api/v2/usage/breakdown", Object.assign({ group_by: "agent" }, range)),
-        api("/api/v2/usage/breakdown", Object.assign({ group_by: "line_item" }, range)),
-        api("/api/v2/usage/breakdown", Object.assign({ group_by: "line_item,item" }, range)),
-        api("/api/v2/credits"),
+        maybe("/api/v2/usage/daily", range),
+        maybe("/api/v2/usage/breakdown", Object.assign({ group_by: "agent" }, range)),
+        maybe("/api/v2/usage/breakdown", Object.assign({ group_by: "line_item" }, range)),
+        maybe("/api/v2/usage/breakdown", Object.assign({ group_by: "line_item,item" }, range)),
+        maybe("/api/v2/credits"),
       ]);
+      state.period = q ? range : daily ? { from: daily.from, to: daily.to } : periodOf(
+        { window_start: new Date().toISOString(), window_end: null });
       state.daily = daily;
-      renderQuota(q);
-      renderSummary(byAgent, credits);
-      renderDaily();
-      renderAgents(byAgent);
-      renderLineItems(byLine, byItem);
+      const priced = Boolean(byAgent && byAgent.total.cost_micros !== null);
+      const metric = $("daily-metric");
+      const costOption = metric.querySelector('option[value="cost_micros"]');
+      if (costOption) costOption.hidden = costOption.disabled = !priced;
+      if (!priced && metric.value === "cost_micros") metric.value = "tokens";
+      $("quota-card").hidden = !q;
+      $("daily-card").hidden = $("usage-split").hidden = !daily;
+      $("spend-card").hidden = !byAgent;
+      $("credit-card").hidden = !credits;
+      const hiddenParts = [!q && "quotas", !daily && "usage", !credits && "credits",
+        daily && !priced && "cost figures"].filter(Boolean);
+      $("scope-note").hidden = hiddenParts.length === 0;
+      $("scope-note").textContent =
+        `This key's scopes do not cover ${hiddenParts.join(", ")}: those are not shown.`;
+      if (q) renderQuota(q);
+      if (byAgent) renderSummary(byAgent, credits);
+      else if (credits) renderCredits(credits);
+      if (daily) {
+        renderDaily();
+        renderAgents(byAgent);
+        renderLineItems(byLine, byItem);
+      }
       $("load-error").hidden = true;
       $("updated").textContent = `Updated ${stamp(new Date().toISOString())}` +
-        (q.full ? "" : " · limits other than tokens are not served by this Tally");
+        (!q || q.full ? "" : " · limits other than tokens are not served by this Tally");
       app.dataset.ready = "true";
       app.dataset.loads = String(Number(app.dataset.loads || 0) + 1);
       app.dataset.from = state.period.from;
@@ -502,7 +532,7 @@
   async function login(key) {
     state.key = key;
     try {
-      await api("/api/v2/quota/tokens");
+      await maybe("/api/v2/quota/tokens"); // a key without quota:read is still a key
     } catch (e) {
       state.key = null;
       $("login-error").textContent = e.status === 401

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Depends, Response
 
 from api import figures
-from api.auth import current_key, services
+from api.auth import require_scope, services
 from api.errors import ApiError
 from api.openapi import errors, fresh
 from api.registry import ApiKey
@@ -44,7 +44,7 @@ router = APIRouter(prefix="/api/v2", tags=["admission"], responses=errors("unaut
 async def check(
     body: CheckRequest,
     response: Response,
-    key: ApiKey = Depends(current_key),
+    key: ApiKey = Depends(require_scope("quota:read")),
     svc: Services = Depends(services),
 ) -> CheckAllowed:
     """May the calling org go on? 200 to go ahead; otherwise the error says why and what to do.

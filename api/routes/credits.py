@@ -6,7 +6,7 @@ import logging
 
 from fastapi import APIRouter, Depends, Response
 
-from api.auth import current_key, require_admin, services
+from api.auth import require_admin, require_scope, services
 from api.errors import ApiError
 from api.ledger import CreditLedger
 from api.registry import ApiKey
@@ -14,6 +14,7 @@ from api.state import Services
 from schemas.api import ErrorBody
 from schemas.usage import CreditEntry, Credits, TopUpCreate, TopUpOut
 from tally.domain.credits import Account
+from tally.store import audit
 
 log = logging.getLogger("tally.credits")
 
@@ -30,7 +31,7 @@ def ledger(svc: Services = Depends(services)) -> CreditLedger:
 
 @router.get("/credits", response_model=Credits)
 async def credits(
-    key: ApiKey = Depends(current_key), book: CreditLedger = Depends(ledger)
+    key: ApiKey = Depends(require_scope("billing:read")), book: CreditLedger = Depends(ledger)
 ) -> Credits:
     """The org's credit balance and its history: top-ups in, each day's live usage out."""
     return _credits(key.org_id, await book.account(key.org_id))
@@ -54,6 +55,7 @@ async def top_up(
     response: Response,
     svc: Services = Depends(services),
     book: CreditLedger = Depends(ledger),
+    actor: str = Depends(require_admin),
 ) -> TopUpOut:
     """Add credits to an org. Send the same `idempotency_key` when retrying: the top-up is
     applied once, and a retry answers 200 with `replayed: true`."""
@@ -77,6 +79,20 @@ async def top_up(
         extra={"org": org_id},
     )
     account = await book.account(org_id)
+    if outcome != "replayed":
+        await audit.record(
+            svc.store,
+            actor=actor,
+            action="credit.added",
+            org_id=org_id,
+            before={"balance_micros": account.balance_micros - topup.amount_micros},
+            after={
+                "balance_micros": account.balance_micros,
+                "amount_micros": topup.amount_micros,
+                "idempotency_key": topup.idempotency_key,
+                "note": topup.note,
+            },
+        )
     return TopUpOut(
         org_id=org_id,
         idempotency_key=topup.idempotency_key,

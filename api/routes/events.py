@@ -24,7 +24,7 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from api.auth import current_key, services
+from api.auth import require_scope, services
 from api.errors import ApiError
 from api.registry import ApiKey
 from api.state import Services
@@ -79,7 +79,9 @@ _BODY_DOC: dict[str, Any] = {
     openapi_extra=_BODY_DOC,
 )
 async def ingest(
-    request: Request, key: ApiKey = Depends(current_key), svc: Services = Depends(services)
+    request: Request,
+    key: ApiKey = Depends(require_scope("events:write")),
+    svc: Services = Depends(services),
 ) -> JSONResponse:
     """Accept a batch of usage events for the key's org; answers per event."""
     if svc.emitter is None:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, Depends
 
-from api.auth import current_key, services
+from api.auth import require_scope, services
 from api.openapi import errors
 from api.registry import ApiKey
 from api.routes.quota import pending_of
@@ -26,7 +26,7 @@ async def plans(svc: Services = Depends(services)) -> Catalogue:
 
 @router.get("/limits", response_model=LimitsOut, responses=errors("unauthorized"))
 async def limits(
-    key: ApiKey = Depends(current_key), svc: Services = Depends(services)
+    key: ApiKey = Depends(require_scope("quota:read")), svc: Services = Depends(services)
 ) -> LimitsOut:
     """The calling org's live limits: its plan in force, with any contract overrides."""
     acct = account(svc.registry, svc.plans, key.org_id, datetime.now(UTC))
@@ -47,7 +47,7 @@ async def limits(
 
 @router.get("/workspace", response_model=WorkspaceOut, responses=errors("unauthorized"))
 async def get_workspace(
-    key: ApiKey = Depends(current_key), svc: Services = Depends(services)
+    key: ApiKey = Depends(require_scope("quota:read")), svc: Services = Depends(services)
 ) -> WorkspaceOut:
     """The calling org's workspace settings."""
     model = svc.registry.accounts.default_models.get(key.org_id)
@@ -58,7 +58,9 @@ async def get_workspace(
     "/workspace", response_model=WorkspaceOut, responses=errors("unauthorized", "invalid_request")
 )
 async def put_workspace(
-    body: Workspace, key: ApiKey = Depends(current_key), svc: Services = Depends(services)
+    body: Workspace,
+    key: ApiKey = Depends(require_scope("billing:read")),
+    svc: Services = Depends(services),
 ) -> WorkspaceOut:
     """Set the workspace default model, used when a request names none.
 

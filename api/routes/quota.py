@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Depends, Response
 
 from api import figures
-from api.auth import current_key, services
+from api.auth import require_scope, services
 from api.openapi import errors, fresh
 from api.registry import ApiKey
 from api.state import Services
@@ -141,7 +141,9 @@ def pending_of(acct: Account) -> PendingChange | None:
 
 @router.get("/quota/tokens", response_model=TokenQuota, responses=fresh(TokenQuota))
 async def token_quota(
-    response: Response, key: ApiKey = Depends(current_key), svc: Services = Depends(services)
+    response: Response,
+    key: ApiKey = Depends(require_scope("quota:read")),
+    svc: Services = Depends(services),
 ) -> TokenQuota:
     """Tokens used this billing period against the plan's allowance."""
     freshness_headers(svc, response)
@@ -150,7 +152,9 @@ async def token_quota(
 
 @router.get("/quota/tool-calls", response_model=MeterQuota, responses=fresh(MeterQuota))
 async def tool_call_quota(
-    response: Response, key: ApiKey = Depends(current_key), svc: Services = Depends(services)
+    response: Response,
+    key: ApiKey = Depends(require_scope("quota:read")),
+    svc: Services = Depends(services),
 ) -> MeterQuota:
     """Successful live tool calls this billing period (failed and test-key calls are free)."""
     freshness_headers(svc, response)
@@ -159,7 +163,9 @@ async def tool_call_quota(
 
 @router.get("/quota/requests", response_model=RequestQuota, responses=fresh(RequestQuota))
 async def request_quota(
-    response: Response, key: ApiKey = Depends(current_key), svc: Services = Depends(services)
+    response: Response,
+    key: ApiKey = Depends(require_scope("quota:read")),
+    svc: Services = Depends(services),
 ) -> RequestQuota:
     """Live gateway requests this billing period, with the minute and day burst windows."""
     freshness_headers(svc, response)
@@ -168,7 +174,9 @@ async def request_quota(
 
 @router.get("/sessions/quota", response_model=SessionQuota, responses=fresh(SessionQuota))
 async def session_quota(
-    response: Response, key: ApiKey = Depends(current_key), svc: Services = Depends(services)
+    response: Response,
+    key: ApiKey = Depends(require_scope("quota:read")),
+    svc: Services = Depends(services),
 ) -> SessionQuota:
     """Sessions running now against the plan's concurrency limit."""
     freshness_headers(svc, response)
@@ -177,7 +185,9 @@ async def session_quota(
 
 @router.get("/quota", response_model=QuotaOverview, responses=fresh(QuotaOverview))
 async def quota(
-    response: Response, key: ApiKey = Depends(current_key), svc: Services = Depends(services)
+    response: Response,
+    key: ApiKey = Depends(require_scope("quota:read")),
+    svc: Services = Depends(services),
 ) -> QuotaOverview:
     """Every meter in every window (month, day, minute, concurrency) in one read."""
     freshness_headers(svc, response)

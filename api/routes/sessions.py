@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, Depends
 
-from api.auth import current_key, require_admin, services
+from api.auth import require_admin, require_scope, services
 from api.errors import ApiError
 from api.openapi import errors
 from api.registry import ApiKey
@@ -88,7 +88,7 @@ async def end(svc: Services, org_id: str, session_id: str) -> EndedSession:
 
 @router.get("/sessions", response_model=LiveSessions)
 async def list_sessions(
-    key: ApiKey = Depends(current_key), svc: Services = Depends(services)
+    key: ApiKey = Depends(require_scope("quota:read")), svc: Services = Depends(services)
 ) -> LiveSessions:
     """The org's live sessions, oldest first, each with when its lease lapses."""
     return await live(svc, key.org_id)
@@ -96,7 +96,9 @@ async def list_sessions(
 
 @router.delete("/sessions/{session_id}", response_model=EndedSession, responses=_END)
 async def end_session(
-    session_id: str, key: ApiKey = Depends(current_key), svc: Services = Depends(services)
+    session_id: str,
+    key: ApiKey = Depends(require_scope("sessions:write")),
+    svc: Services = Depends(services),
 ) -> EndedSession:
     """End a live session at once (recorded as an end with reason `ended_by_api`)."""
     if key.mode != "live":

@@ -26,6 +26,7 @@ from schemas.api import (
 )
 from schemas.plans import Plan, PlanOverrides, apply_overrides
 from tally.domain.subscriptions import Change, SubscriptionError, change_plan, change_status
+from tally.store import audit
 
 router = APIRouter(
     prefix="/api/v2/admin",
@@ -76,7 +77,12 @@ def _out(svc: Services, org_id: str, change: Change | None) -> SubscriptionOut:
     )
 
 
-async def _move(svc: Services, org_id: str, target: str | None) -> SubscriptionOut:
+def _sub_state(acct: Account) -> dict[str, object]:
+    sub = acct.subscription
+    return {"plan": sub.plan, "status": sub.status, "trial_ends_at": sub.trial_ends_at}
+
+
+async def _move(svc: Services, org_id: str, target: str | None, actor: str) -> SubscriptionOut:
     async with svc.registry.accounts.lock:
         acct = _account(svc, org_id)
         now = now_ms()
@@ -91,7 +97,21 @@ async def _move(svc: Services, org_id: str, target: str | None) -> SubscriptionO
         change = change_plan(sub, current, plan, acct.org.signup_date, now, cancel=cancel)
         if change is not None:
             await svc.registry.accounts.record(org_id, change)
+            await _audit(svc, actor, org_id, acct, change)
         return _out(svc, org_id, change)
+
+
+async def _audit(svc: Services, actor: str, org_id: str, before: Account, change: Change) -> None:
+    after = {**_sub_state(before), **_sub_state(_account(svc, org_id))}
+    after["change"] = change_out(change).model_dump(mode="json")
+    await audit.record(
+        svc.store,
+        actor=actor,
+        action="plan.changed",
+        org_id=org_id,
+        before=_sub_state(before),
+        after=after,
+    )
 
 
 @router.get("/orgs/{org_id}/subscription", response_model=SubscriptionDetail)
@@ -108,23 +128,28 @@ async def get_subscription(org_id: str, svc: Services = Depends(services)) -> Su
     responses=errors("unknown_plan", "invalid_request"),
 )
 async def put_subscription(
-    org_id: str, body: SubscriptionChange, svc: Services = Depends(services)
+    org_id: str,
+    body: SubscriptionChange,
+    svc: Services = Depends(services),
+    actor: str = Depends(require_admin),
 ) -> SubscriptionOut:
     """Move the org to `plan`: an upgrade at once, a downgrade at the end of the period.
 
     Asking for the plan in force drops a scheduled downgrade or cancellation. An org that is
     past due or whose trial has ended downgrades at once (it has no paid period to use up).
     """
-    return await _move(svc, org_id, body.plan)
+    return await _move(svc, org_id, body.plan, actor)
 
 
 @router.delete(
     "/orgs/{org_id}/subscription", response_model=SubscriptionOut, responses=errors("conflict")
 )
-async def cancel_subscription(org_id: str, svc: Services = Depends(services)) -> SubscriptionOut:
+async def cancel_subscription(
+    org_id: str, svc: Services = Depends(services), actor: str = Depends(require_admin)
+) -> SubscriptionOut:
     """Cancel: the allowances stay until the end of the period, then the org reverts to the
     catalogue's default plan (free)."""
-    return await _move(svc, org_id, None)
+    return await _move(svc, org_id, None, actor)
 
 
 @router.put(
@@ -133,7 +158,10 @@ async def cancel_subscription(org_id: str, svc: Services = Depends(services)) ->
     responses=errors("invalid_change", "invalid_request"),
 )
 async def put_status(
-    org_id: str, body: StatusChange, svc: Services = Depends(services)
+    org_id: str,
+    body: StatusChange,
+    svc: Services = Depends(services),
+    actor: str = Depends(require_admin),
 ) -> SubscriptionOut:
     """Set the payment status: `active`, `trial` (until `trial_ends_at`) or `past_due`.
 
@@ -151,6 +179,7 @@ async def put_status(
             raise ApiError(400, "invalid_change", str(exc)) from None
         if change is not None:
             await svc.registry.accounts.record(org_id, change)
+            await _audit(svc, actor, org_id, acct, change)
         return _out(svc, org_id, change)
 
 
@@ -172,7 +201,10 @@ async def get_overrides(org_id: str, svc: Services = Depends(services)) -> Overr
     responses=errors("conflict", "invalid_change", "invalid_request"),
 )
 async def put_overrides(
-    org_id: str, body: PlanOverrides, svc: Services = Depends(services)
+    org_id: str,
+    body: PlanOverrides,
+    svc: Services = Depends(services),
+    actor: str = Depends(require_admin),
 ) -> OverridesOut:
     """Replace the org's overrides (custom plans only): a field sent overrides the plan's
     figure (`null`: unlimited), a field left out keeps it; `{}` clears them all."""
@@ -191,5 +223,14 @@ async def put_overrides(
         except ValidationError as exc:
             problems = "; ".join(str(e["msg"]) for e in exc.errors())
             raise ApiError(400, "invalid_change", problems) from None
+        before = svc.registry.accounts.overrides.get(org_id)
         await svc.registry.accounts.set_overrides(org_id, body, now_ms())
+        await audit.record(
+            svc.store,
+            actor=actor,
+            action="overrides.changed",
+            org_id=org_id,
+            before=before.model_dump(mode="json", exclude_unset=True) if before else None,
+            after=body.model_dump(mode="json", exclude_unset=True),
+        )
         return _overrides_out(svc, org_id)

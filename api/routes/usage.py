@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Response
 
-from api.auth import current_key, services
+from api.auth import require_scope, services
 from api.errors import ApiError
 from api.registry import ApiKey
 from api.state import Services
@@ -33,6 +33,7 @@ from tally.domain.usage import LINE_ITEMS
 from tally.store import reports as sql
 
 MAX_ROWS = 50_000
+BILLING_READ = "billing:read"  # cost figures are billing data: see _priced
 
 router = APIRouter(
     prefix="/api/v2",
@@ -97,7 +98,7 @@ async def breakdown(
         json_schema_extra={"enum": list(LINE_ITEMS)},
     ),
     key_mode: str | None = KEY_MODE,
-    key: ApiKey = Depends(current_key),
+    key: ApiKey = Depends(require_scope("usage:read")),
     svc: Services = Depends(services),
 ) -> Response:
     """Quantities and cost per group over a range of days, and the total.
@@ -133,14 +134,14 @@ async def breakdown(
         group = dict(zip(groups, values, strict=True))  # text, but for the day (a date)
         if day >= 0:
             group["day"] = _day(values[day]).isoformat()
-        out.append({**figures, "group": group})
+        out.append({**_priced(key, figures), "group": group})
     body = {
         "from": span.start.isoformat(),
         "to": span.end.isoformat(),
         "group_by": list(groups),
         "key_mode": _mode_name(modes),
         "rows": out,
-        "total": total,
+        "total": _priced(key, total),
     }
     # Written out directly in Breakdown's layout: for a thousand rows and more, building and
     # validating the response model took as long as the query (docs/benchmarks.md).
@@ -153,7 +154,7 @@ async def daily(
     from_: str | None = FROM,
     to: str | None = TO,
     key_mode: str | None = KEY_MODE,
-    key: ApiKey = Depends(current_key),
+    key: ApiKey = Depends(require_scope("usage:read")),
     svc: Services = Depends(services),
 ) -> DailySeries:
     """One point per day of the range, days without usage included as zeros: for a chart."""
@@ -167,8 +168,8 @@ async def daily(
     for row in rows:
         values, figures = reports.split_row(("day",), row)
         by_day[_day(values["day"])] = figures
-    points = [DailyPoint(day=d, **f) for d, f in reports.fill_days(span, by_day)]
-    total = reports.total_of(by_day.values())
+    points = [DailyPoint(day=d, **_priced(key, f)) for d, f in reports.fill_days(span, by_day)]
+    total = _priced(key, reports.total_of(by_day.values()))
     return DailySeries(
         from_=span.start,
         to=span.end,
@@ -185,7 +186,7 @@ async def daily(
 )
 async def run_usage(
     run_id: str = Path(json_schema_extra=_IDENTIFIER),
-    key: ApiKey = Depends(current_key),
+    key: ApiKey = Depends(require_scope("usage:read")),
     svc: Services = Depends(services),
 ) -> RunUsage:
     """The line items of one execution: LLM cost by model with its tokens, tool calls by
@@ -196,7 +197,9 @@ async def run_usage(
     if not rows:
         raise ApiError(404, "not_found", f"no usage recorded for run {run_id!r} in this org")
     lines = [_line(row) for row in rows]
-    total = reports.total_of(_line_figures(line) for line in lines)
+    total = _priced(key, reports.total_of(_line_figures(line) for line in lines))
+    if BILLING_READ not in key.scopes:
+        lines = [line.model_copy(update={"cost_micros": None}) for line in lines]
     return RunUsage(
         run_id=run_id,
         agent_ids=sorted({line.agent_id for line in lines}),
@@ -214,7 +217,7 @@ async def agent_runs(
     to: str | None = TO,
     key_mode: str | None = KEY_MODE,
     limit: int = Query(100, ge=1, le=1000, description="At most this many runs, newest first."),
-    key: ApiKey = Depends(current_key),
+    key: ApiKey = Depends(require_scope("usage:read")),
     svc: Services = Depends(services),
 ) -> AgentRuns:
     """The runs of one agent that started in the range, each with its figures and cost.
@@ -236,7 +239,7 @@ async def agent_runs(
                 run_id=str(values["run_id"]),
                 first_ts=_utc(values["first_ts"]),
                 last_ts=_utc(values["last_ts"]),
-                **figures,
+                **_priced(key, figures),
             )
         )
     return AgentRuns(
@@ -247,6 +250,14 @@ async def agent_runs(
         runs=runs,
         has_more=len(rows) > limit,
     )
+
+
+def _priced(key: ApiKey, figures: dict[str, Any]) -> dict[str, Any]:
+    """The figures as this key may see them: cost figures are billing data, so a key without
+    `billing:read` gets quantities with `cost_micros: null` (docs/analytics.md)."""
+    if BILLING_READ in key.scopes:
+        return figures
+    return {**figures, "cost_micros": None}
 
 
 def _line(row: tuple[Any, ...]) -> RunLineItem:
@@ -287,7 +298,7 @@ def _line_figures(line: RunLineItem) -> dict[str, int]:
         "input_tokens": line.input_tokens,
         "output_tokens": line.output_tokens,
         "cached_input_tokens": line.cached_input_tokens,
-        "cost_micros": line.cost_micros,
+        "cost_micros": line.cost_micros or 0,
         "unpriced": line.unpriced,
         **per_item,
     }

@@ -429,3 +429,6 @@ def register(app: typer.Typer) -> None:
     from commands.ops.sessions import sessions_app
 
     app.add_typer(sessions_app, name="sessions")
+    from commands.ops.orgs import orgs_app
+
+    app.add_typer(orgs_app, name="orgs")

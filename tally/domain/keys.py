@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Iterable
+
+from schemas.access import SCOPES
 
 PREFIX = "tk"
 
@@ -29,3 +32,18 @@ def key_id_of(key: str) -> str | None:
 def matches(key: str, stored_hash: str) -> bool:
     """Constant-time comparison of a presented key with a stored hash."""
     return hmac.compare_digest(hash_key(key), stored_hash)
+
+
+def normalise_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
+    """The scopes in catalogue order, each once; an unknown scope is a `ValueError`."""
+    scopes = set(scopes)
+    unknown = sorted(scopes - set(SCOPES))
+    if unknown:
+        raise ValueError(f"unknown scope(s) {', '.join(unknown)}; use {', '.join(SCOPES)}")
+    return tuple(s for s in SCOPES if s in scopes)
+
+
+def admin_actor(admin_key: str) -> str:
+    """The id the audit trail records for the admin key: a prefix of its SHA-256 (the key
+    itself is never written down; a rotated key gets a new id)."""
+    return f"admin:{hash_key(admin_key)[:12]}"

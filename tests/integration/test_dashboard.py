@@ -457,3 +457,42 @@ async def test_dashboard_renders_every_meter_and_the_account_banners(
         assert status == "past_due" and "Payment past due" in text and not hidden
         status, text, hidden = await in_thread(lambda: banner_after("active"))
         assert status is None and hidden
+
+
+async def test_dashboard_shows_only_what_the_key_may_see(
+    client, new_org: OrgFactory, base_url: str, browser: Callable[[], Any]
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    org, _ = await new_org(plan="scale")
+    body = {"mode": "live", "scopes": ["quota:read", "usage:read"]}
+    r = await client.post(f"/api/v2/admin/orgs/{org}/keys", json=body, headers=bearer(ADMIN_KEY))
+    assert r.status_code == 201, r.text
+    key = r.json()["key"]
+    d = await in_thread(browser)
+    wait = WebDriverWait(d, 20)
+
+    def open_page() -> dict[str, Any]:
+        d.get(f"{base_url}/dashboard")
+        wait.until(lambda drv: drv.find_element(By.ID, "key-input")).send_keys(key)
+        d.find_element(By.ID, "key-submit").click()
+        wait.until(lambda drv: drv.find_element(By.CSS_SELECTOR, "#app[data-ready='true']"))
+
+        def shown(element_id: str) -> bool:
+            return d.find_element(By.ID, element_id).is_displayed()
+
+        return {
+            name: shown(name)
+            for name in ("quota-card", "daily-card", "spend-card", "credit-card", "scope-note")
+        } | {
+            "spend": d.find_element(By.ID, "total-cost").text,
+            "note": d.find_element(By.ID, "scope-note").text,
+            "error": d.find_element(By.ID, "load-error").is_displayed(),
+        }
+
+    page = await in_thread(open_page)
+    assert page["quota-card"] and page["daily-card"] and page["spend-card"]
+    assert not page["credit-card"] and not page["error"]
+    assert page["spend"] == "—"  # usage:read without billing:read: no cost figures
+    assert "credits" in page["note"] and "cost figures" in page["note"]

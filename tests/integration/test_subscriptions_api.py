@@ -201,7 +201,8 @@ async def test_keys_list_revoke_and_plan_count(client, new_org: OrgFactory):
 
     listed = (await client.get(keys_url, headers=ADMIN)).json()["keys"]
     assert [k["mode"] for k in listed] == ["live", "test"]
-    assert all(set(k) == {"key_id", "org_id", "mode", "created_at", "revoked"} for k in listed)
+    fields = {"key_id", "org_id", "mode", "scopes", "created_at", "revoked"}
+    assert all(set(k) == fields for k in listed)
     assert key not in json.dumps(listed)  # never the secret
 
     live_id = listed[0]["key_id"]
