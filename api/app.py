@@ -19,6 +19,7 @@ from api.routes import (
     dashboard,
     events,
     health,
+    invoices,
     logs,
     ops,
     plans,
@@ -61,6 +62,8 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
     app.include_router(usage.router)
     app.include_router(credits.router)
     app.include_router(logs.router)
+    app.include_router(invoices.router)
+    app.include_router(invoices.admin)
     app.include_router(dashboard.router)
     app.include_router(events.router)
     app.include_router(admission.router)

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     retention_interval_s: float = Field(
         3_600, gt=0, description="How often raw events past their plan's retention are deleted."
     )
+    invoice_interval_s: float = Field(
+        300, gt=0, description="How often billing periods that have ended are invoiced."
+    )
     registry_refresh_s: float = Field(
         2.0,
         gt=0,
