@@ -103,10 +103,13 @@ def periods(
         end = s.window(t).end
         while later is not None and later < end:
             moved, after = state_until(start, changes, later)
-            cut = moved.window(later).start
-            if moved.anchor != s.anchor and t < cut < end:
-                end = cut
-                break
+            if moved.anchor != s.anchor:
+                cut = moved.window(later).start
+                if cut <= t:  # the new billing date starts this very period
+                    s, end = moved, moved.window(later).end
+                elif cut < end:
+                    end = cut
+                    break
             later = after
         if end > until:
             return closed, Period(t, end)
