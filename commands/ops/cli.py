@@ -429,3 +429,6 @@ def register(app: typer.Typer) -> None:
     from commands.ops.sessions import sessions_app
 
     app.add_typer(sessions_app, name="sessions")
+    from commands.ops.invoices import invoices_app
+
+    app.add_typer(invoices_app, name="invoices")

@@ -17,6 +17,7 @@ from api.invoicing import InvoiceBook
 from tally.domain.windows import monthly_window
 from tests.conftest import ADMIN_KEY, OrgFactory, Send, bearer, rows_reach
 from tests.factories import make_event
+from tests.integration.ops import serve, tally
 
 ADMIN = bearer(ADMIN_KEY)
 
@@ -176,8 +177,14 @@ async def test_the_pdf_renders_and_a_reader_finds_the_total(client, stack, send:
     await send(make_event(org_id=org, input_tokens=123_456, output_tokens=7_890))
     await rows_reach(stack, org, 1)
     key = await create_org(client, org, "developer", signup)
-    r = await client.post("/api/v2/admin/invoices/close", params={"org_id": org}, headers=ADMIN)
-    (newest, *_) = sorted(r.json()["closed"], key=lambda i: i["period_start"], reverse=True)
+    async with serve(stack) as url:  # an operator's `tally invoices close`
+        run = await tally("invoices", "close", "--org", org, "--api-url", url)
+        assert run.code == 0, run.err
+        assert run.out.strip().endswith("1 invoice made")
+        again = await tally("invoices", "close", "--org", org, "--api-url", url)
+        assert again.out.strip() == "0 invoices made"
+    (newest,) = (await client.get("/api/v2/invoices", headers=bearer(key))).json()["invoices"]
+    assert newest["id"] in run.out
     for path, total in (
         (f"/api/v2/invoices/{newest['id']}/pdf", newest["total_micros"]),
         ("/api/v2/invoices/upcoming/pdf", None),
