@@ -274,6 +274,7 @@
       title: `Daily ${metric}`,
       minMax: metric === "cost_micros" ? 10000 : 10,
       format: (v, onAxis) => (onAxis ? axis(v) : full(v)),
+      onClick: (day) => window.TallyBilling.openLog(day),  // that day's calls
     });
   }
 
@@ -450,6 +451,7 @@
       renderDaily();
       renderAgents(byAgent);
       renderLineItems(byLine, byItem);
+      window.TallyBilling.load();
       $("load-error").hidden = true;
       $("updated").textContent = `Updated ${stamp(new Date().toISOString())}` +
         (q.full ? "" : " · limits other than tokens are not served by this Tally");
@@ -545,5 +547,5 @@
     show(false);
   }
 
-  window.TallyDashboard = { money };
+  window.TallyDashboard = { money, api, key: () => state.key };
 })();

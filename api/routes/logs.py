@@ -67,7 +67,7 @@ async def events(
     cursor: str | None = Query(
         None,
         description="`next_cursor` of the previous page, with the same filters.",
-        json_schema_extra={"pattern": r"^\d{1,15}\.\d{1,15}\.[A-Za-z0-9_-]*$"},
+        json_schema_extra={"pattern": calllog.CURSOR_PATTERN},
     ),
     key: ApiKey = Depends(current_key),
     svc: Services = Depends(services),

@@ -13,8 +13,6 @@ traffic is recorded and free (`tally.domain.usage`).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -30,7 +28,9 @@ STATUSES = ("success", "failed")
 Status = Literal["success", "failed"]
 NotBilled = Literal["failed", "test_key"]
 
-_CURSOR = re.compile(r"^(\d{1,15})\.(\d{1,15})\.([A-Za-z0-9_-]*)$")
+# as_of, then ts (milliseconds since the epoch), then the event_id's UTF-8 bytes in hex.
+CURSOR_PATTERN = r"^(\d{1,15})\.(\d{1,15})\.((?:[0-9a-f]{2})*)$"
+CURSOR = re.compile(CURSOR_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +43,7 @@ class Cursor:
     event_id: str
 
     def encode(self) -> str:
-        eid = base64.urlsafe_b64encode(self.event_id.encode()).decode().rstrip("=")
-        return f"{self.as_of_ms}.{self.ts_ms}.{eid}"
+        return f"{self.as_of_ms}.{self.ts_ms}.{self.event_id.encode().hex()}"
 
 
 # Above every event time the store can hold (DateTime64(3) ends with 2299): the first page.
@@ -57,16 +56,14 @@ def first_page(as_of: datetime) -> Cursor:
 
 
 def decode_cursor(raw: str) -> Cursor:
-    """A cursor from `next_cursor`; anything else is refused as a bad parameter."""
-    match = _CURSOR.match(raw)
+    """A cursor from `next_cursor`. Any text of the cursor's shape is a position in the
+    log (times beyond the store's range are clamped to it); anything else is refused."""
+    match = CURSOR.match(raw)
     if match is None:
         raise InvalidParameter("cursor", "not a cursor from next_cursor; start without one")
     as_of, ts, eid = match.groups()
-    try:
-        event_id = base64.urlsafe_b64decode(eid + "=" * (-len(eid) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        raise InvalidParameter("cursor", "not a cursor from next_cursor") from None
-    return Cursor(int(as_of), int(ts), event_id)
+    event_id = bytes.fromhex(eid).decode("utf-8", "replace")
+    return Cursor(min(int(as_of), _TOP_MS), min(int(ts), _TOP_MS), event_id)
 
 
 @dataclass(frozen=True, slots=True)

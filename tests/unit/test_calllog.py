@@ -17,10 +17,16 @@ def test_a_cursor_round_trips_any_event_id():
         assert calllog.decode_cursor(c.encode()) == c
 
 
-@pytest.mark.parametrize("raw", ["", "x", "1.2", "1.2.***", "-1.2.YQ", "1.2.YQ.3"])
+@pytest.mark.parametrize("raw", ["", "x", "1.2", "1.2.***", "-1.2.61", "1.2.61.3", "1.2.abc", "1.2.6G"])
 def test_anything_else_is_refused_as_a_cursor(raw):
     with pytest.raises(InvalidParameter, match="cursor"):
         calllog.decode_cursor(raw)
+
+
+def test_any_cursor_of_the_right_shape_is_a_position():
+    c = calllog.decode_cursor("999999999999999.999999999999999.ff")
+    assert c.ts_ms == c.as_of_ms == calllog.first_page(NOW).ts_ms  # clamped to the store's range
+    assert c.event_id == "\ufffd"
 
 
 def test_the_first_page_starts_above_every_event_stored_by_now():
