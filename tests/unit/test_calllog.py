@@ -17,7 +17,9 @@ def test_a_cursor_round_trips_any_event_id():
         assert calllog.decode_cursor(c.encode()) == c
 
 
-@pytest.mark.parametrize("raw", ["", "x", "1.2", "1.2.***", "-1.2.61", "1.2.61.3", "1.2.abc", "1.2.6G"])
+@pytest.mark.parametrize(
+    "raw", ["", "x", "1.2", "1.2.***", "-1.2.61", "1.2.61.3", "1.2.abc", "1.2.6G"]
+)
 def test_anything_else_is_refused_as_a_cursor(raw):
     with pytest.raises(InvalidParameter, match="cursor"):
         calllog.decode_cursor(raw)
