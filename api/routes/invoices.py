@@ -90,6 +90,18 @@ async def invoice_csv(
     return _file(await _one(b, key.org_id, invoice_id), "csv")
 
 
+@admin.get("/orgs/{org_id}/invoices", response_model=InvoiceList, responses=_NOT_FOUND)
+async def org_invoices(
+    org_id: str = Path(min_length=1, max_length=128),
+    svc: Services = Depends(services),
+    b: InvoiceBook = Depends(book),
+) -> Any:
+    """An org's invoices, newest period first: what an operator hands to a payment provider."""
+    if org_id not in svc.registry.orgs:
+        raise ApiError(404, "not_found", f"org {org_id!r} does not exist")
+    return InvoiceList(invoices=await b.all(org_id))
+
+
 @admin.put(
     "/orgs/{org_id}/invoices/{invoice_id}/status",
     response_model=Invoice,

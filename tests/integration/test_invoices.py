@@ -157,6 +157,8 @@ async def test_closed_period_invoice_late_event_files_and_status(
     assert r.status_code == 200, r.text
     got = (await client.get(f"/api/v2/invoices/{last['id']}", headers=bearer(key))).json()
     assert got == {**last, "status": "past_due"}
+    listed_by_admin = await client.get(f"/api/v2/admin/orgs/{org}/invoices", headers=ADMIN)
+    assert listed_by_admin.json()["invoices"][0] == got
     r = await client.put(
         f"/api/v2/admin/orgs/{org}/invoices/{last['id']}/status",
         json={"status": "overdue"},
