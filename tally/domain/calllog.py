@@ -142,10 +142,6 @@ def epoch_ms(t: datetime) -> int:
     return (t - _EPOCH) // timedelta(milliseconds=1)
 
 
-def from_epoch_ms(ms: int) -> datetime:
-    return _EPOCH + timedelta(milliseconds=ms)
-
-
 def _midnight(d: date) -> datetime:
     return datetime(d.year, d.month, d.day, tzinfo=UTC)
 

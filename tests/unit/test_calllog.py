@@ -34,7 +34,7 @@ def test_any_cursor_of_the_right_shape_is_a_position():
 def test_the_first_page_starts_above_every_event_stored_by_now():
     first = calllog.first_page(NOW)
     assert first.as_of_ms == calllog.epoch_ms(NOW)
-    assert calllog.from_epoch_ms(first.ts_ms).year == 2299
+    assert first.ts_ms > calllog.epoch_ms(datetime(2299, 12, 31, 23, 59, 59, tzinfo=UTC))
 
 
 def test_billed_or_why_not():
