@@ -210,3 +210,34 @@ async def test_the_pdf_renders_and_a_reader_finds_the_total(client, stack, send:
         assert total > 29_000_000 - 1 and f"Total {units(total)}".replace(" ", "") in (
             text.replace(" ", "")
         )
+
+
+async def test_an_upgrade_mid_period_is_charged_prorated_on_the_upcoming_invoice(
+    client, new_org: OrgFactory
+):
+    now = datetime.now(UTC)
+    org, key = await new_org(plan="free", signup_date=(now - timedelta(days=40)).date())
+    r = await client.put(
+        f"/api/v2/admin/orgs/{org}/subscription", json={"plan": "developer"}, headers=ADMIN
+    )
+    assert r.status_code == 200, r.text
+    upgraded = datetime.now(UTC)
+    upcoming = (await client.get("/api/v2/invoices/upcoming", headers=bearer(key))).json()
+    # The paid plan's billing date is today: the period starts at midnight, on Free, and the
+    # upgrade is charged for what is left of it.
+    start = datetime.fromisoformat(upcoming["period_start"])
+    end = datetime.fromisoformat(upcoming["period_end"])
+    assert start == datetime.combine(upgraded.date(), datetime.min.time(), UTC)
+    assert upcoming["plan"] == "free"
+    (line,) = [x for x in upcoming["lines"] if x["kind"] in ("plan", "proration")]
+    assert line["kind"] == "proration"
+    ms = timedelta(milliseconds=1)
+    most = 29_000_000 * ((end - now) // ms) // ((end - start) // ms)
+    least = 29_000_000 * ((end - upgraded) // ms) // ((end - start) // ms)
+    assert least <= line["amount_micros"] <= most
+    assert upcoming["total_micros"] == line["amount_micros"]  # no usage yet
+    # Closing now invoices the free periods before the upgrade, at no plan charge.
+    r = await client.post("/api/v2/admin/invoices/close", params={"org_id": org}, headers=ADMIN)
+    closed = r.json()["closed"]
+    assert closed and all(i["total_micros"] == 0 and i["plan"] == "free" for i in closed)
+    assert max(i["period_end"] for i in closed) == upcoming["period_start"]
