@@ -9,7 +9,8 @@ LOWEST := .venv-lowest
 
 install: $(STAMP) browser
 
-# The dashboard test drives Debian's headless Chromium; install it (as root) when missing.
+# The dashboard test drives Debian's headless Chromium, and the invoice test reads PDFs with
+# poppler's pdftotext; install them (as root) when missing.
 browser:
 	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -19,6 +20,16 @@ browser:
 	  else \
 	    echo "note: run 'apt-get install chromium chromium-driver' as root:" \
 	      "the dashboard test needs them" >&2; \
+	  fi; \
+	fi
+	@if ! command -v pdftotext >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing poppler-utils (pdftotext) for the invoice test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      poppler-utils >/dev/null; \
+	  else \
+	    echo "note: run 'apt-get install poppler-utils' as root: the invoice test needs" \
+	      "pdftotext" >&2; \
 	  fi; \
 	fi
 

@@ -20,6 +20,8 @@ from api.routes import (
     dashboard,
     events,
     health,
+    invoices,
+    logs,
     ops,
     plans,
     quota,
@@ -61,6 +63,9 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
     app.include_router(closure.router)
     app.include_router(usage.router)
     app.include_router(credits.router)
+    app.include_router(logs.router)
+    app.include_router(invoices.router)
+    app.include_router(invoices.admin)
     app.include_router(dashboard.router)
     app.include_router(events.router)
     app.include_router(admission.router)

@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from api.counter_table import CounterTable
+from api.invoicing import InvoiceBook, InvoiceCloser
 from api.refresh import RegistryRefresher
 from api.registry import Registry
 from api.retention import RetentionSweeper
@@ -69,6 +70,7 @@ class Tally:
         self._exit = AsyncExitStack()
         self.services: Services | None = None
         self.retention: RetentionSweeper | None = None
+        self.invoicer: InvoiceCloser | None = None
         self.refresher: RegistryRefresher | None = None
 
     async def start(self) -> None:
@@ -106,6 +108,8 @@ class Tally:
             self.services.emitter = await self._start_emitter()
             self.retention = RetentionSweeper(self.services, s.retention_interval_s)
             await self.retention.start()
+            self.invoicer = InvoiceCloser(InvoiceBook(self.services), s.invoice_interval_s)
+            await self.invoicer.start()
             if self.worker is not None:
                 worker = self.worker
                 # One process: the worker's counters reach quota reads without the round
@@ -149,6 +153,8 @@ class Tally:
             await self.refresher.stop()
         if self.retention is not None:
             await self.retention.stop()
+        if self.invoicer is not None:
+            await self.invoicer.stop()
         if self.services is not None:
             if self.services.emitter is not None:
                 await self.services.emitter.close()

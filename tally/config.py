@@ -75,6 +75,9 @@ class Settings(BaseSettings):
         description="Days a closed org's data is kept (and the closure can be undone with"
         " POST /api/v2/admin/orgs/{org_id}/restore) before the retention sweep purges it.",
     )
+    invoice_interval_s: float = Field(
+        300, gt=0, description="How often billing periods that have ended are invoiced."
+    )
     registry_refresh_s: float = Field(
         2.0,
         gt=0,

@@ -279,6 +279,7 @@
       title: `Daily ${metric}`,
       minMax: metric === "cost_micros" ? 10000 : 10,
       format: (v, onAxis) => (onAxis ? axis(v) : full(v)),
+      onClick: (day) => window.TallyBilling.openLog(day),  // that day's calls
     });
   }
 
@@ -480,6 +481,7 @@
         renderAgents(byAgent);
         renderLineItems(byLine, byItem);
       }
+      window.TallyBilling.load();
       $("load-error").hidden = true;
       $("updated").textContent = `Updated ${stamp(new Date().toISOString())}` +
         (!q || q.full ? "" : " · limits other than tokens are not served by this Tally");
@@ -575,5 +577,5 @@
     show(false);
   }
 
-  window.TallyDashboard = { money };
+  window.TallyDashboard = { money, api, key: () => state.key };
 })();

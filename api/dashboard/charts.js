@@ -55,6 +55,10 @@ const Charts = (() => {
         height: Math.max(0, h).toFixed(2), class: "bar", "data-day": p.key, "data-value": p.value,
       }, svg);
       node("title", {}, rect).textContent = `${p.label}: ${format(p.value, false)}`;
+      if (opts.onClick) {
+        rect.classList.add("clickable");
+        rect.addEventListener("click", () => opts.onClick(p.key));
+      }
       if (i % every === 0) text(svg, x + barW / 2, H - bottom + 16, p.label, { "text-anchor": "middle" });
     });
     container.replaceChildren(svg);

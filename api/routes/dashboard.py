@@ -17,6 +17,7 @@ ASSETS = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "charts.js": "text/javascript; charset=utf-8",
+    "billing.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 

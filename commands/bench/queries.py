@@ -3,7 +3,8 @@
 The preload (`commands.bench.preload`) is generated inside ClickHouse and goes through the
 materialized views like the worker's inserts. The queries are the ones a dashboard sends:
 breakdowns by day, agent and line item (some filtered), the daily series, an agent's runs
-and one run's line items, for random orgs, each through the API with the org's key.
+and one run's line items, for random orgs, each through the API with the org's key; then
+pages of the call log over the same events.
 """
 
 from __future__ import annotations
@@ -88,13 +89,65 @@ async def breakdowns(
             r.raise_for_status()
             if n >= len(SHAPES):  # the first round warms up and is not counted
                 latencies[name].append(elapsed)
+        pages = await call_log(client, keys, rng, sessions, orgs, agents, walks=40)
     every = [ms for values in latencies.values() for ms in values]
     out["breakdown_p50_ms"] = percentile(every, 50)
     out["breakdown_p95_ms"] = percentile(every, 95)
     for name, values in latencies.items():
         out[f"q_{name}_p50_ms"] = percentile(values, 50)
         out[f"q_{name}_p95_ms"] = percentile(values, 95)
+    out["calllog_pages"] = len(pages)
+    out["calllog_p50_ms"] = percentile(pages, 50)
+    out["calllog_p95_ms"] = percentile(pages, 95)
     return out
+
+
+# The call log as a dashboard walks it: the newest page, then a few more with the cursor;
+# unfiltered, by type, failed tool calls only, one agent.
+LOG_FILTERS: list[dict[str, str]] = [
+    {},
+    {"type": "tool.call"},
+    {"type": "llm.usage"},
+    {"status": "failed"},
+    {"agent_id": "{agent}"},
+]
+
+
+async def call_log(
+    client: httpx.AsyncClient,
+    keys: dict[str, str],
+    rng: random.Random,
+    sessions: int,
+    orgs: int,
+    agents: int,
+    walks: int,
+    pages_per_walk: int = 5,
+) -> list[float]:
+    """Milliseconds per page of 100 over the preloaded events, the first walk of each
+    filter not counted (warm-up)."""
+    latencies: list[float] = []
+    for n in range(walks + len(LOG_FILTERS)):
+        org, agent, _ = preload.run_id(
+            sessions, rng.randrange(max(sessions - 1, 1)), orgs=orgs, agents=agents
+        )
+        params = {k: v.format(agent=agent) for k, v in LOG_FILTERS[n % len(LOG_FILTERS)].items()}
+        cursor = None
+        for _ in range(pages_per_walk):
+            query = {**params, "limit": "100", **({"cursor": cursor} if cursor else {})}
+            t = time.perf_counter()
+            r = await client.get(
+                "/api/v2/logs/events",
+                params=query,
+                headers={"Authorization": f"Bearer {keys[org]}"},
+            )
+            elapsed = (time.perf_counter() - t) * 1000
+            r.raise_for_status()
+            if n >= len(LOG_FILTERS):
+                latencies.append(elapsed)
+            cursor = r.json()["next_cursor"]
+            if cursor is None:
+                break
+    return latencies
 
 
 async def settle(tally: Tally, timeout: float) -> float:

@@ -25,6 +25,7 @@ GOALS = {
     "http_ratio": (">=", 0.5),
     "http_tally_p99_ms": ("<=", 5.0),
     "breakdown_p95_ms": ("<=", 50.0),
+    "calllog_p95_ms": ("<=", 50.0),
     "api_bytes_per_key": ("<=", 200.0),
     "worker_bytes_per_key": ("<=", 200.0),
     "emit_us": ("<=", 10.0),

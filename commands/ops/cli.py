@@ -432,3 +432,6 @@ def register(app: typer.Typer) -> None:
     from commands.ops.orgs import orgs_app
 
     app.add_typer(orgs_app, name="orgs")
+    from commands.ops.invoices import invoices_app
+
+    app.add_typer(invoices_app, name="invoices")

@@ -32,6 +32,8 @@ MEASURED = (
     "lookup_us",
     "breakdown_p50_ms",
     "breakdown_p95_ms",
+    "calllog_p50_ms",
+    "calllog_p95_ms",
     "api_bytes_per_key",
     "worker_bytes_per_key",
     "emit_us",
@@ -65,6 +67,8 @@ async def test_the_bench_prints_every_figure_then_the_goals_then_one_json_line()
     assert figures["freshness_idle_p50_ms"] <= figures["freshness_idle_p99_ms"]
     assert figures["freshness_load_p50_ms"] <= figures["freshness_load_p99_ms"]
     assert figures["breakdown_p50_ms"] <= figures["breakdown_p95_ms"]
+    assert figures["calllog_p50_ms"] <= figures["calllog_p95_ms"]
+    assert figures["calllog_pages"] >= 40  # at least the first page of every walk
     # Ratios are of figures of the same run.
     assert figures["drain_ratio"] == round(figures["tally_drain_eps"] / figures["ceiling_eps"], 3)
     if shutil.which("wrk"):

@@ -496,3 +496,99 @@ async def test_dashboard_shows_only_what_the_key_may_see(
     assert not page["credit-card"] and not page["error"]
     assert page["spend"] == "—"  # usage:read without billing:read: no cost figures
     assert "credits" in page["note"] and "cost figures" in page["note"]
+async def test_dashboard_logs_a_days_calls_and_flags_past_due_invoices(
+    client, stack, send: Send, base_url: str, browser: Callable[[], Any]
+):
+    import uuid
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.conftest import rows_reach
+    from tests.factories import make_event
+
+    now = datetime.now(UTC)
+    signup = (now - timedelta(days=40)).date()
+    org = f"org-{uuid.uuid4().hex[:10]}"
+    day = now.date().isoformat()
+    calls = [
+        make_event(
+            "tool.call",
+            org_id=org,
+            ts=(now - timedelta(seconds=i + 1)).isoformat().replace("+00:00", "Z"),
+            success=i % 10 != 0,
+        )
+        for i in range(60)
+    ]
+    await send(*calls)
+    await rows_reach(stack, org, len(calls))
+    # Created once its usage is stored, then its ended period closed and marked past due.
+    admin = bearer(ADMIN_KEY)
+    body = {"org_id": org, "plan": "developer", "signup_date": signup.isoformat()}
+    assert (await client.post("/api/v2/admin/orgs", json=body, headers=admin)).status_code == 201
+    r = await client.post(f"/api/v2/admin/orgs/{org}/keys", json={"mode": "live"}, headers=admin)
+    key = r.json()["key"]
+    r = await client.post("/api/v2/admin/invoices/close", params={"org_id": org}, headers=admin)
+    (closed,) = r.json()["closed"]
+    r = await client.put(
+        f"/api/v2/admin/orgs/{org}/invoices/{closed['id']}/status",
+        json={"status": "past_due"},
+        headers=admin,
+    )
+    assert r.status_code == 200
+    upcoming = await api(client, key, "/api/v2/invoices/upcoming")
+    logged = await api(client, key, "/api/v2/logs/events", type="tool.call", limit=100)
+    assert [e["event_id"] for e in logged["events"]] == [e["event_id"] for e in calls]
+
+    d = await in_thread(browser)
+    wait = WebDriverWait(d, 20)
+
+    def look() -> dict[str, Any]:
+        d.get(f"{base_url}/dashboard")
+        d.execute_script("window.localStorage.setItem('tally.key', arguments[0])", key)
+        d.refresh()
+        wait.until(lambda drv: drv.find_elements(By.CSS_SELECTOR, "#invoice-table tbody tr"))
+        invoices = {
+            tr.get_attribute("data-invoice"): (
+                tr.get_attribute("data-status"),
+                "past-due" in (tr.get_attribute("class") or ""),
+                int(
+                    tr.find_element(
+                        By.CSS_SELECTOR, "td[data-metric='total_micros']"
+                    ).get_attribute("data-value")
+                ),
+                tr.find_element(By.CSS_SELECTOR, "td").value_of_css_property("background-color"),
+            )
+            for tr in d.find_elements(By.CSS_SELECTOR, "#invoice-table tbody tr")
+        }
+        bar = d.find_element(By.CSS_SELECTOR, f"#daily-chart rect.bar[data-day='{day}']")
+        d.execute_script(
+            "arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))", bar
+        )
+        wait.until(lambda drv: drv.find_element(By.ID, "logs").get_attribute("data-day") == day)
+        d.find_element(By.ID, "log-type").send_keys("tool calls")
+        rows = "#log-table tbody tr"
+        wait.until(lambda drv: len(drv.find_elements(By.CSS_SELECTOR, rows)) == 50)
+        d.find_element(By.ID, "log-more").click()
+        wait.until(lambda drv: len(drv.find_elements(By.CSS_SELECTOR, rows)) == 60)
+        return {
+            "invoices": invoices,
+            "title": d.find_element(By.ID, "log-title").text,
+            "events": [
+                tr.get_attribute("data-event") for tr in d.find_elements(By.CSS_SELECTOR, rows)
+            ],
+            "billed": [
+                td.text for td in d.find_elements(By.CSS_SELECTOR, f"{rows} td[data-billed]")
+            ],
+            "more_hidden": d.find_element(By.ID, "log-more").get_attribute("hidden") is not None,
+        }
+
+    page = await in_thread(look)
+    assert page["invoices"]["upcoming"][:3] == ("upcoming", False, upcoming["total_micros"])
+    status, flagged, total, colour = page["invoices"][closed["id"]]
+    assert (status, flagged, total) == ("past_due", True, closed["total_micros"])
+    assert colour == "rgba(253, 228, 228, 1)"  # the page's red
+    assert page["title"] == f"Calls on {day}"
+    assert page["events"] == [e["event_id"] for e in calls]
+    assert page["billed"].count("not billed: failed") == 6
+    assert page["more_hidden"]
