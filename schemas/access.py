@@ -17,6 +17,7 @@ Scope = Literal[
     "sessions:write",  # end the org's live sessions
 ]
 SCOPES: tuple[str, ...] = get_args(Scope)
+BILLING_READ: Scope = "billing:read"  # without it, cost figures read as null
 RUNTIME_SCOPES: tuple[str, ...] = ("events:write", "quota:read")  # an agent runtime's key
 
 

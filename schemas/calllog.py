@@ -23,7 +23,10 @@ class LogEvent(BaseModel):
     item: str = Field(description="The model, connector or storage kind.")
     quantity: int = Field(description="Tokens, calls, requests or byte-seconds.")
     billable: int = Field(description="The part of quantity that counts against limits.")
-    cost_micros: int = Field(description="What the event cost, in micro-units.")
+    cost_micros: int | None = Field(
+        description="What the event cost, in micro-units; null for a key without"
+        " `billing:read` (cost figures are billing data)."
+    )
     priced: bool = Field(description="False when the price book had no rate for it (cost 0).")
     billed: bool = Field(description="Whether the event is billed.")
     not_billed_reason: Literal["failed", "test_key"] | None = Field(

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 
-from api.auth import current_key, require_admin, services
+from api.auth import require_admin, require_scope, services
 from api.errors import ApiError
 from api.invoice_files import filename, to_csv, to_pdf
 from api.invoicing import InvoiceBook
@@ -16,7 +16,9 @@ from api.registry import ApiKey
 from api.state import Services
 from schemas.api import ErrorBody
 from schemas.invoices import Invoice, InvoiceList, InvoicesClosed, InvoiceStatusChange
+from tally.store import audit
 
+_BILLING = require_scope("billing:read")  # invoices are billing data
 router = APIRouter(
     prefix="/api/v2",
     tags=["invoices"],
@@ -44,48 +46,44 @@ def book(svc: Services = Depends(services)) -> InvoiceBook:
 
 
 @router.get("/invoices", response_model=InvoiceList)
-async def invoices(key: ApiKey = Depends(current_key), b: InvoiceBook = Depends(book)) -> Any:
+async def invoices(key: ApiKey = Depends(_BILLING), b: InvoiceBook = Depends(book)) -> Any:
     """Every invoice of the org, newest period first."""
     return InvoiceList(invoices=await b.all(key.org_id))
 
 
 @router.get("/invoices/upcoming", response_model=Invoice)
-async def upcoming(key: ApiKey = Depends(current_key), b: InvoiceBook = Depends(book)) -> Any:
+async def upcoming(key: ApiKey = Depends(_BILLING), b: InvoiceBook = Depends(book)) -> Any:
     """The period in progress, as its invoice would read if it closed now."""
     return await b.upcoming(key.org_id)
 
 
 @router.get("/invoices/upcoming/pdf", response_class=Response, responses=_PDF)
-async def upcoming_pdf(
-    key: ApiKey = Depends(current_key), b: InvoiceBook = Depends(book)
-) -> Response:
+async def upcoming_pdf(key: ApiKey = Depends(_BILLING), b: InvoiceBook = Depends(book)) -> Response:
     return _file(await b.upcoming(key.org_id), "pdf")
 
 
 @router.get("/invoices/upcoming/csv", response_class=Response, responses=_CSV)
-async def upcoming_csv(
-    key: ApiKey = Depends(current_key), b: InvoiceBook = Depends(book)
-) -> Response:
+async def upcoming_csv(key: ApiKey = Depends(_BILLING), b: InvoiceBook = Depends(book)) -> Response:
     return _file(await b.upcoming(key.org_id), "csv")
 
 
 @router.get("/invoices/{invoice_id}", response_model=Invoice, responses=_NOT_FOUND)
 async def invoice(
-    invoice_id: str = _ID, key: ApiKey = Depends(current_key), b: InvoiceBook = Depends(book)
+    invoice_id: str = _ID, key: ApiKey = Depends(_BILLING), b: InvoiceBook = Depends(book)
 ) -> Any:
     return await _one(b, key.org_id, invoice_id)
 
 
 @router.get("/invoices/{invoice_id}/pdf", response_class=Response, responses={**_PDF, **_NOT_FOUND})
 async def invoice_pdf(
-    invoice_id: str = _ID, key: ApiKey = Depends(current_key), b: InvoiceBook = Depends(book)
+    invoice_id: str = _ID, key: ApiKey = Depends(_BILLING), b: InvoiceBook = Depends(book)
 ) -> Response:
     return _file(await _one(b, key.org_id, invoice_id), "pdf")
 
 
 @router.get("/invoices/{invoice_id}/csv", response_class=Response, responses={**_CSV, **_NOT_FOUND})
 async def invoice_csv(
-    invoice_id: str = _ID, key: ApiKey = Depends(current_key), b: InvoiceBook = Depends(book)
+    invoice_id: str = _ID, key: ApiKey = Depends(_BILLING), b: InvoiceBook = Depends(book)
 ) -> Response:
     return _file(await _one(b, key.org_id, invoice_id), "csv")
 
@@ -113,6 +111,7 @@ async def set_status(
     invoice_id: str = _ID,
     svc: Services = Depends(services),
     b: InvoiceBook = Depends(book),
+    actor: str = Depends(require_admin),
 ) -> Any:
     """Mark an invoice open, paid, past_due or void (what it says never changes)."""
     if org_id not in svc.registry.orgs:
@@ -120,8 +119,14 @@ async def set_status(
     before = await _one(b, org_id, invoice_id)
     if before.status != body.status:
         await b.set_status(org_id, invoice_id, body.status)
-        # AUDIT: invoice.status_changed — the one call site; the audit trail records
-        # (org_id, invoice_id, before.status -> body.status) here.
+        await audit.record(
+            svc.store,
+            actor=actor,
+            action="invoice.status_changed",
+            org_id=org_id,
+            before={"invoice_id": invoice_id, "status": before.status},
+            after={"invoice_id": invoice_id, "status": body.status},
+        )
     return before.model_copy(update={"status": body.status})
 
 

@@ -7,11 +7,12 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
-from api.auth import current_key, services
+from api.auth import require_scope, services
 from api.errors import ApiError
 from api.registry import ApiKey
 from api.state import Services
 from api.subscriptions import account
+from schemas.access import BILLING_READ
 from schemas.api import ErrorBody
 from schemas.calllog import LogEvent, LogPage
 from schemas.events import EVENT_TYPES
@@ -69,7 +70,7 @@ async def events(
         description="`next_cursor` of the previous page, with the same filters.",
         json_schema_extra={"pattern": calllog.CURSOR_PATTERN},
     ),
-    key: ApiKey = Depends(current_key),
+    key: ApiKey = Depends(require_scope("usage:read")),
     svc: Services = Depends(services),
 ) -> LogPage:
     """The org's events, newest first, each with its cost and whether it was billed.
@@ -98,6 +99,8 @@ async def events(
         raise ApiError(400, "invalid_parameter", str(exc)) from None
     rows = await svc.store.query(*sql.page(key.org_id, span, filters, position, size + 1))
     entries = [_entry(dict(zip(sql.COLUMNS, row, strict=True))) for row in rows[:size]]
+    if BILLING_READ not in key.scopes:  # cost figures are billing data (docs/access.md)
+        entries = [e.model_copy(update={"cost_micros": None}) for e in entries]
     following = None
     if len(rows) > size:
         last = entries[-1]

@@ -16,6 +16,7 @@ from api.errors import ApiError
 from api.registry import ApiKey
 from api.state import Services
 from api.subscriptions import account
+from schemas.access import BILLING_READ
 from schemas.api import ErrorBody
 from schemas.usage import (
     AgentRuns,
@@ -33,7 +34,6 @@ from tally.domain.usage import LINE_ITEMS
 from tally.store import reports as sql
 
 MAX_ROWS = 50_000
-BILLING_READ = "billing:read"  # cost figures are billing data: see _priced
 
 router = APIRouter(
     prefix="/api/v2",

@@ -496,6 +496,8 @@ async def test_dashboard_shows_only_what_the_key_may_see(
     assert not page["credit-card"] and not page["error"]
     assert page["spend"] == "—"  # usage:read without billing:read: no cost figures
     assert "credits" in page["note"] and "cost figures" in page["note"]
+
+
 async def test_dashboard_logs_a_days_calls_and_flags_past_due_invoices(
     client, stack, send: Send, base_url: str, browser: Callable[[], Any]
 ):
