@@ -187,7 +187,7 @@ async def export_traces(
     not_spooled = await store(svc, events)
     if not_spooled is not None:
         raise ApiError(503, "unavailable", f"the spans could not be queued: {not_spooled}")
-    message = "; ".join(reasons[:REASONS_SHOWN])
+    message = " | ".join(reasons[:REASONS_SHOWN])
     if len(reasons) > REASONS_SHOWN:
-        message += f"; and {len(reasons) - REASONS_SHOWN} more"
+        message += f" | and {len(reasons) - REASONS_SHOWN} more"
     return otlp.success(media, len(reasons), message)
