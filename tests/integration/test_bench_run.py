@@ -39,6 +39,8 @@ MEASURED = (
     "emit_held_max_s",
     "prepare_each_us",
     "prepare_columns_us",
+    "ingest_events_eps",
+    "otlp_spans_per_s",
 )
 HTTP = ("rps", "p50_ms", "p99_ms")
 
