@@ -9,7 +9,7 @@ reports no tokens, carries no usage: it is ignored (and counted), never an error
 
 `event_id` is derived from the trace and span ids, so a span exported twice is one event;
 `ts` is the span's end time; the run is the trace (or `tally.run.id`); the session is
-`gen_ai.conversation.id`.
+`gen_ai.conversation.id`; the provider is `gen_ai.provider.name`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ AGENT_ID = "gen_ai.agent.id"
 AGENT_NAME = "gen_ai.agent.name"
 CONVERSATION = "gen_ai.conversation.id"
 REQUEST_MODEL = "gen_ai.request.model"
+PROVIDER = "gen_ai.provider.name"
 RESPONSE_MODEL = "gen_ai.response.model"
 INPUT_TOKENS = "gen_ai.usage.input_tokens"
 OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
@@ -40,6 +41,7 @@ CACHED_INPUT_TOKENS = "gen_ai.usage.cache_read.input_tokens"
 # Names older instrumentations still send (deprecated by the conventions), read as fallbacks.
 OLD_INPUT_TOKENS = "gen_ai.usage.prompt_tokens"
 OLD_OUTPUT_TOKENS = "gen_ai.usage.completion_tokens"
+OLD_PROVIDER = "gen_ai.system"
 TOOL_NAME = "gen_ai.tool.name"
 SERVICE_NAME = "service.name"
 # Tally's own attributes, on the span or on the resource.
@@ -152,6 +154,11 @@ def _map(
     if len(model) > MAX_ID:
         raise _Refused(f"the model name is over {MAX_ID} characters")
     event.update(model=model, **tokens)
+    provider = _str(span.attributes, PROVIDER) or _str(span.attributes, OLD_PROVIDER)
+    if provider is not None:
+        if len(provider) > MAX_ID:
+            raise _Refused(f"{PROVIDER} is over {MAX_ID} characters")
+        event["provider"] = provider
     return Outcome("event", event=event)
 
 

@@ -175,6 +175,13 @@ async def assert_metered(client: httpx.AsyncClient, stack, org: str, key: str, r
         ("support-bot", "tool_calls", "github"): (0, 1, 0, 0),
     }
     assert breakdown["total"]["cost_micros"] == 305_000
+    # The provider of each model call is kept with the event.
+    rows = await stack.store.query(
+        "SELECT type, provider, count() FROM events WHERE org_id = {o:String}"
+        " GROUP BY type, provider ORDER BY type",
+        {"o": org},
+    )
+    assert [tuple(r) for r in rows] == [("llm.usage", "openai", 2), ("tool.call", "", 2)]
 
 
 async def one_more_token(base_url: str, key: str) -> None:

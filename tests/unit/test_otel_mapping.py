@@ -173,3 +173,10 @@ def test_refusals_name_the_span_and_the_rule():
 
 def test_a_whole_number_sent_as_a_double_is_a_count():
     assert one(chat(2, gen_ai__usage__input_tokens=64.0)).event["input_tokens"] == 64
+
+
+def test_the_provider_of_a_model_call_is_kept():
+    assert one(chat(2, gen_ai__provider__name="openai")).event["provider"] == "openai"
+    assert one(chat(2, gen_ai__system="anthropic")).event["provider"] == "anthropic"  # deprecated
+    assert "provider" not in one(chat(2)).event
+    assert "provider" not in one(tool(2, gen_ai__provider__name="openai")).event
