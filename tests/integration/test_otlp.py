@@ -28,6 +28,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from api.app import create_app
+from tally import failpoints
 from tests.conftest import OrgFactory, bearer, rows_reach, stored_rows
 from tests.integration.test_dashboard import serve
 from tests.integration.test_emitter import tokens_reach
@@ -250,6 +251,29 @@ async def test_the_same_run_in_otlp_json_gzipped_is_metered_the_same(
     await one_more_token(base_url, key)
     await tokens_reach(client, key, TOKENS + 1)
     await assert_metered_again(client, key, run_id(spans))
+
+
+async def test_an_export_not_stored_in_time_gets_503_and_the_exporters_retry_counts_once(
+    client, stack, new_org: OrgFactory, base_url, monkeypatch
+):
+    org, key = await new_org("free")
+    spans = agent_run(f"conv-{uuid.uuid4().hex[:8]}")
+    monkeypatch.setattr(stack.services.settings, "ingest_wait_s", 1.0)
+    failpoints.enable("store.insert", "error")  # the store refuses every insert for now
+    try:
+        r = await post(base_url, otlp_json(spans), {**JSON, **bearer(key)})
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"] == "1"
+        assert (r.json()["code"], r.json()["error"]["code"]) == (14, "not_stored_yet")
+        # The SDK's exporter retries a 503 with the same spans until one is stored.
+        exporting = asyncio.create_task(sdk_export(base_url, key, spans))
+        await asyncio.sleep(3)
+        assert not exporting.done()
+    finally:
+        failpoints.disable("store.insert")
+    assert await exporting == SpanExportResult.SUCCESS
+    # Both the refused request's events and the retries' reached the log: counted once.
+    await assert_metered(client, stack, org, key, run_id(spans))
 
 
 async def test_refused_spans_are_counted_in_partial_success_and_the_rest_is_stored(
