@@ -138,7 +138,7 @@ class ClickHouseSink:
     async def repair(self, partition: int) -> list[date]:
         """Rebuild the rollups of org-days where they hold fewer events than the raw events,
         then the derived rollups of days where they disagree with usage_daily; returns those
-        days. An org-day or run whose raw events retention has partly deleted is not rebuilt
+        days. An org-day whose raw events retention has partly deleted is not rebuilt
         from what is left: its rollups are the only record of the deleted events."""
         days = await self._repair_from_events(partition)
         gaps: dict[str, list[date]] = {}
@@ -162,24 +162,16 @@ class ClickHouseSink:
         gaps = [(org, day) for org, day in await self.store.query(*q.org_gaps(partition, gap_days))]
         if not gaps:
             return []
-        runs = await self.store.query(*q.gap_runs(partition, gaps))
-        days = [d for _, d in gaps] + [d for _, _, n, lo, hi in runs if n for d in (lo, hi)]
         orgs = sorted({org for org, _ in gaps})
         deleted: dict[str, list[date]] = {}
         for org, day in await self.store.query(
-            *q.deleted_days(partition, orgs, min(days), max(days))
+            *q.deleted_days(partition, orgs, min(d for _, d in gaps), max(d for _, d in gaps))
         ):
             deleted.setdefault(org, []).append(day)
-        # What retention deleted is in the rollups only: an org-day or a run that lost raw
-        # events to it is left as it is rather than rebuilt from the rest.
+        # What retention deleted is in the rollups only: an org-day that lost raw events to
+        # it is left as it is rather than rebuilt from the rest.
         fixable = [(org, day) for org, day in gaps if day not in deleted.get(org, ())]
-        whole = [
-            (org, run)
-            for org, run, n, lo, hi in runs
-            if not n or not any(lo <= day <= hi for day in deleted.get(org, ()))
-        ]
         kept = [f"{org} {day.isoformat()}" for org, day in gaps if (org, day) not in fixable]
-        kept += [f"{org} run {run}" for org, run, *_ in runs if (org, run) not in whole]
         if kept:
             log.warning(
                 "partition %d: rollups miss events of %s, which lost raw events to retention;"
@@ -187,13 +179,13 @@ class ClickHouseSink:
                 partition,
                 kept,
             )
-        if fixable or whole:
+        if fixable:
             log.warning(
                 "partition %d: rollups disagree with events on %s; rebuilding them",
                 partition,
                 [f"{org} {day.isoformat()}" for org, day in fixable],
             )
-            for statement in q.repair_rollups(partition, fixable, whole):
+            for statement in q.repair_rollups(partition, fixable):
                 await self.store.command(*statement)
         return sorted({day for _, day in fixable})
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from tally.store.queries import (
     DERIVED_KEYS,
     EVENT_IDS_BACKFILL,
+    RUNS_BY_DAY_BACKFILL,
     derived_month_matches,
     derived_select,
 )
@@ -96,7 +97,33 @@ async def event_ids(store: Store) -> None:
     await store.command(EVENT_IDS_BACKFILL)
 
 
+async def runs_by_day(store: Store) -> None:
+    """Split the usage_runs rows stored before they had a day (015) by the day of their
+    events.
+
+    Each undated row becomes the rows of its raw events by day, plus what the raw events no
+    longer hold (retention deleted the oldest days) on the day of its first event: the sums
+    stay what they were, and the rollup check, which compares runs with the raw events day
+    by day, finds them whole. The whole table (one MergeTree partition) is computed into a
+    staging table of this run's own and swapped in (`REPLACE PARTITION`): a second run, a
+    concurrent one or a run after a crash swaps in the same rows, never adds them twice. Run
+    migrations before starting the workers (docs/deploy.md): rows stored during the swap
+    would be replaced away.
+    """
+    undated = await store.query("SELECT count() FROM usage_runs WHERE day = toDate(0)")
+    if not undated[0][0]:
+        return
+    stage = f"usage_runs_backfill_{uuid.uuid4().hex[:12]}"
+    await store.command(f"CREATE TABLE {stage} AS usage_runs")
+    try:
+        await store.command(f"INSERT INTO {stage} {RUNS_BY_DAY_BACKFILL}")
+        await store.command(f"ALTER TABLE usage_runs REPLACE PARTITION ID 'all' FROM {stage}")
+    finally:
+        await store.command(f"DROP TABLE IF EXISTS {stage}")
+
+
 BACKFILLS: dict[str, Callable[[Store], Awaitable[None]]] = {
     "007_report_rollups.sql": report_rollups,
     "008_event_ids.sql": event_ids,
+    "015_usage_runs_by_day.sql": runs_by_day,
 }

@@ -139,7 +139,7 @@ _SUMS = (
     " sum(cached_input_tokens) AS cached_input_tokens"
 )
 DAILY_KEY = "org_id, toDate(ts) AS day, agent_id, line_item, item, key_mode, mode, partition"
-RUNS_KEY = "org_id, run_id, agent_id, line_item, item, key_mode, partition"
+RUNS_KEY = "org_id, run_id, toDate(ts) AS day, agent_id, line_item, item, key_mode, partition"
 
 # The rollups derived from usage_daily (migrations/007_report_rollups.sql): each is
 # usage_daily summed over the columns its key leaves out.
@@ -155,6 +155,46 @@ _RESUMS = (
 )
 # Figures compared when checking a derived rollup against usage_daily.
 _CHECKED = "tuple(sum(events), sum(quantity), sum(billable), sum(cost_micros), sum(unpriced))"
+
+
+_RUN = "org_id, run_id, agent_id, line_item, item, key_mode, partition"
+_RUN_FIGURES = (
+    "events",
+    "quantity",
+    "billable",
+    "cost_micros",
+    "unpriced",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+)
+_RUN_ROW = "org_id, run_id, day, agent_id, line_item, item, key_mode, partition, first_ts, last_ts"
+# usage_runs as migration 015 wants it: dated rows as they are; each undated row (stored
+# before rows had a day) as its raw events by day, plus what they no longer hold (deleted by
+# retention: the oldest days) on the day of its first event.
+RUNS_BY_DAY_BACKFILL = (
+    f"SELECT {_RUN_ROW}, {', '.join(_RUN_FIGURES)} FROM ("
+    f" SELECT {_RUN_ROW}, {', '.join(_RUN_FIGURES)} FROM usage_runs WHERE day != toDate(0)"
+    " UNION ALL"
+    f" SELECT {RUNS_KEY}, min(ts) AS first_ts, max(ts) AS last_ts, {_SUMS} FROM events"
+    f" WHERE run_id != '' AND ({_RUN}) IN (SELECT {_RUN} FROM usage_runs WHERE day = toDate(0))"
+    f" GROUP BY {RUNS_KEY.replace('toDate(ts) AS day', 'day')}"
+    " UNION ALL"
+    " SELECT org_id, run_id, toDate(r.first_ts) AS day, agent_id, line_item, item, key_mode,"
+    " partition, r.first_ts AS first_ts, r.last_ts AS last_ts, "
+    + ", ".join(
+        f"toInt64(r.{f}) - toInt64(e.{f}) AS {f}"
+        if f == "cost_micros"
+        else f"toUInt64(greatest(toInt64(r.{f}) - toInt64(e.{f}), 0)) AS {f}"
+        for f in _RUN_FIGURES
+    )
+    + f" FROM (SELECT {_RUN}, min(first_ts) AS first_ts, max(last_ts) AS last_ts, "
+    + ", ".join(f"sum({f}) AS {f}" for f in _RUN_FIGURES)
+    + f" FROM usage_runs WHERE day = toDate(0) GROUP BY {_RUN}) AS r"
+    f" LEFT JOIN (SELECT {_RUN}, {_SUMS} FROM events WHERE run_id != '' GROUP BY {_RUN}) AS e"
+    f" USING ({_RUN})"
+    ") SETTINGS insert_deduplicate = 0"
+)
 
 
 def derived_select(table: str, where: str) -> str:
@@ -174,41 +214,46 @@ def derived_month_matches(table: str) -> str:
 
 
 def rollup_gaps(partition: int) -> Query:
-    """Days whose daily rollup holds fewer events than the raw events of a partition.
+    """Days whose rollups hold fewer events than the raw events of a partition: usage_daily
+    fewer than all of them, or usage_runs fewer than those that name a run.
 
     An insert is not atomic across a table and its materialized views: a process killed
-    in the middle can leave events without their rollup rows. Only more raw events than
-    rollup events is a gap: fewer means raw events were deleted (retention), and the rollups
-    are then the only record left. A first look, by day (a scan of the partition's events at
-    every load); `org_gaps` then finds the orgs.
+    in the middle can leave events without their rollup rows, in either rollup. Only more
+    raw events than rollup events is a gap: fewer means raw events were deleted (retention),
+    and the rollups are then the only record left. A first look, by day (a scan of the
+    partition's events at every load); `org_gaps` then finds the orgs.
     """
-    sql = (
-        "SELECT e.d FROM"
-        " (SELECT toDate(ts) AS d, count() AS n FROM events"
-        "  WHERE partition = {p:UInt16} GROUP BY d) AS e"
-        " LEFT JOIN"
-        " (SELECT day AS d, sum(events) AS n FROM usage_daily"
-        "  WHERE partition = {p:UInt16} GROUP BY d) AS r"
-        " USING d WHERE e.n > r.n ORDER BY e.d"
-    )
-    return sql, {"p": partition}
+    return _short_days("", "partition = {p:UInt16}"), {"p": partition}
 
 
 def org_gaps(partition: int, days: list[date]) -> Query:
-    """`(org_id, day)` on `days` where an org's daily rollup on a partition holds fewer
-    events than its raw events. By org: orgs of one partition have different retentions,
-    and one org's deleted events must not be rebuilt away with another's gap."""
-    sql = (
-        "SELECT e.org_id, e.d FROM"
-        " (SELECT org_id, toDate(ts) AS d, count() AS n FROM events"
-        "  WHERE partition = {p:UInt16} AND toDate(ts) IN {days:Array(Date)}"
-        "  GROUP BY org_id, d) AS e"
-        " LEFT JOIN"
-        " (SELECT org_id, day AS d, sum(events) AS n FROM usage_daily"
-        "  WHERE partition = {p:UInt16} AND day IN {days:Array(Date)} GROUP BY org_id, d) AS r"
-        " USING (org_id, d) WHERE e.n > r.n ORDER BY e.d, e.org_id"
+    """`(org_id, day)` on `days` where an org's rollups on a partition hold fewer events than
+    its raw events. By org: orgs of one partition have different retentions, and one org's
+    deleted events must not be rebuilt away with another's gap."""
+    where = "partition = {p:UInt16} AND {day} IN {days:Array(Date)}"
+    return _short_days("org_id", where), {"p": partition, "days": days}
+
+
+def _short_days(key: str, where: str) -> str:
+    """SQL: the `(key, d)` whose rollups are short of the raw events (`where` may name the
+    day as `{day}`): usage_daily of all of them, usage_runs of those naming a run."""
+    k = f"{key}, " if key else ""
+    raw_day, rollup_day = "toDate(ts)", "day"
+    using = f"({key}, d)" if key else "d"
+
+    def on(day: str) -> str:
+        return where.replace("{day}", day)
+
+    return (
+        f"SELECT {k.replace('org_id', 'e.org_id')}e.d FROM"
+        f" (SELECT {k}{raw_day} AS d, count() AS n, countIf(run_id != '') AS nr FROM events"
+        f"  WHERE {on(raw_day)} GROUP BY {k}d) AS e"
+        f" LEFT JOIN (SELECT {k}{rollup_day} AS d, sum(events) AS daily FROM usage_daily"
+        f"  WHERE {on(rollup_day)} GROUP BY {k}d) AS r USING {using}"
+        f" LEFT JOIN (SELECT {k}{rollup_day} AS d, sum(events) AS runs FROM usage_runs"
+        f"  WHERE {on(rollup_day)} GROUP BY {k}d) AS u USING {using}"
+        f" WHERE e.n > r.daily OR e.nr > u.runs ORDER BY e.d{', e.org_id' if key else ''}"
     )
-    return sql, {"p": partition, "days": days}
 
 
 def _on_org_days(day: str) -> str:
@@ -221,33 +266,6 @@ def _on_org_days(day: str) -> str:
 
 def _org_days(org_days: list[tuple[str, date]]) -> dict[str, Any]:
     return {"orgs": [org for org, _ in org_days], "days": [day for _, day in org_days]}
-
-
-# The rows of the runs `(run_orgs[i], runs[i])`.
-_RUNS = (
-    "org_id IN {run_orgs:Array(String)}"
-    " AND has(arrayZip({run_orgs:Array(String)}, {runs:Array(String)}), (org_id, run_id))"
-)
-
-
-def gap_runs(partition: int, org_days: list[tuple[str, date]]) -> Query:
-    """`(org_id, run_id, rollup rows, first day, last day)` for each run with raw events on
-    the org-days of a partition: the days its rollup spans (rows 0: it has none)."""
-    runs = (
-        "SELECT DISTINCT org_id, run_id FROM events WHERE partition = {p:UInt16}"
-        f" AND run_id != '' AND {_on_org_days('toDate(ts)')}"
-    )
-    sql = (
-        "SELECT c.org_id, c.run_id, r.n, r.lo, r.hi FROM"
-        f" ({runs}) AS c"
-        " LEFT JOIN"
-        " (SELECT org_id, run_id, count() AS n, toDate(min(first_ts)) AS lo,"
-        "  toDate(max(last_ts)) AS hi FROM usage_runs"
-        "  WHERE partition = {p:UInt16} AND org_id IN {orgs:Array(String)}"
-        "  GROUP BY org_id, run_id) AS r"
-        " USING (org_id, run_id) ORDER BY c.org_id, c.run_id"
-    )
-    return sql, {"p": partition, **_org_days(org_days)}
 
 
 def deleted_days(partition: int, orgs: list[str], first: date, last: date) -> Query:
@@ -269,49 +287,37 @@ def deleted_days(partition: int, orgs: list[str], first: date, last: date) -> Qu
     return sql, {"p": partition, "orgs": orgs, "first": first, "last": last}
 
 
-def repair_rollups(
-    partition: int, org_days: list[tuple[str, date]], runs: list[tuple[str, str]]
-) -> list[Query]:
-    """Statements that rebuild a partition's rollups from its raw events: the daily rollups
-    of the org-days `(org_id, day)`, and the runs `(org_id, run_id)`.
+def repair_rollups(partition: int, org_days: list[tuple[str, date]]) -> list[Query]:
+    """Statements that rebuild a partition's rollups of the org-days `(org_id, day)` from its
+    raw events: usage_daily and usage_runs.
 
     The derived rollups are emptied for those org-days too: the re-insert into usage_daily
     reaches them through their materialized views.
     """
+    if not org_days:
+        return []
     p = {"p": partition, **_org_days(org_days)}
     where = f"partition = {{p:UInt16}} AND {_on_org_days('day')}"
-    statements: list[Query] = []
-    if org_days:
-        statements += [
-            *(
-                (f"ALTER TABLE {table} DELETE WHERE {where} SETTINGS mutations_sync = 2", p)
-                for table in ("usage_daily", *DERIVED_KEYS)
-            ),
-            (
-                f"INSERT INTO usage_daily SELECT {DAILY_KEY}, {_SUMS} FROM events"
-                f" WHERE partition = {{p:UInt16}} AND {_on_org_days('toDate(ts)')}"
-                f" GROUP BY {DAILY_KEY.replace('toDate(ts) AS day', 'day')}"
-                " SETTINGS insert_deduplicate = 0",
-                p,
-            ),
-        ]
-    if runs:
-        r = {"p": partition, "run_orgs": [org for org, _ in runs], "runs": [run for _, run in runs]}
-        statements += [
-            (
-                f"ALTER TABLE usage_runs DELETE WHERE partition = {{p:UInt16}} AND {_RUNS}"
-                " SETTINGS mutations_sync = 2",
-                r,
-            ),
-            (
-                f"INSERT INTO usage_runs SELECT {RUNS_KEY}, min(ts) AS first_ts,"
-                f" max(ts) AS last_ts, {_SUMS} FROM events"
-                f" WHERE partition = {{p:UInt16}} AND {_RUNS}"
-                f" GROUP BY {RUNS_KEY} SETTINGS insert_deduplicate = 0",
-                r,
-            ),
-        ]
-    return statements
+    raw = f"partition = {{p:UInt16}} AND {_on_org_days('toDate(ts)')}"
+    return [
+        *(
+            (f"ALTER TABLE {table} DELETE WHERE {where} SETTINGS mutations_sync = 2", p)
+            for table in ("usage_daily", *DERIVED_KEYS, "usage_runs")
+        ),
+        (
+            f"INSERT INTO usage_daily SELECT {DAILY_KEY}, {_SUMS} FROM events WHERE {raw}"
+            f" GROUP BY {DAILY_KEY.replace('toDate(ts) AS day', 'day')}"
+            " SETTINGS insert_deduplicate = 0",
+            p,
+        ),
+        (
+            f"INSERT INTO usage_runs SELECT {RUNS_KEY}, min(ts) AS first_ts,"
+            f" max(ts) AS last_ts, {_SUMS} FROM events WHERE {raw} AND run_id != ''"
+            f" GROUP BY {RUNS_KEY.replace('toDate(ts) AS day', 'day')}"
+            " SETTINGS insert_deduplicate = 0",
+            p,
+        ),
+    ]
 
 
 def derived_gaps(partition: int) -> Query:

@@ -481,6 +481,72 @@ async def test_the_report_rollups_migration_backfills_an_existing_store_once(bac
         await drop_database(backend.admin, url)
 
 
+async def test_the_runs_by_day_migration_dates_an_existing_store_once(backend: Backend):
+    url = await backend.fresh_url()
+    store = Store(url)
+    await store.start()
+    try:
+        # A store as 014 left it: usage_runs without a day, runs that span several days.
+        (old,) = [s for name, s in migrations() if name == "002_rollups.sql"]
+        await store.command("DROP VIEW usage_runs_mv")
+        await store.command("DROP TABLE usage_runs")
+        for statement in old:
+            if "usage_runs" in statement.split("(")[0]:
+                await store.command(statement)
+        await store.command(
+            "ALTER TABLE schema_migrations DELETE WHERE name = '015_usage_runs_by_day.sql'"
+            " SETTINGS mutations_sync = 2"
+        )
+        p = 2
+        sink = ClickHouseSink(store, "by-day", 86_400)
+        now = datetime.now(UTC)
+        (org,) = orgs_on(p, N, prefix="by-day")
+        history = [e for ago in (0, 1, 3) for e in varied_workload(org, now - timedelta(ago))]
+        state = PartitionState(p, N)
+        await run_batch(sink, state, [wire(e) for e in history], 0)
+        by_run = (
+            "SELECT run_id, sum(events), sum(billable), sum(cost_micros), min(first_ts),"
+            " max(last_ts) FROM usage_runs GROUP BY run_id ORDER BY run_id"
+        )
+        before = await store.query(by_run)
+        assert len(before) > 3
+
+        assert await store.migrate() == ["015_usage_runs_by_day.sql"]
+        assert await store.query(by_run) == before
+        assert await store.query("SELECT count() FROM usage_runs WHERE day = toDate(0)") == [(0,)]
+        # Again, and three at once: the same rows, none counted twice.
+        racers = [Store(url) for _ in range(3)]
+        try:
+            await asyncio.gather(*(r.start() for r in racers))
+            await asyncio.gather(*(backfills.runs_by_day(r) for r in racers))
+        finally:
+            for r in racers:
+                await r.stop()
+        assert await store.query(by_run) == before
+        # The rollup check splits runs that spanned days by the raw events, and agrees.
+        await sink.repair(p)
+        assert await store.query(by_run) == before
+        per_day = (
+            "SELECT run_id, day, sum(events) FROM usage_runs GROUP BY run_id, day"
+            " ORDER BY run_id, day"
+        )
+        raw = await store.query(
+            "SELECT run_id, toDate(ts) AS day, count() FROM events WHERE run_id != ''"
+            " GROUP BY run_id, day ORDER BY run_id, day"
+        )
+        assert await store.query(per_day) == raw
+        assert await sink.repair(p) == []
+        # New events land on their own day.
+        late = [make_event(org_id=org, ts=iso(now - timedelta(days=2)), run_id="run-new")]
+        await run_batch(sink, state, [wire(e) for e in late], len(history))
+        assert await store.query(
+            "SELECT day, sum(events) FROM usage_runs WHERE run_id = 'run-new' GROUP BY day"
+        ) == [((now - timedelta(days=2)).date(), 1)]
+    finally:
+        await store.stop()
+        await drop_database(backend.admin, url)
+
+
 async def test_the_worker_rebuilds_derived_rollups_that_disagree(backend: Backend):
     url = await backend.fresh_url()
     store = Store(url)
@@ -608,7 +674,7 @@ async def test_event_ids_outlive_retention_and_the_migration_copies_an_existing_
 async def test_the_rollup_repair_never_rebuilds_away_what_retention_deleted(backend: Backend):
     """A crash leaves raw events without their rollup rows, on a partition where retention
     deleted other raw events: the repair rebuilds what it can rebuild exactly and leaves the
-    org-days and runs that lost raw events to retention as they are (their rollups are the
+    org-days that lost raw events to retention as they are (their rollups are the
     only record of the deleted events)."""
     url = await backend.fresh_url()
     store = Store(url)
@@ -635,14 +701,7 @@ async def test_the_rollup_repair_never_rebuilds_away_what_retention_deleted(back
         # A process killed in the middle of an insert: events stored, rollups not. B's on
         # the old day outnumber A's deleted ones; C's arrive late, on its expired day and
         # run, and on today.
-        views = [
-            s
-            for _, statements in migrations()
-            for s in statements
-            for name in ("usage_daily_mv", "usage_runs_mv")
-            if s.startswith(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {name} ")
-        ]
-        assert len(views) == 2
+        views = list((await view_ddl(store, "usage_daily_mv", "usage_runs_mv")).values())
         for name in ("usage_daily_mv", "usage_runs_mv"):
             await store.command(f"DROP VIEW {name}")
         second = [llm(b, old, "run-b", 1_000) for _ in range(6)]
@@ -674,7 +733,8 @@ async def test_the_rollup_repair_never_rebuilds_away_what_retention_deleted(back
             [
                 (a, "run-a", 3, 300),
                 (b, "run-b", 8, 6_002),
-                (c, "run-c", 3, 30),  # lost raw events to retention: kept as it was
+                # its expired day lost raw events to retention: kept as it was; today rebuilt
+                (c, "run-c", 4, 50),
                 (c, "run-c2", 1, 7),
             ]
         )
@@ -688,6 +748,71 @@ async def test_the_rollup_repair_never_rebuilds_away_what_retention_deleted(back
             )
             == daily
         )
+    finally:
+        await store.stop()
+        await drop_database(backend.admin, url)
+
+
+async def view_ddl(store: Store, *names: str) -> dict[str, str]:
+    """The CREATE statement of each materialized view as the migrations left it."""
+    rows = await store.query(
+        "SELECT name, create_table_query FROM system.tables"
+        " WHERE database = currentDatabase() AND has({names:Array(String)}, name)",
+        {"names": list(names)},
+    )
+    views = {name: ddl for name, ddl in rows}
+    assert set(views) == set(names)
+    return views
+
+
+async def test_the_rollup_repair_rebuilds_runs_cut_off_while_the_daily_rollup_is_whole(
+    backend: Backend,
+):
+    """A process killed between the views of one insert: the events and usage_daily are
+    stored, usage_runs is not. The repair finds the days by usage_runs alone and rebuilds the
+    runs of those org-days, on every day they span, without counting anything twice."""
+    url = await backend.fresh_url()
+    store = Store(url)
+    await store.start()
+    try:
+        p = 3
+        sink = ClickHouseSink(store, "runs-cut", 86_400)
+        now = datetime.now(UTC)
+        yesterday = now - timedelta(days=1)
+        a, b = orgs_on(p, N, count=2, prefix="runs-cut")
+
+        def llm(org: str, at: datetime, run: str, tokens: int) -> bytes:
+            event = make_event(org_id=org, ts=iso(at), run_id=run, input_tokens=tokens)
+            return wire(event | {"output_tokens": 0})
+
+        state = PartitionState(p, N)
+        first = [llm(a, yesterday, "run-a", 10) for _ in range(4)]
+        first += [llm(b, now, "run-b", 1) for _ in range(2)]
+        await run_batch(sink, state, first, 0)
+        (view,) = (await view_ddl(store, "usage_runs_mv")).values()
+        await store.command("DROP VIEW usage_runs_mv")
+        second = [llm(a, now, "run-a", 100) for _ in range(3)]
+        second += [llm(a, now, "run-a2", 5)]
+        await run_batch(sink, state, second, len(first))
+        await store.command(view)
+
+        assert await sink.repair(p) == [now.date()]
+        runs = await store.query(
+            "SELECT org_id, run_id, sum(events), sum(billable), min(first_ts), max(last_ts)"
+            " FROM usage_runs GROUP BY org_id, run_id"
+        )
+        ms = timedelta(milliseconds=1)
+        got = {(o, r): (int(n), int(t), lo, hi) for o, r, n, t, lo, hi in runs}
+        assert {k: v[:2] for k, v in got.items()} == {
+            (a, "run-a"): (7, 340),
+            (a, "run-a2"): (1, 5),
+            (b, "run-b"): (2, 2),
+        }
+        lo, hi = got[(a, "run-a")][2:]
+        assert abs(utc(lo) - yesterday) < ms and abs(utc(hi) - now) < ms  # spans both days
+        daily = await store.query("SELECT sum(events), sum(billable) FROM usage_daily")
+        assert [tuple(map(int, r)) for r in daily] == [(10, 347)]
+        assert await sink.repair(p) == []
     finally:
         await store.stop()
         await drop_database(backend.admin, url)

@@ -48,35 +48,29 @@ def test_the_backfill_copies_what_the_materialized_view_writes():
     assert q.EVENT_IDS_BACKFILL.removeprefix("INSERT INTO event_ids ") == q.EVENT_IDS_SELECT
 
 
-def test_the_rollup_repair_binds_its_org_days_and_runs():
+def test_the_rollup_repair_binds_its_org_days():
     days = [date(2026, 11, 2), date(2026, 11, 3)]
     text, params = q.rollup_gaps(7)
     assert params == {"p": 7} and placeholders(text) == {"p"}
     text, params = q.org_gaps(7, days)
     assert params == {"p": 7, "days": days} and placeholders(text) == {"p", "days"}
-    assert text.count("GROUP BY org_id, d") == 2  # by org and day: each org's own
-
-    text, params = q.gap_runs(7, [(EVIL, days[0]), ("acme", days[1])])
-    assert EVIL not in text and params == {"p": 7, "orgs": [EVIL, "acme"], "days": days}
-    assert placeholders(text) == set(params)
+    assert text.count("GROUP BY org_id, d") == 3  # by org and day: each org's own
 
     text, params = q.deleted_days(7, [EVIL], days[0], days[1])
     assert EVIL not in text and placeholders(text) == set(params) == {"p", "orgs", "first", "last"}
     assert "FROM event_ids" in text and "FROM events" in text and "WHERE i.n > e.n" in text
 
-    statements = q.repair_rollups(7, [(EVIL, days[0])], [(EVIL, "run-'1")])
+    statements = q.repair_rollups(7, [(EVIL, days[0])])
     assert [s.split()[:3] for s, _ in statements] == [
         ["ALTER", "TABLE", "usage_daily"],
         *(["ALTER", "TABLE", t] for t in q.DERIVED_KEYS),
-        ["INSERT", "INTO", "usage_daily"],
         ["ALTER", "TABLE", "usage_runs"],
+        ["INSERT", "INTO", "usage_daily"],
         ["INSERT", "INTO", "usage_runs"],
     ]
     for text, params in statements:
-        assert EVIL not in text and "run-'1" not in text
+        assert EVIL not in text
         assert placeholders(text) == set(params)
-    assert statements[0][1] == {"p": 7, "orgs": [EVIL], "days": [days[0]]}
-    assert statements[-1][1] == {"p": 7, "run_orgs": [EVIL], "runs": ["run-'1"]}
-    # Nothing to rebuild of a kind: no statement for it.
-    assert [s.split()[2] for s, _ in q.repair_rollups(7, [], [("acme", "r")])] == ["usage_runs"] * 2
-    assert len(q.repair_rollups(7, [("acme", days[0])], [])) == 2 + len(q.DERIVED_KEYS)
+        assert params == {"p": 7, "orgs": [EVIL], "days": [days[0]]}
+    # Nothing to rebuild: no statement.
+    assert q.repair_rollups(7, []) == []

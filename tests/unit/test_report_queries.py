@@ -121,6 +121,6 @@ def test_derived_rollup_statements_bind_the_partition_and_days():
     # A repair from the events empties the derived rollups for the same days first: the
     # re-insert into usage_daily reaches them through their views.
     org_days = [("acme", d) for d in days]
-    statements = q.repair_rollups(7, org_days, [])
+    statements = q.repair_rollups(7, org_days)
     deletes = [s for s, _ in statements if s.startswith("ALTER TABLE usage_daily")]
     assert [s.split()[2] for s in deletes] == ["usage_daily", *q.DERIVED_KEYS]
