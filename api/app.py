@@ -27,6 +27,7 @@ from api.routes import (
     quota,
     sessions,
     subscriptions,
+    traces,
     usage,
 )
 from api.state import Services
@@ -68,6 +69,7 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
     app.include_router(invoices.admin)
     app.include_router(dashboard.router)
     app.include_router(events.router)
+    app.include_router(traces.router)
     app.include_router(admission.router)
     app.include_router(plans.router)
     app.include_router(subscriptions.router)

@@ -297,6 +297,12 @@ def bench(
     only_breakdowns: Annotated[
         bool, typer.Option(help="Only the preload and the report queries (a minute or two).")
     ] = False,
+    ingest_requests: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Requests to POST /api/v2/events (500 events) and /v1/traces (512 spans)."
+        ),
+    ] = 40,
 ) -> None:
     """Measure Tally against the machine's ceiling; prints a table, then one JSON line."""
     from commands.bench.run import main as run_bench
@@ -315,6 +321,7 @@ def bench(
         memory_keys=memory_keys,
         breakdown_rows=breakdown_rows,
         only_breakdowns=only_breakdowns,
+        ingest_requests=ingest_requests,
     )
 
 

@@ -103,6 +103,9 @@ class LlmUsage(_Envelope):
     output_tokens: Count
     cached_input_tokens: Count = Field(0, description="The part of input_tokens read from cache.")
     mode: Literal["managed", "byok"] = "managed"
+    provider: Name | None = Field(
+        None, description="Who served the call (e.g. openai), when the producer knows it."
+    )
 
     @model_validator(mode="after")
     def _cached_within_input(self) -> LlmUsage:

@@ -99,6 +99,7 @@ def llm(
         "output_tokens": out.cast(pa.uint64()),
         "cached_input_tokens": cached.cast(pa.uint64()),
         "mode": mode,
+        "provider": pa.array([e.provider or "" for e in events], pa.string()),
     }
 
 

@@ -70,6 +70,7 @@ _ABSENT = {
     "output_tokens": (0, pa.uint64()),
     "cached_input_tokens": (0, pa.uint64()),
     "mode": ("", pa.string()),
+    "provider": ("", pa.string()),
     "tool": ("", pa.string()),
     "success": (1, pa.uint8()),
     "cache_hit": (0, pa.uint8()),

@@ -28,7 +28,14 @@ from schemas.events import (
 )
 
 FIELDS = {
-    "llm.usage": ("model", "input_tokens", "output_tokens", "cached_input_tokens", "mode"),
+    "llm.usage": (
+        "model",
+        "input_tokens",
+        "output_tokens",
+        "cached_input_tokens",
+        "mode",
+        "provider",
+    ),
     "tool.call": ("connector", "tool", "success"),
     "gateway.request": ("model", "cache_hit", "mode"),
     "session.started": (),
@@ -72,6 +79,7 @@ class WireLlmUsage(WireEnvelope, tag="llm.usage"):
     output_tokens: _Count
     cached_input_tokens: _Count = 0
     mode: _Mode = "managed"
+    provider: _Name | None = None
 
 
 class WireToolCall(WireEnvelope, tag="tool.call"):
@@ -206,6 +214,7 @@ def _fast(raw: bytes) -> dict[str, Any]:
         out["output_tokens"] = event.output_tokens
         out["cached_input_tokens"] = event.cached_input_tokens
         out["mode"] = event.mode
+        out["provider"] = event.provider
     elif type(event) is WireToolCall:
         out["type"] = "tool.call"
         out["connector"] = event.connector

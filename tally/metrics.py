@@ -65,9 +65,17 @@ stored_marks = Counter(
     "tally_stored_marks",
     "Worker: stored marks published on usage.stored (end-to-end acknowledgement).",
 )
+otlp_spans = Counter(
+    "tally_otlp_spans",
+    "API: spans received on POST /v1/traces, by outcome: `event` (a usage event), `ignored`"
+    " (no usage: neither a model call nor a tool call, or a model call without token"
+    " counts), `rejected` (refused, the reason in the answer's partial_success).",
+    ["outcome"],
+)
 ingest_unconfirmed = Counter(
     "tally_ingest_not_stored_in_time",
-    "API: POST /api/v2/events batches answered 503 because their storage was not confirmed"
+    "API: POST /api/v2/events batches and POST /v1/traces exports answered 503 because their"
+    " storage was not confirmed"
     " within TALLY_INGEST_WAIT_S (the client sends them again; duplicates are dropped).",
 )
 batches = Counter("tally_batches", "Batches stored and counted by the worker.")

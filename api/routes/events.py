@@ -17,7 +17,6 @@ some were not.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -26,13 +25,11 @@ from fastapi.responses import JSONResponse
 
 from api.auth import require_scope, services
 from api.errors import ApiError
+from api.ingest import admit, read_body, store
 from api.registry import ApiKey
 from api.state import Services
-from producers.emitter import MAX_EVENT_BYTES
-from producers.spool import SpoolError
 from schemas.api import ErrorBody, EventResult, IngestResponse
-from schemas.events import Event, InvalidEvent, validate_event
-from tally import metrics
+from schemas.events import Event, InvalidEvent
 
 MAX_EVENTS = 1000
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -86,27 +83,12 @@ async def ingest(
     """Accept a batch of usage events for the key's org; answers per event."""
     if svc.emitter is None:
         raise ApiError(503, "unavailable", "event ingestion is not enabled in this process")
-    items = _parse(await _read_body(request))
+    items = _parse(await read_body(request, MAX_BODY_BYTES))
     checked = [_admit(svc, key, i, item) for i, item in enumerate(items)]
     results = [result for result, _ in checked]
-    events = [event for _, event in checked if event is not None]
-    if events:
-        wait_s = svc.settings.ingest_wait_s
-        try:
-            stored = await svc.emitter.emit_stored(events, timeout=wait_s)
-        except SpoolError as exc:
-            results = [_failed(r, str(exc)) for r in results]
-        else:
-            if not stored:
-                metrics.ingest_unconfirmed.inc()
-                raise ApiError(
-                    503,
-                    "not_stored_yet",
-                    f"the batch was not confirmed as stored within {wait_s:g}s (the worker is"
-                    " catching up or restarting); send the same batch again: events already"
-                    " stored are recognised by event_id and counted once",
-                    headers={"Retry-After": "1"},
-                )
+    failure = await store(svc, [event for _, event in checked if event is not None])
+    if failure is not None:
+        results = [_failed(r, failure) for r in results]
     body = IngestResponse(
         accepted=sum(r.status == "accepted" for r in results),
         rejected=sum(r.status == "rejected" for r in results),
@@ -116,25 +98,6 @@ async def ingest(
     )
     status = 200 if body.accepted == len(results) else 207
     return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=status)
-
-
-async def _read_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _too_large()
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise _too_large()
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _too_large() -> ApiError:
-    return ApiError(
-        413, "payload_too_large", f"the body is over {MAX_BODY_BYTES} bytes; send smaller batches"
-    )
 
 
 def _parse(body: bytes) -> list[Any]:
@@ -158,8 +121,7 @@ def _parse(body: bytes) -> list[Any]:
 
 def _admit(svc: Services, key: ApiKey, index: int, item: Any) -> tuple[EventResult, Event | None]:
     """Validate one event against the contract, the key and the event-time policy
-    (tally.domain.eventtime); the event, if good."""
-    assert svc.emitter is not None
+    (api.ingest.admit); the event, if good."""
     if not isinstance(item, dict):
         return EventResult(
             index=index, status="rejected", error="event: must be a JSON object"
@@ -177,12 +139,7 @@ def _admit(svc: Services, key: ApiKey, index: int, item: Any) -> tuple[EventResu
                 f"key_mode: this is a {key.mode} key, so its events must say "
                 f'key_mode "{key.mode}" (or leave key_mode out)'
             )
-        event = validate_event(item)
-        if len(orjson.dumps(item)) > MAX_EVENT_BYTES:
-            raise InvalidEvent(f"event: must be at most {MAX_EVENT_BYTES} bytes of JSON")
-        too_old_or_ahead = svc.settings.event_time.refusal(event.ts, datetime.now(UTC))
-        if too_old_or_ahead is not None:  # history goes through `tally backfill --from --to`
-            raise InvalidEvent(too_old_or_ahead)
+        event = admit(svc, item)
     except InvalidEvent as exc:
         return EventResult(
             index=index, status="rejected", event_id=event_id, error=exc.reason

@@ -116,6 +116,7 @@ _COLUMNS = {
     "cached_input_tokens": "if(type = 'llm.usage', cached, 0)",
     "mode": "if(type = 'llm.usage',"
     " if(intDiv(h1, 10000) % 1000 < {byok_permille:UInt16}, 'byok', 'managed'), '')",
+    "provider": "''",
     "tool": "if(type = 'tool.call', {tools:Array(Array(String))}[c]"
     "[1 + h5 % length({tools:Array(Array(String))}[c])], '')",
     "success": "if(type = 'tool.call', succeeded, 1)",

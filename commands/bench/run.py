@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from commands.bench import drain, emitter, freshness, http, prepare, queries, start
+from commands.bench import drain, emitter, freshness, http, ingest, prepare, queries, start
 from commands.bench.workload import Workload, generate
 from commands.runtime import Tally, settle_gc
 from tally.broker import EmbeddedBroker
@@ -51,6 +51,7 @@ async def run(
     memory_keys: int,
     breakdown_rows: int,
     only_breakdowns: bool = False,
+    ingest_requests: int = 40,
 ) -> dict[str, Any]:
     figures: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
@@ -84,6 +85,8 @@ async def run(
                 if workload is not None:
                     await stream_figures(tally, workload, samples, load_rate, figures, broker.pid)
                     await http_figures(tally, connections, http_seconds, figures)
+                    # HTTP ingestion, stored: the worker runs since the drain.
+                    figures.update(await ingest.ingest_rates(tally, ingest_requests))
                 figures.update(
                     await queries.breakdowns(
                         tally, breakdown_rows, orgs=100, agents=1000, days=30, queries=440

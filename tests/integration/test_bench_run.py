@@ -42,6 +42,8 @@ MEASURED = (
     "prepare_each_us",
     "prepare_columns_us",
     "start_ready_s",
+    "ingest_events_eps",
+    "otlp_spans_per_s",
 )
 HTTP = ("rps", "p50_ms", "p99_ms")
 

@@ -169,6 +169,7 @@ def event_row(**overrides: Any) -> list[Any]:
         "output_tokens": 50,
         "cached_input_tokens": 0,
         "mode": "managed",
+        "provider": "openai",
         "tool": "",
         "success": 1,
         "cache_hit": 0,

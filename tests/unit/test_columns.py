@@ -154,7 +154,13 @@ def events(draw: st.DrawFn) -> bytes:
             # now and then more than the input tokens: refused
             cached_input_tokens=draw(st.integers(0, inp)) + (draw(st.integers(0, 300)) == 157),
         )
-        for name, value in (("cached_input_tokens", ...), ("mode", "byok"), ("mode", ...)):
+        for name, value in (
+            ("cached_input_tokens", ...),
+            ("mode", "byok"),
+            ("mode", ...),
+            ("provider", "openai"),
+            ("provider", "aws.bedrock"),
+        ):
             if draw(st.booleans()):
                 event[name] = value
     elif kind == "tool.call":

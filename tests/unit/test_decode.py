@@ -51,6 +51,11 @@ MUTATIONS = [
     ("type", "llm"),
     ("extra_field", {"a": 1}),
     ("agent_id", 7),
+    ("provider", "openai"),
+    ("provider", "gcp.vertex_ai"),
+    ("provider", ""),
+    ("provider", "p" * 129),
+    ("provider", 5),
 ]
 
 

@@ -11,6 +11,7 @@ MODULES = [
     "tally.domain.quota",
     "tally.domain.reservations",
     "tally.domain.windows",
+    "tally.domain.otel",
     "streams.holes",
 ]
 
