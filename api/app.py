@@ -15,6 +15,7 @@ from api.metrics import HttpMetrics
 from api.routes import (
     admin,
     admission,
+    alerts,
     credits,
     dashboard,
     events,
@@ -25,6 +26,7 @@ from api.routes import (
     sessions,
     subscriptions,
     usage,
+    webhooks,
 )
 from api.state import Services
 
@@ -68,6 +70,9 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
     app.include_router(ops.admin)
     app.include_router(sessions.router)
     app.include_router(sessions.admin)
+    app.include_router(alerts.router)
+    app.include_router(webhooks.router)
+    app.include_router(webhooks.admin)
     app.add_middleware(HttpMetrics)
     openapi.install(app)
     return app

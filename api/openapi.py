@@ -33,6 +33,12 @@ ERRORS: dict[str, tuple[int, str]] = {
         "model 'gpt-4o' is not available in managed mode on the Free plan (allowed: "
         "gpt-4o-mini): use an allowed model or upgrade to a plan with BYOK",
     ),
+    "target_refused": (
+        400,
+        "the host 'hooks.internal' resolves to a loopback, private or link-local address"
+        " (10.0.0.7): webhooks go to public addresses only",
+    ),
+    "unknown_meter": (400, "no meter 'tokenz': use one of tokens, tool_calls, requests, ..."),
     "not_found": (404, "org 'acme' does not exist"),
     "conflict": (409, "org 'acme' exists already"),
     "billing_limit_reached": (
@@ -61,7 +67,7 @@ _DESCRIPTIONS = {
     401: "Missing, unknown or revoked key",
     402: "Trial ended or payment past due: new runs are paused, reads keep working",
     403: "Not allowed on this plan, or admin disabled",
-    404: "No such org or key",
+    404: "No such org, key, webhook endpoint or delivery",
     409: "Conflicts with the current state",
     422: "The request does not validate",
     429: "A limit is reached; `Retry-After` says when to retry a burst",

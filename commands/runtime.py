@@ -12,6 +12,7 @@ import logging
 from contextlib import AsyncExitStack
 from typing import Any
 
+from api.alerts.service import Alerting
 from api.counter_table import CounterTable
 from api.refresh import RegistryRefresher
 from api.registry import Registry
@@ -105,6 +106,8 @@ class Tally:
             self.services.emitter = await self._start_emitter()
             self.retention = RetentionSweeper(self.services, s.retention_interval_s)
             await self.retention.start()
+            self.services.alerts = Alerting(self.services)
+            await self.services.alerts.start()
             if self.worker is not None:
                 worker = self.worker
                 # One process: the worker's counters reach quota reads without the round
@@ -149,6 +152,8 @@ class Tally:
         if self.retention is not None:
             await self.retention.stop()
         if self.services is not None:
+            if self.services.alerts is not None:
+                await self.services.alerts.stop()
             if self.services.emitter is not None:
                 await self.services.emitter.close()
             await self.services.counters.stop()

@@ -1,0 +1,167 @@
+"""The alert evaluator of an API process, beside its requests and off the worker's path.
+
+Every `alerts_interval_s` it reads each org's meters from the in-memory counter table (the
+quota overview: no ClickHouse), applies the rules in force, and fires what holds and has
+not fired (an id the book knows). Credit balances are read from the store less often. A
+fired alert is stored (`AlertBook.fire`), handed to the webhook dispatcher and published on
+`usage.alerts` keyed by org; what could not be published is published again later.
+
+Why not a faust agent with a Table of what fired: the fired set must outlive the embedded
+broker, whose log (and so a Table's changelog) is in memory only, so it is kept in
+ClickHouse whatever runs the rules; and the rules need each org's plan and billing window,
+which the API process holds. See README, "Alerts".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from api import figures
+from api.alerts.book import AlertBook
+from api.alerts.dispatcher import Dispatcher, Policy
+from api.ledger import CreditLedger
+from api.state import Services
+from api.subscriptions import account
+from tally.config import ALERTS_TOPIC
+from tally.domain import alerts as a
+from tally.domain.alerts import Alert
+from tally.domain.quota import overview
+from tally.kafka_clients import stop_client
+
+log = logging.getLogger("tally.alerts")
+
+CREDITS_EVERY = 20  # ticks between credit balance reads (they query the store)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Alerting:
+    """Rules, evaluation, storage, publication and delivery of an API process's alerts."""
+
+    def __init__(self, svc: Services, clock: Callable[[], datetime] = _now) -> None:
+        s = svc.settings
+        self.svc = svc
+        self.clock = clock
+        self.book = AlertBook(svc.store)
+        policy = Policy(
+            s.webhook_backoff_s,
+            timedelta(seconds=s.webhook_retry_for_s),
+            timedelta(seconds=s.webhook_disable_after_s),
+            s.webhook_allow_private,
+        )
+        self.dispatcher = Dispatcher(self.book, policy, self.fire, lambda: self.clock())
+        self.interval_s = s.alerts_interval_s
+        self.refresh_every = max(1, round(s.registry_refresh_s / s.alerts_interval_s))
+        self._producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._credits_ledger = CreditLedger(svc.store, svc.topup_lock)
+
+    async def start(self) -> None:
+        await self.book.load(self.clock())
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.svc.settings.bootstrap_servers, acks="all"
+        )
+        await self._producer.start()
+        await self.dispatcher.start()
+        self._task = asyncio.create_task(self._run(), name="tally-alerts")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.dispatcher.stop()
+        if self._producer is not None:
+            await stop_client(self._producer, 10)
+            self._producer = None
+
+    async def fire(self, x: Alert) -> None:
+        """Store `x` once, queue its deliveries, publish it."""
+        if x.id in self.book.fired:
+            return
+        self.dispatcher.enqueue(await self.book.fire(x))
+        await self._publish(x)
+
+    async def _publish(self, x: Alert) -> None:
+        if self._producer is None:
+            return
+        try:
+            value = orjson.dumps(x.payload())
+            await self._producer.send_and_wait(ALERTS_TOPIC, value, key=x.org_id.encode())
+            await self.book.published(x)
+        except Exception as exc:  # published again at the next refresh
+            log.warning("alert %s not published yet: %r", x.id, exc)
+
+    async def _run(self) -> None:
+        tick = 0
+        while True:
+            try:
+                if tick % self.refresh_every == 0 and tick:
+                    await self.book.load(self.clock())
+                    await self.dispatcher.load()
+                    for x in await self.book.unpublished():
+                        await self._publish(x)
+                await self.evaluate(credits=tick % CREDITS_EVERY == 0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("alert evaluation failed; retrying")
+            tick += 1
+            await asyncio.sleep(self.interval_s)
+
+    async def evaluate(self, credits: bool = False) -> None:
+        """One pass over every org: fire what holds and has not fired."""
+        svc, now = self.svc, self.clock()
+        if not svc.counters.ready.is_set():
+            return
+        balances = await self._balances() if credits else {}
+        for org_id in list(svc.registry.orgs):
+            for x in self._alerts_of(org_id, now, balances):
+                if x.id not in self.book.fired:
+                    await self.fire(x)
+
+    def _alerts_of(self, org_id: str, now: datetime, balances: dict[str, int]) -> list[Alert]:
+        svc = self.svc
+        acct = account(svc.registry, svc.plans, org_id, now)
+        o = overview(
+            acct.plan, acct.window, now, figures.used(svc.counters, org_id, acct.window, now)
+        )
+        figs = list(a.org_figures(o))
+        rules = a.in_force(a.default_rules(o), self.book.rules.get(org_id, []))
+        open_alerts = [x for x in self.book.open.values() if x.org_id == org_id]
+        sub = acct.subscription
+        found = [
+            *a.crossings(org_id, rules, figs, now),
+            *a.resolutions(open_alerts, rules, figs, now),
+            *a.subscription_alerts(
+                org_id, rules, sub.status, sub.trial_ends_at, self._past_due_since(org_id, now), now
+            ),
+        ]
+        if org_id in balances:
+            found += a.credit_alerts(org_id, rules, balances[org_id], True, acct.window, now)
+        return found
+
+    def _past_due_since(self, org_id: str, now: datetime) -> datetime | None:
+        changes = self.svc.registry.accounts.history(org_id)
+        since = [c.effective_at for c in changes if c.status is not None and c.effective_at <= now]
+        last = [c for c in changes if c.status is not None and c.effective_at <= now]
+        if not last or last[-1].status != "past_due":
+            return None
+        return since[-1]
+
+    async def _balances(self) -> dict[str, int]:
+        """The credit balance of every org with a credit account (store reads)."""
+        rows = await self.svc.store.query("SELECT DISTINCT org_id FROM credit_topups")
+        out = {}
+        for (org_id,) in rows:
+            if org_id in self.svc.registry.orgs:
+                out[org_id] = (await self._credits_ledger.account(org_id)).balance_micros
+        return out
