@@ -90,7 +90,9 @@ async def test_a_new_billing_window_delivers_the_resolved_alerts(
     alerts = stack.services.alerts if stack.services else None
     assert alerts is not None
     monkeypatch.setattr(
-        alerts.dispatcher, "policy", dataclasses.replace(alerts.dispatcher.policy, allow_private=True)
+        alerts.dispatcher,
+        "policy",
+        dataclasses.replace(alerts.dispatcher.policy, allow_private=True),
     )
     monkeypatch.setattr(stack.settings, "webhook_allow_private", True)
     org, key = await new_org(plan="scale")
