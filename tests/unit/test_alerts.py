@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from tally.catalogue import load_plans
 from tally.domain import alerts as a
@@ -89,7 +89,7 @@ def test_signatures_verify_with_the_reference_library() -> None:
     ts = int(datetime.now(UTC).timestamp())
     headers = w.headers(secret, "msg_1", ts, body)
     assert Webhook(secret).verify(body, headers) == {"type": "usage.threshold_reached"}
-    with pytest.raises(Exception):
+    with pytest.raises(WebhookVerificationError):
         Webhook(w.new_secret()).verify(body, headers)
 
 
