@@ -81,6 +81,7 @@ class AlertBook:
         self.endpoints: dict[str, Endpoint] = {}
         self.fired: set[str] = set()
         self.open: dict[str, Alert] = {}  # reached, not yet resolved
+        self.generation = 0  # moves whenever rules or open alerts may have changed
 
     async def load(self, now: datetime) -> None:
         """Merge what the store holds (this replica's writes and every other's)."""
@@ -93,6 +94,7 @@ class AlertBook:
             )  # fmt: skip
             endpoints[e.id] = e
         stored = [alert_of(r) for r in await self.store.query(*sql.alerts_since(now - KEEP_OPEN))]
+        before = (dict(self.rules), set(self.open))
         self.rules.update(rules)
         for e in endpoints.values():
             mine = self.endpoints.get(e.id)
@@ -105,11 +107,14 @@ class AlertBook:
                 self.open.setdefault(x.id, x)
         for id_ in [i for i in self.open if a.resolved_id(i) in self.fired]:
             del self.open[id_]
+        if before != (self.rules, set(self.open)):
+            self.generation += 1
 
     async def set_rules(self, org_id: str, rules: list[Rule], now: datetime) -> None:
         row = [org_id, version_of(now), now, rules_json(rules)]
         await self.store.insert("alert_rules", [row], sql.RULE_COLUMNS)
         self.rules[org_id] = rules
+        self.generation += 1
 
     async def save_endpoint(self, e: Endpoint) -> Endpoint:
         row = [
@@ -147,6 +152,7 @@ class AlertBook:
             await self.store.insert("webhook_deliveries", outbox, sql.DELIVERY_COLUMNS)
         await self.store.insert("alerts", [alert_row(x, 0)], sql.ALERT_COLUMNS)
         self.fired.add(x.id)
+        self.generation += 1
         if x.type == a.THRESHOLD_REACHED:
             self.open[x.id] = x
         elif x.type == a.THRESHOLD_RESOLVED:

@@ -87,11 +87,13 @@ class Dispatcher:
         policy: Policy,
         fire: Callable[[Alert], Awaitable[None]],
         clock: Callable[[], datetime],
+        owns: Callable[[str], bool],
     ) -> None:
         self.book = book
         self.policy = policy
         self.fire = fire
         self.clock = clock
+        self.owns = owns  # whether this process delivers an org's messages
         self.pending: dict[tuple[str, str], Delivery] = {}
         self._inflight: set[tuple[str, str]] = set()
         self._attempts: set[asyncio.Task[None]] = set()
@@ -163,6 +165,7 @@ class Dispatcher:
             d
             for d in self.pending.values()
             if d.key not in self._inflight
+            and self.owns(d.org_id)
             and (d.next_attempt_at is None or d.next_attempt_at <= now)
             and self._endpoint(d) is not None
         ][: MAX_IN_FLIGHT - len(self._inflight)]

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaProducer
 from api import figures
 from api.alerts.book import AlertBook
 from api.alerts.dispatcher import Dispatcher, Policy
+from api.alerts.ownership import Ownership
 from api.ledger import CreditLedger
 from api.state import Services
 from api.subscriptions import account
@@ -57,12 +58,21 @@ class Alerting:
             timedelta(seconds=s.webhook_disable_after_s),
             s.webhook_allow_private,
         )
-        self.dispatcher = Dispatcher(self.book, policy, self.fire, lambda: self.clock())
+        assert s.bootstrap_servers is not None
+        self.ownership = Ownership(
+            s.bootstrap_servers, f"{s.group_id}-alerts", s.partitions, s.session_timeout_ms
+        )
+        self.dispatcher = Dispatcher(
+            self.book, policy, self.fire, lambda: self.clock(), self.ownership.owns
+        )
         self.interval_s = s.alerts_interval_s
         self.refresh_every = max(1, round(s.registry_refresh_s / s.alerts_interval_s))
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
         self._credits_ledger = CreditLedger(svc.store, svc.topup_lock)
+        # Per org, what its last evaluation was made of: an org none of whose inputs moved
+        # is not evaluated again (a tick costs little more than a dict lookup per org).
+        self._seen: dict[str, tuple[object, ...]] = {}
 
     async def start(self) -> None:
         await self.book.load(self.clock())
@@ -70,6 +80,7 @@ class Alerting:
             bootstrap_servers=self.svc.settings.bootstrap_servers, acks="all"
         )
         await self._producer.start()
+        await self.ownership.start()
         await self.dispatcher.start()
         self._task = asyncio.create_task(self._run(), name="tally-alerts")
 
@@ -79,6 +90,7 @@ class Alerting:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         await self.dispatcher.stop()
+        await self.ownership.stop()
         if self._producer is not None:
             await stop_client(self._producer, 10)
             self._producer = None
@@ -124,9 +136,28 @@ class Alerting:
             return
         balances = await self._balances() if credits else {}
         for org_id in list(svc.registry.orgs):
+            if not self.ownership.owns(org_id):
+                continue
+            inputs = self._inputs(org_id, now)
+            if org_id not in balances and self._seen.get(org_id) == inputs:
+                continue
             for x in self._alerts_of(org_id, now, balances):
                 if x.id not in self.book.fired:
                     await self.fire(x)
+            self._seen[org_id] = inputs
+
+    def _inputs(self, org_id: str, now: datetime) -> tuple[object, ...]:
+        """Everything an org's usage and subscription alerts depend on. Time counts by the
+        minute: the shortest window (the request burst) and every window end turn on one."""
+        reg = self.svc.registry
+        return (
+            self.ownership.generation,
+            self.svc.counters.changes(org_id),
+            reg.generation,
+            reg.accounts.generation,
+            self.book.generation,
+            int(now.timestamp() // 60),
+        )
 
     def _alerts_of(self, org_id: str, now: datetime, balances: dict[str, int]) -> list[Alert]:
         svc = self.svc
