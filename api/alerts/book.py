@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from tally import metrics
 from tally.domain import alerts as a
 from tally.domain.alerts import Alert, Rule
 from tally.store import Store
@@ -152,6 +153,7 @@ class AlertBook:
             await self.store.insert("webhook_deliveries", outbox, sql.DELIVERY_COLUMNS)
         await self.store.insert("alerts", [alert_row(x, 0)], sql.ALERT_COLUMNS)
         self.fired.add(x.id)
+        metrics.alerts_fired.labels(x.type).inc()
         self.generation += 1
         if x.type == a.THRESHOLD_REACHED:
             self.open[x.id] = x

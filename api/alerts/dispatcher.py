@@ -23,6 +23,7 @@ import httpx
 
 from api.alerts.book import AlertBook, Endpoint, utc
 from api.alerts.targets import check_target
+from tally import metrics
 from tally.domain import webhooks
 from tally.domain.alerts import Alert, endpoint_disabled
 from tally.domain.webhooks import TargetRefused
@@ -224,6 +225,7 @@ class Dispatcher:
         await self.book.store.insert("webhook_deliveries", [done.row()], sql.DELIVERY_COLUMNS)
         self.pending.pop(d.key, None)
         self.add(done)
+        metrics.webhook_attempts.labels("delivered" if ok else "failed").inc()
         log.info(
             "webhook %s to %s: attempt %d %s",
             d.msg_id,
