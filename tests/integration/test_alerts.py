@@ -9,10 +9,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from commands.runtime import Tally
-from tests.conftest import OrgFactory, Send, bearer, eventually
+from tally.config import ALERTS_TOPIC
+from tests.conftest import ADMIN_KEY, OrgFactory, Send, bearer, eventually
 from tests.factories import make_event
 from tests.integration.receiver import Receiver
 
@@ -136,3 +139,94 @@ async def test_a_new_billing_window_delivers_the_resolved_alerts(
     history = (await client.get("/api/v2/alerts", headers=bearer(key))).json()["alerts"]
     assert [a["type"] for a in history] == ["usage.threshold_resolved", "usage.threshold_reached"]
     assert datetime.fromisoformat(done["timestamp"]) > datetime.now(UTC) + timedelta(days=1)
+
+
+async def alerts_on_topic(stack: Tally, org: str) -> list[dict[str, Any]]:
+    """Every message of `org` on usage.alerts (keyed by org), from the start."""
+    consumer = AIOKafkaConsumer(
+        ALERTS_TOPIC,
+        bootstrap_servers=stack.settings.bootstrap_servers,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        out = []
+        batches = await consumer.getmany(timeout_ms=3000)
+        while batches:
+            for records in batches.values():
+                out += [orjson.loads(r.value) for r in records if r.key == org.encode()]
+            batches = await consumer.getmany(timeout_ms=500)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def test_an_endpoint_failing_too_long_is_disabled_and_an_alert_says_so(
+    stack: Tally,
+    client: httpx.AsyncClient,
+    new_org: OrgFactory,
+    send: Send,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    alerts = stack.services.alerts if stack.services else None
+    assert alerts is not None
+    policy = dataclasses.replace(
+        alerts.dispatcher.policy, allow_private=True, disable_after=timedelta(seconds=2)
+    )
+    monkeypatch.setattr(alerts.dispatcher, "policy", policy)
+    monkeypatch.setattr(stack.settings, "webhook_allow_private", True)
+    org, key = await new_org(plan="scale")
+    with Receiver(fail_first=10**9) as broken, Receiver() as healthy:
+        r = await client.post(
+            "/api/v2/webhooks",
+            json={"url": broken.url, "events": ["usage.threshold_reached"]},
+            headers=bearer(key),
+        )
+        bad = r.json()["id"]
+        r = await client.post(
+            "/api/v2/webhooks",
+            json={"url": healthy.url, "events": ["webhook.endpoint_disabled"]},
+            headers=bearer(key),
+        )
+        secret = r.json()["secret"]
+        rules = {"rules": [{"meter": "tool_calls", "at": 1}]}
+        assert (
+            await client.put("/api/v2/alerts/rules", json=rules, headers=bearer(key))
+        ).is_success
+        await send(make_event("tool.call", org_id=org))
+
+        async def told() -> list[dict[str, Any]]:
+            return list(healthy.delivered(secret).values())
+
+        [said] = await eventually(told, timeout=60)
+        assert said["type"] == "webhook.endpoint_disabled" and said["data"]["rule"] == bad
+        hooks = (await client.get("/api/v2/webhooks", headers=bearer(key))).json()["webhooks"]
+        states = {h["id"]: (h["state"], h["failing_since"] is not None) for h in hooks}
+        assert states[bad] == ("disabled", True)
+        assert len(broken.requests) >= 2  # retried with backoff until it was disabled
+        assert len(broken.ids()) == 1  # always the same webhook-id
+        # The delivery log says what the receiver answered each time.
+        log = (await client.get(f"/api/v2/webhooks/{bad}/deliveries", headers=bearer(key))).json()
+        [d] = log["deliveries"]
+        assert d["status"] == "pending" and {a["status_code"] for a in d["attempts"]} == {503}
+    types = sorted(m["type"] for m in await alerts_on_topic(stack, org))
+    assert types == ["usage.threshold_reached", "webhook.endpoint_disabled"]
+
+
+async def test_a_low_credit_balance_fires_once(
+    stack: Tally, client: httpx.AsyncClient, new_org: OrgFactory
+) -> None:
+    alerts = stack.services.alerts if stack.services else None
+    assert alerts is not None
+    org, key = await new_org(plan="free")
+    rules = {"rules": [{"meter": "credits", "below": 5_000_000}]}
+    assert (await client.put("/api/v2/alerts/rules", json=rules, headers=bearer(key))).is_success
+    top = {"amount_micros": 1_000_000, "idempotency_key": "first"}
+    r = await client.post(f"/api/v2/admin/orgs/{org}/credits", json=top, headers=bearer(ADMIN_KEY))
+    assert r.status_code == 201, r.text
+    await alerts.evaluate(credits=True)  # balances are read every 20 ticks; now, here
+    await alerts.evaluate(credits=True)  # and again: nothing fires twice
+    history = (await client.get("/api/v2/alerts", headers=bearer(key))).json()["alerts"]
+    assert [(a["type"], a["data"]["used"], a["data"]["threshold"]) for a in history] == [
+        ("credits.low", 1_000_000, 5_000_000)
+    ]
