@@ -195,12 +195,10 @@ class Alerting:
         return found
 
     def _past_due_since(self, org_id: str, now: datetime) -> datetime | None:
+        """When the status in force turned past due (None unless it is past due)."""
         changes = self.svc.registry.accounts.history(org_id)
-        since = [c.effective_at for c in changes if c.status is not None and c.effective_at <= now]
-        last = [c for c in changes if c.status is not None and c.effective_at <= now]
-        if not last or last[-1].status != "past_due":
-            return None
-        return since[-1]
+        last = [c for c in changes if c.status is not None and c.effective_at <= now][-1:]
+        return last[0].effective_at if last and last[0].status == "past_due" else None
 
     async def _balances(self) -> dict[str, int]:
         """The credit balance of every org with a credit account (store reads)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
@@ -14,10 +15,15 @@ from api.registry import ApiKey
 from api.state import Services
 from api.subscriptions import account
 from schemas.alerts import AlertData, AlertList, AlertOut, RuleOut, RulesIn, RulesOut
+from schemas.api import ErrorBody
 from tally.domain import alerts as a
 from tally.domain.quota import Used, overview
 
 router = APIRouter(prefix="/api/v2", tags=["alerts"], responses=errors("unauthorized"))
+# A process started without its alerts (none of Tally's own commands does that) answers 503.
+OFF: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorBody, "description": "Alerts are not enabled in this process"}
+}
 
 
 async def alerting(svc: Services = Depends(services)) -> Alerting:
@@ -49,7 +55,7 @@ def _rules_out(rules: list[a.Rule]) -> RulesOut:
     )
 
 
-@router.get("/alerts/rules", response_model=RulesOut, responses=errors("quota_unavailable"))
+@router.get("/alerts/rules", response_model=RulesOut, responses=OFF)
 async def get_rules(
     key: ApiKey = Depends(current_key),
     svc: Services = Depends(services),
@@ -63,7 +69,7 @@ async def get_rules(
 @router.put(
     "/alerts/rules",
     response_model=RulesOut,
-    responses=errors("unknown_meter", "quota_unavailable"),
+    responses={**errors("unknown_meter"), **OFF},
 )
 async def put_rules(
     body: RulesIn,
@@ -84,7 +90,7 @@ async def put_rules(
     return _rules_out(rules_in_force(svc, alerts, key.org_id))
 
 
-@router.get("/alerts", response_model=AlertList, responses=errors("quota_unavailable"))
+@router.get("/alerts", response_model=AlertList, responses=OFF)
 async def list_alerts(
     limit: int = Query(100, ge=1, le=1000),
     key: ApiKey = Depends(current_key),

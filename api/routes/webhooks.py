@@ -19,7 +19,7 @@ from api.auth import current_key, require_admin, services
 from api.errors import ApiError
 from api.openapi import errors
 from api.registry import ApiKey
-from api.routes.alerts import alerting
+from api.routes.alerts import OFF, alerting
 from api.state import Services
 from api.subscriptions import account
 from schemas.alerts import (
@@ -43,8 +43,8 @@ admin = APIRouter(
     dependencies=[Depends(require_admin)],
     responses=errors("unauthorized", "forbidden"),
 )
-_CREATE = errors("plan_limit_error", "target_refused", "not_found", "quota_unavailable")
-_ONE = errors("not_found", "quota_unavailable")
+_CREATE = {**errors("plan_limit_error", "target_refused", "not_found"), **OFF}
+_ONE = {**errors("not_found"), **OFF}
 
 
 def _out(e: Endpoint) -> WebhookOut:
@@ -102,7 +102,7 @@ async def create_webhook(
     return WebhookCreated(id=e.id, secret=e.secret)
 
 
-@router.get("/webhooks", response_model=WebhookList, responses=errors("quota_unavailable"))
+@router.get("/webhooks", response_model=WebhookList, responses=OFF)
 async def list_webhooks(
     key: ApiKey = Depends(current_key), alerts: Alerting = Depends(alerting)
 ) -> WebhookList:
@@ -204,7 +204,7 @@ async def admin_create_webhook(
     return WebhookCreated(id=e.id, secret=e.secret)
 
 
-@admin.get("/webhooks", response_model=WebhookList, responses=errors("quota_unavailable"))
+@admin.get("/webhooks", response_model=WebhookList, responses=OFF)
 async def admin_list_webhooks(org_id: str, alerts: Alerting = Depends(alerting)) -> WebhookList:
     """An org's endpoints and their state."""
     return WebhookList(webhooks=[_out(e) for e in alerts.book.org_endpoints(org_id)])

@@ -208,8 +208,8 @@ def resolutions(
     figures: Iterable[Figure],
     now: datetime,
 ) -> list[Alert]:
-    """The reached alerts that no longer hold: their window has ended, or the rule's
-    threshold in the same window moved above what is used (a higher limit)."""
+    """The reached alerts that no longer hold: their window has ended, or in the same window
+    the rule's threshold moved above what is used (a higher limit) or the rule is gone."""
     current = {(f.meter, f.scope): f for f in figures}
     by_key = {r.key: r for r in rules}
     out = []
@@ -220,9 +220,11 @@ def resolutions(
         elif f is None or f.window.start != a.window_start:
             gone = False  # no figure to judge by (yet)
         else:
+            # A rule no longer in force (a default whose meter an upgrade made unlimited,
+            # an own rule replaced), or a threshold above what is used, no longer holds.
             rule = by_key.get(a.rule)
             n = rule.threshold(f.limit) if rule is not None else None
-            gone = rule is not None and (n is None or f.used < n)
+            gone = n is None or f.used < n
         if gone:
             used = f.used if f is not None else a.used
             limit = f.limit if f is not None else a.limit

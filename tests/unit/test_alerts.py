@@ -60,6 +60,10 @@ def test_a_new_window_and_an_upgrade_resolve() -> None:
     up = org_overview("business", tool_calls=800)
     [done] = a.resolutions([reached], a.default_rules(up), a.org_figures(up), NOW)
     assert done.type == a.THRESHOLD_RESOLVED and done.id == a.resolved_id(reached.id)
+    # An upgrade to a plan where the meter is unlimited: the default rule is gone.
+    free = org_overview("scale", tool_calls=800)
+    [lifted] = a.resolutions([reached], a.default_rules(free), a.org_figures(free), NOW)
+    assert lifted.id == done.id and lifted.limit is None
     # The window ended.
     later = reached.window_end + timedelta(seconds=1)
     [ended] = a.resolutions([reached], rules, [], later)
