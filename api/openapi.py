@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from schemas.api import ErrorBody
+from tally.domain.alerts import meters
 
 # code -> (HTTP status, an example message)
 ERRORS: dict[str, tuple[int, str]] = {
@@ -233,6 +234,9 @@ def install(app: FastAPI) -> None:
             body = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(body.pop("$defs", {}))
             schemas["ErrorBody"] = body
+        for rule in ("MeterAt", "MeterPercent"):  # the meters rules may name, from the domain
+            if rule in schemas:
+                schemas[rule]["properties"]["meter"]["enum"] = meters()
         for unused in ("HTTPValidationError", "ValidationError"):
             schemas.pop(unused, None)
         app.openapi_schema = doc

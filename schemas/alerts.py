@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.plans import MAX
 
@@ -20,34 +20,42 @@ EventType = Literal[
 ]
 
 
-class RuleIn(BaseModel):
-    """One rule. On a meter (`tokens`, `tool_calls`, `requests`, `requests_day`, ...): `at`
-    an amount, or `percent` of the limit. On `credits`: `below` micro-units. On `trial`:
-    `days` before the trial ends."""
+_METER = r"^[a-z][a-z0-9_]{0,63}$"  # the API document lists the meters (api.openapi)
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"meter": "tool_calls", "at": 50}]},
-    )
 
-    meter: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
-    at: int | None = Field(None, ge=1, le=MAX)
-    percent: int | None = Field(None, ge=1, le=1000)
-    below: int | None = Field(None, ge=1, le=MAX)
-    days: int | None = Field(None, ge=1, le=365)
+class _Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
-    @model_validator(mode="after")
-    def _one_condition(self) -> RuleIn:
-        given = [n for n in ("at", "percent", "below", "days") if getattr(self, n) is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of at, percent, below, days")
-        if self.meter == "credits" and given != ["below"]:
-            raise ValueError("a credits rule takes `below` (micro-units)")
-        if self.meter == "trial" and given != ["days"]:
-            raise ValueError("a trial rule takes `days`")
-        if self.meter not in ("credits", "trial") and given[0] not in ("at", "percent"):
-            raise ValueError("a meter rule takes `at` (an amount) or `percent` (of the limit)")
-        return self
+
+class MeterAt(_Rule):
+    """Fires once the meter reaches `at` in a window (unlimited meters too)."""
+
+    meter: str = Field(pattern=_METER, description="A windowed meter of GET /api/v2/quota.")
+    at: int = Field(ge=1, le=MAX)
+
+
+class MeterPercent(_Rule):
+    """Fires once the meter reaches `percent` of its limit in a window."""
+
+    meter: str = Field(pattern=_METER, description="A windowed meter of GET /api/v2/quota.")
+    percent: int = Field(ge=1, le=1000)
+
+
+class CreditsBelow(_Rule):
+    """Fires once per billing window while the credit balance is below `below`."""
+
+    meter: Literal["credits"]
+    below: int = Field(ge=1, le=MAX, description="Micro-units.")
+
+
+class TrialDays(_Rule):
+    """Fires once `days` before a trial ends."""
+
+    meter: Literal["trial"]
+    days: int = Field(ge=1, le=365)
+
+
+RuleIn = MeterAt | MeterPercent | CreditsBelow | TrialDays
 
 
 class RulesIn(BaseModel):

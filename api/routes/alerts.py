@@ -85,7 +85,7 @@ async def put_rules(
             raise ApiError(
                 400, "unknown_meter", f"no meter {r.meter!r}: use one of {', '.join(known)}"
             )
-    own = [a.Rule(r.meter, r.at, r.percent, r.below, r.days) for r in body.rules]
+    own = [a.Rule(**r.model_dump()) for r in body.rules]
     await alerts.book.set_rules(key.org_id, own, datetime.now(UTC))
     return _rules_out(rules_in_force(svc, alerts, key.org_id))
 
