@@ -15,6 +15,7 @@ from api.metrics import HttpMetrics
 from api.routes import (
     admin,
     admission,
+    alerts,
     closure,
     credits,
     dashboard,
@@ -29,6 +30,7 @@ from api.routes import (
     subscriptions,
     traces,
     usage,
+    webhooks,
 )
 from api.state import Services
 
@@ -77,6 +79,9 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
     app.include_router(ops.admin)
     app.include_router(sessions.router)
     app.include_router(sessions.admin)
+    app.include_router(alerts.router)
+    app.include_router(webhooks.router)
+    app.include_router(webhooks.admin)
     app.add_middleware(HttpMetrics)
     openapi.install(app)
     return app

@@ -16,6 +16,7 @@ from fastapi.openapi.utils import get_openapi
 
 from api.auth import api_routes, route_scope
 from schemas.api import ErrorBody
+from tally.domain.alerts import meters
 
 # code -> (HTTP status, an example message)
 ERRORS: dict[str, tuple[int, str]] = {
@@ -34,6 +35,12 @@ ERRORS: dict[str, tuple[int, str]] = {
         "model 'gpt-4o' is not available in managed mode on the Free plan (allowed: "
         "gpt-4o-mini): use an allowed model or upgrade to a plan with BYOK",
     ),
+    "target_refused": (
+        400,
+        "the host 'hooks.internal' resolves to a loopback, private or link-local address"
+        " (10.0.0.7): webhooks go to public addresses only",
+    ),
+    "unknown_meter": (400, "no meter 'tokenz': use one of tokens, tool_calls, requests, ..."),
     "not_found": (404, "org 'acme' does not exist"),
     "conflict": (409, "org 'acme' exists already"),
     "billing_limit_reached": (
@@ -62,7 +69,7 @@ _DESCRIPTIONS = {
     401: "Missing, unknown or revoked key",
     402: "Trial ended or payment past due: new runs are paused, reads keep working",
     403: "Not allowed on this plan, a key without the scope the route needs, or admin disabled",
-    404: "No such org or key",
+    404: "No such org, key, webhook endpoint or delivery",
     409: "Conflicts with the current state",
     422: "The request does not validate",
     429: "A limit is reached; `Retry-After` says when to retry a burst",
@@ -260,6 +267,9 @@ def install(app: FastAPI) -> None:
             body = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(body.pop("$defs", {}))
             schemas["ErrorBody"] = body
+        for rule in ("MeterAt", "MeterPercent"):  # the meters rules may name, from the domain
+            if rule in schemas:
+                schemas[rule]["properties"]["meter"]["enum"] = meters()
         for unused in ("HTTPValidationError", "ValidationError"):
             schemas.pop(unused, None)
         app.openapi_schema = doc

@@ -15,6 +15,7 @@ from tally.config import Settings
 from tally.store import Store
 
 if TYPE_CHECKING:
+    from api.alerts.service import Alerting
     from producers.emitter import Emitter
 
 
@@ -28,6 +29,7 @@ class Services:
     checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
     topup_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # credit top-ups, one at a time
     emitter: Emitter | None = None  # HTTP ingestion's way onto usage.events
+    alerts: Alerting | None = None  # rules, alerts and webhooks (api.alerts)
     reservations: SessionReservations = field(init=False)
 
     def __post_init__(self) -> None:

@@ -12,6 +12,7 @@ import logging
 from contextlib import AsyncExitStack
 from typing import Any
 
+from api.alerts.service import Alerting
 from api.counter_table import CounterTable
 from api.invoicing import InvoiceBook, InvoiceCloser
 from api.refresh import RegistryRefresher
@@ -110,6 +111,8 @@ class Tally:
             await self.retention.start()
             self.invoicer = InvoiceCloser(InvoiceBook(self.services), s.invoice_interval_s)
             await self.invoicer.start()
+            self.services.alerts = Alerting(self.services)
+            await self.services.alerts.start()
             if self.worker is not None:
                 worker = self.worker
                 # One process: the worker's counters reach quota reads without the round
@@ -156,6 +159,8 @@ class Tally:
         if self.invoicer is not None:
             await self.invoicer.stop()
         if self.services is not None:
+            if self.services.alerts is not None:
+                await self.services.alerts.stop()
             if self.services.emitter is not None:
                 await self.services.emitter.close()
             await self.services.counters.stop()

@@ -13,6 +13,7 @@ from tally.domain.eventtime import MAX_AGE_DAYS, MAX_SKEW_S, EventTime
 EVENTS_TOPIC = "usage.events"
 DLQ_TOPIC = "usage.events.dlq"
 COUNTERS_TOPIC = "usage.counters"
+ALERTS_TOPIC = "usage.alerts"
 
 
 class Settings(BaseSettings):
@@ -100,6 +101,23 @@ class Settings(BaseSettings):
         " event (a session.heartbeat renews an idle one).",
     )
     prices_file: Path | None = None
+    alerts_interval_s: float = Field(
+        1.0, gt=0, le=3600, description="API: how often alert rules are evaluated."
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        description="Allow webhook targets on loopback, private and link-local addresses, and"
+        " plain http to them (development and tests only).",
+    )
+    webhook_backoff_s: float = Field(
+        5.0, gt=0, le=3600, description="The first retry's wait; each next one doubles it."
+    )
+    webhook_retry_for_s: float = Field(
+        86_400, gt=0, description="How long a failing delivery is retried before it fails."
+    )
+    webhook_disable_after_s: float = Field(
+        3 * 86_400, gt=0, description="An endpoint failing this long is disabled."
+    )
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "text"] = Field(
         "auto",

@@ -149,6 +149,14 @@ sessions_ended = Counter(
     " ended_by_api.",
     ["reason"],
 )
+alerts_fired = Counter(
+    "tally_alerts_fired", "Alerts stored (each id once per process), by event type.", ["type"]
+)
+webhook_attempts = Counter(
+    "tally_webhook_attempts",
+    "Webhook delivery attempts, by outcome: delivered, failed (to be retried or given up).",
+    ["outcome"],
+)
 session_expiries_written = Counter(
     "tally_session_expiries_written",
     "Session.ended events with reason expired that the worker wrote for lapsed leases"

@@ -10,7 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from schemas.marks import STORED_TOPIC
-from tally.config import COUNTERS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC
+from tally.config import ALERTS_TOPIC, COUNTERS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC
 
 log = logging.getLogger("tally.topics")
 
@@ -22,6 +22,8 @@ async def ensure_topics(bootstrap_servers: str, partitions: int, timeout: float 
         NewTopic(COUNTERS_TOPIC, partitions, 1, topic_configs={"cleanup.policy": "compact"}),
         # Stored marks: each message supersedes the last; producers read from the end.
         NewTopic(STORED_TOPIC, 1, 1, topic_configs={"retention.ms": "3600000"}),
+        # Alerts, keyed by org (the store keeps them all; GET /api/v2/alerts reads it).
+        NewTopic(ALERTS_TOPIC, partitions, 1),
     ]
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
     deadline = asyncio.get_running_loop().time() + timeout

@@ -435,6 +435,43 @@
     return parts.join(" · ");
   }
 
+  /* ---- alerts and webhook endpoints ---- */
+
+  function alertFigure(d) {
+    if (d.meter === "credits") return `balance ${money(d.used)}`;
+    if (d.meter === "trial" || d.meter === "subscription" || d.meter === "webhook") return "";
+    const of = d.limit === null ? "" : ` of ${num(d.limit)}`;
+    return `${num(d.used)}${of} (threshold ${num(d.threshold)})`;
+  }
+
+  async function loadAlerts() {
+    let alerts, hooks;
+    try {
+      [alerts, hooks] = await Promise.all([
+        api("/api/v2/alerts", { limit: 20 }), api("/api/v2/webhooks"),
+      ]);
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 403 && e.code === "forbidden") {
+        $("alerts").hidden = true;  // alerts and endpoints need billing:read
+        return;
+      }
+      $("alert-note").textContent = `Alerts could not be loaded: ${e.message}`;
+      return;
+    }
+    $("alerts").hidden = false;
+    table($("alert-table"), ["When", "Alert", "Meter", "Figure"],
+      alerts.alerts.map((a) => h("tr", { "data-alert": a.data.id, "data-type": a.type },
+        h("td", {}, stamp(a.timestamp)), h("td", { class: "text" }, a.type),
+        h("td", { class: "text" }, a.data.meter), h("td", {}, alertFigure(a.data)))));
+    $("alert-note").textContent = alerts.alerts.length ? "" : "No alert has fired yet.";
+    table($("webhook-table"), ["Endpoint", "State", "Failing since"],
+      hooks.webhooks.map((w) => h("tr", { "data-webhook": w.id, "data-state": w.state },
+        h("td", { class: "text" }, w.url), h("td", { class: "text" }, w.state),
+        h("td", {}, w.failing_since ? stamp(w.failing_since) : "—"))));
+    $("webhook-note").textContent = hooks.webhooks.length
+      ? "" : "No endpoint: webhook alerts are a plan feature (POST /api/v2/webhooks).";
+  }
+
   /* ---- loading ---- */
 
   /* A panel the key's scopes do not cover answers 403 `forbidden`: it is hidden, not an error. */
@@ -482,6 +519,7 @@
         renderLineItems(byLine, byItem);
       }
       window.TallyBilling.load();
+      await loadAlerts();
       $("load-error").hidden = true;
       $("updated").textContent = `Updated ${stamp(new Date().toISOString())}` +
         (!q || q.full ? "" : " · limits other than tokens are not served by this Tally");

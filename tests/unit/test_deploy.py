@@ -19,7 +19,7 @@ import yaml
 
 from commands.cli import cli
 from schemas.marks import STORED_TOPIC
-from tally.config import COUNTERS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, Settings
+from tally.config import ALERTS_TOPIC, COUNTERS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, Settings
 from tally.store import redact
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,7 +126,7 @@ def test_kafka_init_creates_the_topics_with_their_partitions_and_policies(servic
     assert init["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert init["entrypoint"][0] == "/bin/sh" and init["command"][0].startswith("set -eu")
     topics = topic_commands(services)
-    assert set(topics) == {EVENTS_TOPIC, DLQ_TOPIC, COUNTERS_TOPIC, STORED_TOPIC}
+    assert set(topics) == {EVENTS_TOPIC, DLQ_TOPIC, COUNTERS_TOPIC, STORED_TOPIC, ALERTS_TOPIC}
 
     def option(words: list[str], name: str) -> list[str]:
         return [words[i + 1] for i, w in enumerate(words) if w == name]
@@ -140,6 +140,8 @@ def test_kafka_init_creates_the_topics_with_their_partitions_and_policies(servic
     assert events_partitions >= 8 and events_partitions == int(workers["TALLY_PARTITIONS"])
     assert events_partitions % services["worker"]["deploy"]["replicas"] == 0
     assert option(topics[COUNTERS_TOPIC], "--partitions") == [str(events_partitions)]
+    # Alerts are keyed by org; API replicas share the orgs by its partitions.
+    assert option(topics[ALERTS_TOPIC], "--partitions") == [str(events_partitions)]
     assert option(topics[DLQ_TOPIC], "--partitions") == ["1"]
     assert option(topics[STORED_TOPIC], "--partitions") == ["1"]  # marks: one ordered stream
     assert "cleanup.policy=compact" in option(topics[COUNTERS_TOPIC], "--config")
