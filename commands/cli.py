@@ -260,14 +260,30 @@ def _require_external(settings: Settings) -> None:
 
 
 @cli.command()
-def broker(port: Annotated[int, typer.Option(help="Port to listen on.")] = 9092) -> None:
+def broker(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9092,
+    partitions: Annotated[
+        int | None,
+        typer.Option(min=1, help="Partitions of usage.events (default: TALLY_PARTITIONS, 8)."),
+    ] = None,
+) -> None:
     """The embedded Kafka-protocol broker alone, until Ctrl-C."""
     from tally.broker import BrokerError, EmbeddedBroker
+    from tally.topics import ensure_topics
+
+    count = partitions or Settings().partitions
+
+    async def serve(bootstrap: str) -> None:
+        # Tally's topics first, before clients come back: a producer writing to a topic the
+        # broker makes on the fly while another client creates it can be given offsets the
+        # broker gives again (producers notice and send again, but better never).
+        await ensure_topics(bootstrap, count)
+        typer.echo(f"broker on {bootstrap} (memory storage); Ctrl-C stops it")
+        await _until_signalled()
 
     try:
         with EmbeddedBroker(port) as b:
-            typer.echo(f"broker on {b.bootstrap_servers} (memory storage); Ctrl-C stops it")
-            asyncio.run(_until_signalled())
+            asyncio.run(serve(b.bootstrap_servers))
     except BrokerError as exc:
         typer.echo(f"tally: {exc}", err=True)
         raise typer.Exit(1) from None
