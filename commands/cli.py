@@ -268,22 +268,30 @@ def broker(
     ] = None,
 ) -> None:
     """The embedded Kafka-protocol broker alone, until Ctrl-C."""
-    from tally.broker import BrokerError, EmbeddedBroker
-    from tally.topics import ensure_topics
+    from tally.broker import BrokerError, EmbeddedBroker, free_port, wait_port_free
+    from tally.gate import Gate, create_topics_direct
+    from tally.topics import tally_topics
 
     count = partitions or Settings().partitions
 
-    async def serve(bootstrap: str) -> None:
-        # Tally's topics first, before clients come back: a producer writing to a topic the
-        # broker makes on the fly while another client creates it can be given offsets the
-        # broker gives again (producers notice and send again, but better never).
-        await ensure_topics(bootstrap, count)
-        typer.echo(f"broker on {bootstrap} (memory storage); Ctrl-C stops it")
-        await _until_signalled()
+    async def serve(internal: int) -> None:
+        # Tally's topics first, then the port: clients coming back to a broker restarted
+        # empty must never make a topic by writing to it (tally/gate.py).
+        await create_topics_direct(internal, tally_topics(count))
+        gate = Gate(port, internal)
+        await gate.open()
+        typer.echo(f"broker on 127.0.0.1:{port} (memory storage); Ctrl-C stops it")
+        try:
+            await _until_signalled()
+        finally:
+            await gate.close()
 
     try:
-        with EmbeddedBroker(port) as b:
-            asyncio.run(serve(b.bootstrap_servers))
+        if not wait_port_free(port, 5.0):
+            raise BrokerError(f"port {port} is already in use; pick another --port")
+        internal = free_port()
+        with EmbeddedBroker(internal, advertised_port=port):
+            asyncio.run(serve(internal))
     except BrokerError as exc:
         typer.echo(f"tally: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -67,6 +67,8 @@ class EmbeddedBroker:
     """Start Tansu on a loopback port, wait until it answers Kafka requests, stop it cleanly.
 
     Use as `with EmbeddedBroker(port) as b:` or `async with`, or call `start()` / `stop()`.
+    `advertised_port`: the port clients are told to use, when a `tally.gate.Gate` listens
+    there in front of `port`.
     """
 
     def __init__(
@@ -75,8 +77,11 @@ class EmbeddedBroker:
         binary: Path | str | None = None,
         pidfile: Path | None = None,
         cluster_id: str | None = None,
+        advertised_port: int | None = None,
     ) -> None:
         self.port = port or free_port()
+        # Where clients reach it, when not `port`: a `Gate` in front (`tally broker`).
+        self.advertised_port = advertised_port or self.port
         self.binary = binary
         self.pidfile = pidfile
         # Fixed, for a test standing in for a Kafka cluster (an id without the embedded
@@ -87,7 +92,7 @@ class EmbeddedBroker:
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.advertised_port}"
 
     @property
     def pid(self) -> int | None:
@@ -109,9 +114,10 @@ class EmbeddedBroker:
             return
         binary = find_broker_bin(self.binary)
         self._end_leftover(binary)
-        if not _wait_port_free(self.port, PORT_FREE_WAIT_S):
+        if not wait_port_free(self.port, PORT_FREE_WAIT_S):
             raise BrokerError(f"port {self.port} is already in use; pick another --broker-port")
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port}"
         self.cluster_id = self._fixed_cluster_id or f"{EMBEDDED_CLUSTER_PREFIX}{uuid.uuid4().hex}"
         self._proc = subprocess.Popen(
             [
@@ -122,7 +128,7 @@ class EmbeddedBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                advertised,
                 "--storage-engine",
                 "memory://tansu/",
             ],
@@ -210,7 +216,7 @@ def die_with_parent() -> None:
         pass
 
 
-def _wait_port_free(port: int, timeout: float) -> bool:
+def wait_port_free(port: int, timeout: float) -> bool:
     """Whether the port is free, waiting a little for a broker just killed to let go of it."""
     deadline = time.monotonic() + timeout
     while _port_open(port):
