@@ -260,14 +260,38 @@ def _require_external(settings: Settings) -> None:
 
 
 @cli.command()
-def broker(port: Annotated[int, typer.Option(help="Port to listen on.")] = 9092) -> None:
+def broker(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9092,
+    partitions: Annotated[
+        int | None,
+        typer.Option(min=1, help="Partitions of usage.events (default: TALLY_PARTITIONS, 8)."),
+    ] = None,
+) -> None:
     """The embedded Kafka-protocol broker alone, until Ctrl-C."""
-    from tally.broker import BrokerError, EmbeddedBroker
+    from tally.broker import BrokerError, EmbeddedBroker, free_port, wait_port_free
+    from tally.gate import Gate, create_topics_direct
+    from tally.topics import tally_topics
+
+    count = partitions or Settings().partitions
+
+    async def serve(internal: int) -> None:
+        # Tally's topics first, then the port: clients coming back to a broker restarted
+        # empty must never make a topic by writing to it (tally/gate.py).
+        await create_topics_direct(internal, tally_topics(count))
+        gate = Gate(port, internal)
+        await gate.open()
+        typer.echo(f"broker on 127.0.0.1:{port} (memory storage); Ctrl-C stops it")
+        try:
+            await _until_signalled()
+        finally:
+            await gate.close()
 
     try:
-        with EmbeddedBroker(port) as b:
-            typer.echo(f"broker on {b.bootstrap_servers} (memory storage); Ctrl-C stops it")
-            asyncio.run(_until_signalled())
+        if not wait_port_free(port, 5.0):
+            raise BrokerError(f"port {port} is already in use; pick another --port")
+        internal = free_port()
+        with EmbeddedBroker(internal, advertised_port=port):
+            asyncio.run(serve(internal))
     except BrokerError as exc:
         typer.echo(f"tally: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -8,6 +8,12 @@ confirmed: `take_others` hands them back to be sent again.
 A mark also names gaps: offsets below it the worker passed without reading (the broker lost
 what it had acknowledged there). An entry in a gap is handed back to be sent again.
 
+An offset acknowledged twice by one cluster means its broker rewrote its log: two batches
+were given the same offsets (seen on an embedded broker whose topic was created while a
+producer's batches were auto-creating it), so one of them is not in the log whatever a mark
+says. `add` reports it (`Settled.rewritten`) and `take_cluster` hands back what that
+cluster has not confirmed, to be sent again.
+
 A `Ticket` follows a group of records (an HTTP batch, a chunk read from the spool) and is
 done when all are confirmed; records handed back to be sent again leave their ticket undone
 for good. The records of a durable ticket are kept elsewhere (the spool) and never handed
@@ -16,6 +22,7 @@ back: their owner reads them again.
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +58,7 @@ class Settled:
     confirmed: int = 0
     done: list[Ticket] = field(default_factory=list)  # tickets now complete
     lost: list[Record] = field(default_factory=list)  # in a gap: to send again
+    rewritten: bool = False  # an offset acknowledged twice: the broker rewrote its log
 
 
 Gaps = Sequence[tuple[int, int]]
@@ -60,12 +68,50 @@ def _in(gaps: Gaps, offset: int) -> bool:
     return any(first <= offset <= last for first, last in gaps)
 
 
+class Offsets:
+    """A set of offsets kept as sorted, disjoint, inclusive ranges (acknowledgements come in
+    runs, so a partition's set stays a few ranges). Bounded: past MAX_RANGES the lowest
+    range is forgotten (other producers' batches interleave with ours on a shared log)."""
+
+    __slots__ = ("_starts", "_ends")
+    MAX_RANGES = 4096
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+
+    def add(self, offset: int) -> bool:
+        """Add `offset`; False if it was there already."""
+        i = bisect.bisect_right(self._starts, offset) - 1
+        if i >= 0 and offset <= self._ends[i]:
+            return False
+        joins_left = i >= 0 and self._ends[i] == offset - 1
+        joins_right = i + 1 < len(self._starts) and self._starts[i + 1] == offset + 1
+        if joins_left and joins_right:
+            self._ends[i] = self._ends[i + 1]
+            del self._starts[i + 1], self._ends[i + 1]
+        elif joins_left:
+            self._ends[i] = offset
+        elif joins_right:
+            self._starts[i + 1] = offset
+        else:
+            self._starts.insert(i + 1, offset)
+            self._ends.insert(i + 1, offset)
+            if len(self._starts) > self.MAX_RANGES:
+                del self._starts[0], self._ends[0]
+        return True
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+
 @dataclass
 class Unconfirmed:
     """Acknowledged records per (cluster, partition), in acknowledgement order."""
 
     _by: dict[tuple[str, int], deque[_Entry]] = field(default_factory=dict)
     _marks: dict[tuple[str, int], tuple[int, Gaps]] = field(default_factory=dict)
+    _acked: dict[tuple[str, int], Offsets] = field(default_factory=dict)
     count: int = 0
 
     def __len__(self) -> int:
@@ -75,13 +121,19 @@ class Unconfirmed:
         self, cluster: str, acks: Iterable[tuple[int, int, Record]], ticket: Ticket | None = None
     ) -> Settled:
         """Keep `(partition, offset, record)` acknowledgements of `cluster`; those a mark
-        already passed are settled at once."""
+        already passed are settled at once. An offset the cluster acknowledged before sets
+        `rewritten` (the entries are kept: `take_cluster` hands them back)."""
         out = Settled()
         for partition, offset, record in acks:
             key = (cluster, partition)
+            acked = self._acked.get(key)
+            if acked is None:
+                acked = self._acked[key] = Offsets()
+            if not acked.add(offset):
+                out.rewritten = True
             mark, gaps = self._marks.get(key, (0, ()))
             entry = _Entry(offset, record, ticket)
-            if offset < mark:
+            if offset < mark and not out.rewritten:
                 self._settle(entry, gaps, out)
                 continue
             entries = self._by.get(key)
@@ -141,6 +193,20 @@ class Unconfirmed:
             out.extend(self._take(key))
         for key in [k for k in self._marks if k[0] != cluster]:
             del self._marks[key]
+        for key in [k for k in self._acked if k[0] != cluster]:
+            del self._acked[key]
+        return out
+
+    def take_cluster(self, cluster: str) -> list[Record]:
+        """Every record `cluster` acknowledged and did not confirm (to send again, but those
+        of a durable ticket), and forget its marks and offsets: its log was rewritten, and
+        what it acknowledges from now on is judged afresh."""
+        out: list[Record] = []
+        for key in [k for k in self._by if k[0] == cluster]:
+            out.extend(self._take(key))
+        for table in (self._marks, self._acked):
+            for key in [k for k in table if k[0] == cluster]:
+                del table[key]
         return out
 
     def take_all(self) -> list[Record]:

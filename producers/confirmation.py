@@ -60,6 +60,7 @@ class Confirmation:
     _failed: int
     _confirmed: int
     _resent: int
+    _rewrites: int
     _producer: AIOKafkaProducer | None
     _wake: asyncio.Event | None
     _progress: asyncio.Condition | None
@@ -114,6 +115,8 @@ class Confirmation:
             self._verifying -= len(acked)
             if after is not None and after == before:
                 settled = self._unconfirmed.add(after, acked, ticket)
+                if settled.rewritten:
+                    self._rewritten(after)
                 self._settled(settled)
             elif acked:
                 if ticket is not None:
@@ -171,6 +174,25 @@ class Confirmation:
                 self._resent += len(others)
                 with contextlib.suppress(SpoolFull, OSError):  # else back in the buffer
                     self._to_spool_front(others)
+
+    def _rewritten(self, cluster: str) -> None:
+        """The broker acknowledged an offset twice: it rewrote its log, and one of the two
+        batches is not in it. Everything it has not confirmed is sent again (the worker
+        drops copies by `event_id`). Under the lock."""
+        again = self._unconfirmed.take_cluster(cluster)
+        log.warning(
+            "broker %s (cluster %s) acknowledged an offset twice: its log was rewritten;"
+            " sending again the %d events it has not confirmed as stored",
+            self.bootstrap_servers,
+            cluster,
+            len(again),
+        )
+        self._rewrites += 1
+        self._resent += len(again)
+        self._reset_replay()
+        if again:
+            with contextlib.suppress(SpoolFull, OSError):  # else back in the buffer
+                self._to_spool_front(again)
 
     def _reset_replay(self) -> None:
         """Read the spool again from its cursor: chunks read ahead and not confirmed will

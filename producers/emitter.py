@@ -77,6 +77,7 @@ class EmitterStats:
     unconfirmed: int = 0  # acknowledged by the broker, not yet confirmed as stored
     confirmed: int = 0  # confirmed as stored by Tally (a copy sent again counts again)
     resent: int = 0  # sent again because the broker that took them restarted empty
+    rewrites: int = 0  # times a broker acknowledged an offset twice (it rewrote its log)
 
 
 class Emitter(TypedHelpers, Delivery):
@@ -134,7 +135,7 @@ class Emitter(TypedHelpers, Delivery):
         self._enqueued = 0  # events that entered the buffer
         self._left = 0  # of those, how many left memory (delivered or spooled), in order
         self._sent = self._spooled = self._failed = self._rejected = 0
-        self._confirmed = self._resent = 0
+        self._confirmed = self._resent = self._rewrites = 0
         self._unconfirmed = Unconfirmed()
         self._cluster: str | None = None  # the broker's cluster id, as last verified
         self._verifying = 0  # acknowledged, waiting for the cluster id that says where to
@@ -278,6 +279,7 @@ class Emitter(TypedHelpers, Delivery):
                 unconfirmed=len(self._unconfirmed) + self._verifying,
                 confirmed=self._confirmed,
                 resent=self._resent,
+                rewrites=self._rewrites,
             )
 
     def emit(self, event: Mapping[str, Any]) -> str:

@@ -77,6 +77,8 @@ class EmbeddedBroker:
     Use as `with EmbeddedBroker(port) as b:` or `async with`, or call `start()` / `stop()`.
     `sole`: the broker of a `tally up`, whose worker takes every partition without a group
     (its cluster id says so, and other workers refuse to join).
+    `advertised_port`: the port clients are told to use, when a `tally.gate.Gate` listens
+    there in front of `port`.
     """
 
     def __init__(
@@ -86,8 +88,11 @@ class EmbeddedBroker:
         pidfile: Path | None = None,
         cluster_id: str | None = None,
         sole: bool = False,
+        advertised_port: int | None = None,
     ) -> None:
         self.port = port or free_port()
+        # Where clients reach it, when not `port`: a `Gate` in front (`tally broker`).
+        self.advertised_port = advertised_port or self.port
         self.binary = binary
         self.pidfile = pidfile
         # Fixed, for a test standing in for a Kafka cluster (an id without the embedded
@@ -99,7 +104,7 @@ class EmbeddedBroker:
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.advertised_port}"
 
     @property
     def pid(self) -> int | None:
@@ -121,9 +126,10 @@ class EmbeddedBroker:
             return
         binary = find_broker_bin(self.binary)
         self._end_leftover(binary)
-        if not _wait_port_free(self.port, PORT_FREE_WAIT_S):
+        if not wait_port_free(self.port, PORT_FREE_WAIT_S):
             raise BrokerError(f"port {self.port} is already in use; pick another --broker-port")
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port}"
         self.cluster_id = self._fixed_cluster_id or f"{self._prefix}{uuid.uuid4().hex}"
         self._proc = subprocess.Popen(
             [
@@ -134,7 +140,7 @@ class EmbeddedBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                advertised,
                 "--storage-engine",
                 "memory://tansu/",
             ],
@@ -222,7 +228,7 @@ def die_with_parent() -> None:
         pass
 
 
-def _wait_port_free(port: int, timeout: float) -> bool:
+def wait_port_free(port: int, timeout: float) -> bool:
     """Whether the port is free, waiting a little for a broker just killed to let go of it."""
     deadline = time.monotonic() + timeout
     while _port_open(port):

@@ -15,8 +15,9 @@ from tally.config import ALERTS_TOPIC, COUNTERS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC
 log = logging.getLogger("tally.topics")
 
 
-async def ensure_topics(bootstrap_servers: str, partitions: int, timeout: float = 30.0) -> None:
-    topics = [
+def tally_topics(partitions: int) -> list[NewTopic]:
+    """Tally's topics, `usage.events` and `usage.counters` with `partitions` partitions."""
+    return [
         NewTopic(EVENTS_TOPIC, partitions, 1),
         NewTopic(DLQ_TOPIC, 1, 1),
         NewTopic(COUNTERS_TOPIC, partitions, 1, topic_configs={"cleanup.policy": "compact"}),
@@ -25,6 +26,10 @@ async def ensure_topics(bootstrap_servers: str, partitions: int, timeout: float 
         # Alerts, keyed by org (the store keeps them all; GET /api/v2/alerts reads it).
         NewTopic(ALERTS_TOPIC, partitions, 1),
     ]
+
+
+async def ensure_topics(bootstrap_servers: str, partitions: int, timeout: float = 30.0) -> None:
+    topics = tally_topics(partitions)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
     deadline = asyncio.get_running_loop().time() + timeout
     while True:

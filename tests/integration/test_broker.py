@@ -102,3 +102,40 @@ async def test_no_other_worker_joins_the_broker_of_a_tally_up(tmp_path):
         with pytest.raises(RuntimeError, match="belongs to a `tally up`"):
             await worker.start()
         await worker.stop()
+
+
+async def test_tally_broker_opens_its_port_only_with_tallys_topics_made(tmp_path):
+    """`tally broker`: a client's first request finds Tally's topics with their partition
+    counts, never one the broker would make on the fly with its own defaults."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    port = free_port()
+    proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the test talks to it
+        [sys.executable, "-m", "commands.cli", "broker", "--port", str(port), "--partitions", "6"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        # A producer that keeps knocking from the start, as one coming back after a restart.
+        producer = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{port}")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                await producer.start()
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "the broker never opened its port"
+                await asyncio.sleep(0.01)
+        try:
+            assert len(await producer.partitions_for("usage.events")) == 6
+            assert len(await producer.partitions_for("usage.counters")) == 6
+            sent = await producer.send_and_wait("usage.events", b"x", key=b"org")
+            assert sent.offset == 0
+        finally:
+            await producer.stop()
+        assert proc.stdout is not None
+        assert proc.stdout.readline().decode().startswith(f"broker on 127.0.0.1:{port}")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)

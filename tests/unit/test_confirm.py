@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from producers.confirm import Ticket, Unconfirmed
+from producers.confirm import Offsets, Ticket, Unconfirmed
 from schemas.marks import StoredMarks, decode_marks, encode_marks
 
 
@@ -90,3 +90,43 @@ def test_the_mark_message_round_trips_and_anything_else_is_ignored():
     assert decode_marks(encode_marks(marks)) == marks
     for junk in (b"", b"[]", b'{"cluster": 1}', b"not json", None):
         assert decode_marks(junk) is None
+
+
+def test_an_offset_acknowledged_twice_means_the_log_was_rewritten():
+    """Two batches given the same offsets by one broker: one of them is not in its log,
+    whatever a mark says, so everything that broker did not confirm goes back."""
+    u = Unconfirmed()
+    first = u.add("A", [(3, 490, rec(1)), (3, 491, rec(2)), (1, 7, rec(3))])
+    assert not first.rewritten
+    assert u.add("A", [(3, 492, rec(4))]).rewritten is False
+    again = u.add("A", [(3, 491, rec(5)), (3, 493, rec(6))])
+    assert again.rewritten and again.confirmed == 0
+    u.add("B", [(3, 491, rec(7))])  # another broker's offsets are its own
+    back = u.take_cluster("A")
+    assert sorted(back) == sorted(rec(n) for n in (1, 2, 3, 4, 5, 6)) and len(u) == 1
+    # Judged afresh from then on: its earlier offsets and marks are forgotten.
+    assert not u.add("A", [(3, 491, rec(8))]).rewritten
+    assert u.mark("A", 3, 492).confirmed == 1
+
+
+def test_an_offset_below_a_mark_acknowledged_again_is_a_rewrite_not_a_confirmation():
+    u = Unconfirmed()
+    u.add("A", [(0, 10, rec(1))])
+    assert u.mark("A", 0, 11).confirmed == 1
+    late = u.add("A", [(0, 10, rec(2))])  # offset 10 again: the stored one is rec(1)
+    assert late.rewritten and late.confirmed == 0
+    assert u.take_cluster("A") == [rec(2)]
+
+
+def test_offsets_are_kept_as_few_ranges_and_bounded():
+    offsets = Offsets()
+    assert all(offsets.add(o) for o in [5, 7, 6, 1, 2, 3, 10])
+    assert len(offsets) == 3  # 1-3, 5-7 and 10
+    assert offsets.add(4) and len(offsets) == 2  # 1-7 and 10
+    assert not any(offsets.add(o) for o in [1, 4, 7, 10])
+    many = Offsets()
+    for o in range(0, 2 * Offsets.MAX_RANGES * 2 + 2, 2):
+        many.add(o)
+    assert len(many) == Offsets.MAX_RANGES
+    assert many.add(0)  # the lowest were forgotten
+    assert not many.add(2 * Offsets.MAX_RANGES * 2)
