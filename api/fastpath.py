@@ -30,11 +30,11 @@ from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import metrics
+from api.accounts import Account
 from api.auth import api_routes, route_scope
 from api.registry import ApiKey
 from api.routes import quota
 from api.state import Services
-from api.subscriptions import Account
 
 Read = Callable[[Services, ApiKey, datetime, Account], BaseModel]
 READS: dict[str, Read] = {

@@ -33,7 +33,7 @@ FULL_RELOAD_S = 300.0
 @dataclass(frozen=True, slots=True)
 class Org:
     """`plan` is the plan the org was created on; the plan in force at a time comes from
-    `Registry.accounts` (see `api.subscriptions.account`)."""
+    `Registry.accounts` (see `api.accounts.account`)."""
 
     org_id: str
     plan: str

@@ -10,9 +10,9 @@ import logging
 from datetime import UTC, datetime
 
 from api import closure
+from api.accounts import account
 from api.background import Background
 from api.state import Services
-from api.subscriptions import account
 from tally.domain.retention import cutoffs
 from tally.store import audit
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from api.counter_table import CounterTable
 from api.registry import Registry
@@ -15,8 +15,9 @@ from tally.config import Settings
 from tally.store import Store
 
 if TYPE_CHECKING:
-    from api.alerts.service import Alerting
     from producers.emitter import Emitter
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -29,8 +30,15 @@ class Services:
     checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
     topup_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # credit top-ups, one at a time
     emitter: Emitter | None = None  # HTTP ingestion's way onto usage.events
-    alerts: Alerting | None = None  # rules, alerts and webhooks (api.alerts)
+    # Components the runtime adds, by type (e.g. `api.alerts.service.Alerting`, which itself
+    # is built on these services): see `part`.
+    parts: dict[type, object] = field(default_factory=dict)
     reservations: SessionReservations = field(init=False)
+
+    def part(self, kind: type[T]) -> T | None:
+        """The component of that type the runtime added, if any."""
+        found = self.parts.get(kind)
+        return found if isinstance(found, kind) else None
 
     def __post_init__(self) -> None:
         self.reservations = SessionReservations(self.settings.session_reservation_ttl_s)

@@ -14,18 +14,26 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from pydantic import ValidationError
 
-from schemas.plans import Catalogue, Plan, PlanOverrides, apply_overrides
+from schemas.plans import Plan, PlanOverrides, apply_overrides
 from tally.domain.subscriptions import Change, Subscription, initial, state_until
-from tally.domain.windows import Window
 from tally.store import Store
 
-if TYPE_CHECKING:
-    from api.registry import Org, Registry
+
+class OrgRecord(Protocol):
+    """What a subscription starts from: the org's plan at signup (`api.registry.Org`)."""
+
+    @property
+    def org_id(self) -> str: ...
+    @property
+    def plan(self) -> str: ...
+    @property
+    def signup_date(self) -> date: ...
+
 
 log = logging.getLogger("tally.subscriptions")
 
@@ -211,7 +219,9 @@ class Accounts:
         self._effective[org_id] = (plan, overrides, result)
         return result
 
-    def subscription_until(self, org: Org, now: datetime) -> tuple[Subscription, datetime | None]:
+    def subscription_until(
+        self, org: OrgRecord, now: datetime
+    ) -> tuple[Subscription, datetime | None]:
         """The subscription at `now`, and the time it may change by itself (`state_until`)."""
         start = initial(org.plan, org.signup_date)
         return state_until(start, self.changes.get(org.org_id, ()), now)
@@ -260,56 +270,3 @@ class Accounts:
         self.default_models[org_id] = model
         self._model_seq[org_id] = seq
         self.generation += 1
-
-
-@dataclass(frozen=True, slots=True)
-class Account:
-    """An org as the quota API sees it at one moment."""
-
-    org: Org
-    subscription: Subscription
-    plan: Plan  # the plan in force, Enterprise overrides applied
-    window: Window
-    default_model: str | None
-    overridden: tuple[str, ...]
-    # All of the above holds until then, unless a change is recorded: the window ends, a
-    # scheduled change takes effect, or a change recorded for later comes due.
-    until: datetime
-
-    @property
-    def anchor(self) -> date:
-        return self.subscription.anchor
-
-
-_missing_warned: set[str] = set()
-
-
-def plan_in_force(catalogue: Catalogue, name: str) -> Plan:
-    """The catalogue's plan; an org on a plan removed from the catalogue gets the default."""
-    plan = catalogue.get(name)
-    if plan is not None:
-        return plan
-    if name not in _missing_warned:
-        _missing_warned.add(name)
-        log.warning(
-            "plan %r is not in the catalogue: its orgs get %r", name, catalogue.default_plan
-        )
-    return catalogue.default
-
-
-def account(registry: Registry, catalogue: Catalogue, org_id: str, now: datetime) -> Account:
-    org = registry.orgs[org_id]
-    accounts = registry.accounts
-    sub, later = accounts.subscription_until(org, now)
-    window = sub.window(now)
-    base = plan_in_force(catalogue, sub.plan)
-    overrides = accounts.overrides.get(org_id) if base.custom else None
-    return Account(
-        org=org,
-        subscription=sub,
-        plan=accounts.effective(org_id, base, overrides),
-        window=window,
-        default_model=accounts.default_models.get(org_id),
-        overridden=tuple(overrides.updates()) if overrides else (),
-        until=window.end if later is None or later > window.end else later,
-    )

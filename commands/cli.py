@@ -13,8 +13,9 @@ from typing import Annotated, Any
 
 import typer
 import uvicorn
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 
+from commands.settings import settings_from
 from tally.config import Settings
 
 cli = typer.Typer(
@@ -27,18 +28,6 @@ ApiPort = Annotated[int | None, typer.Option(help="API port.")]
 BrokerPort = Annotated[int | None, typer.Option(help="Embedded broker port.")]
 Bootstrap = Annotated[str | None, typer.Option(help="External Kafka brokers host:port[,...].")]
 ClickHouseUrl = Annotated[str | None, typer.Option(help="ClickHouse server URL or chdb:///dir.")]
-
-
-def settings_from(**flags: Any) -> Settings:
-    """Environment first, flags on top; exit with a readable message if invalid."""
-    try:
-        return Settings(**{k: v for k, v in flags.items() if v is not None})
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        typer.echo(f"tally: invalid settings: {problems}", err=True)
-        raise typer.Exit(2) from None
 
 
 def _logging(settings: Settings) -> None:

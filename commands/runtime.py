@@ -111,8 +111,8 @@ class Tally:
             await self.retention.start()
             self.invoicer = InvoiceCloser(InvoiceBook(self.services), s.invoice_interval_s)
             await self.invoicer.start()
-            self.services.alerts = Alerting(self.services)
-            await self.services.alerts.start()
+            alerts = self.services.parts[Alerting] = Alerting(self.services)
+            await alerts.start()
             if self.worker is not None:
                 worker = self.worker
                 # One process: the worker's counters reach quota reads without the round
@@ -159,8 +159,9 @@ class Tally:
         if self.invoicer is not None:
             await self.invoicer.stop()
         if self.services is not None:
-            if self.services.alerts is not None:
-                await self.services.alerts.stop()
+            alerts = self.services.part(Alerting)
+            if alerts is not None:
+                await alerts.stop()
             if self.services.emitter is not None:
                 await self.services.emitter.close()
             await self.services.counters.stop()

@@ -24,12 +24,12 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from api import figures
+from api.accounts import account
 from api.alerts.book import AlertBook
 from api.alerts.dispatcher import Dispatcher, Policy
 from api.alerts.ownership import Ownership
 from api.ledger import CreditLedger
 from api.state import Services
-from api.subscriptions import account
 from tally.config import ALERTS_TOPIC
 from tally.domain import alerts as a
 from tally.domain.alerts import Alert

@@ -6,13 +6,14 @@ import logging
 
 from fastapi import APIRouter, Depends
 
+from api.accounts import account
 from api.auth import require_admin, services
 from api.closure import state
 from api.errors import ApiError
 from api.openapi import errors
 from api.registry import ApiKey, Conflict
 from api.state import Services
-from api.subscriptions import account, now_ms
+from api.subscriptions import now_ms
 from schemas.api import KeyCreate, KeyCreated, KeyList, KeyOut, OrgCreate, OrgOut
 from tally.domain.keys import normalise_scopes
 from tally.store import audit

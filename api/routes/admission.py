@@ -11,13 +11,13 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Depends, Response
 
 from api import figures
+from api.accounts import account
 from api.auth import require_scope, services
 from api.errors import ApiError
 from api.openapi import errors, fresh
 from api.registry import ApiKey
 from api.routes.quota import freshness
 from api.state import Services
-from api.subscriptions import account
 from schemas.api import CheckAllowed, CheckRequest
 from tally import metrics
 from tally.domain.admission import Ask, Context, decide

@@ -7,13 +7,13 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
+from api.accounts import account
 from api.alerts.service import Alerting
 from api.auth import require_scope, services
 from api.errors import ApiError
 from api.openapi import errors
 from api.registry import ApiKey
 from api.state import Services
-from api.subscriptions import account
 from schemas.alerts import AlertData, AlertList, AlertOut, RuleOut, RulesIn, RulesOut
 from schemas.api import ErrorBody
 from tally.domain import alerts as a
@@ -28,9 +28,10 @@ OFF: dict[int | str, dict[str, Any]] = {
 
 
 async def alerting(svc: Services = Depends(services)) -> Alerting:
-    if svc.alerts is None:
+    alerts = svc.part(Alerting)
+    if alerts is None:
         raise ApiError(503, "unavailable", "alerts are not enabled in this process")
-    return svc.alerts
+    return alerts
 
 
 def rules_in_force(svc: Services, alerts: Alerting, org_id: str) -> list[a.Rule]:

@@ -7,11 +7,11 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
+from api.accounts import account
 from api.auth import require_scope, services
 from api.errors import ApiError
 from api.registry import ApiKey
 from api.state import Services
-from api.subscriptions import account
 from schemas.access import BILLING_READ
 from schemas.api import ErrorBody
 from schemas.calllog import LogEvent, LogPage

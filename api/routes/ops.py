@@ -7,9 +7,9 @@ from datetime import UTC, date, datetime, timedelta
 
 from fastapi import APIRouter, Depends, Response
 
+from api.accounts import account
 from api.auth import require_admin, services
 from api.state import Services
-from api.subscriptions import account
 from schemas.api import ErrorBody
 from schemas.ops import (
     EpochProbe,

@@ -6,12 +6,13 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, Depends
 
+from api.accounts import account
 from api.auth import require_scope, services
 from api.openapi import errors
 from api.registry import ApiKey
 from api.routes.quota import pending_of
 from api.state import Services
-from api.subscriptions import account, now_ms
+from api.subscriptions import now_ms
 from schemas.api import LimitsOut, Workspace, WorkspaceOut
 from schemas.plans import Catalogue
 

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Depends, Response
 
 from api import figures
+from api.accounts import Account, account
 from api.auth import require_scope, services
 from api.openapi import errors, fresh
 from api.registry import ApiKey
 from api.state import Services
-from api.subscriptions import Account, account
 from schemas.api import (
     MeterQuota,
     PendingChange,

@@ -10,12 +10,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from pydantic import ValidationError
 
+from api.accounts import Account, account, plan_in_force
 from api.auth import require_admin, services
 from api.errors import ApiError
 from api.openapi import errors
 from api.routes.quota import pending_of
 from api.state import Services
-from api.subscriptions import Account, account, now_ms, plan_in_force
+from api.subscriptions import now_ms
 from schemas.api import (
     ChangeOut,
     OverridesOut,

@@ -11,11 +11,11 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Response
 
+from api.accounts import account
 from api.auth import require_scope, services
 from api.errors import ApiError
 from api.registry import ApiKey
 from api.state import Services
-from api.subscriptions import account
 from schemas.access import BILLING_READ
 from schemas.api import ErrorBody
 from schemas.usage import (

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, Depends, Query, Response
 
+from api.accounts import account
 from api.alerts.book import Endpoint, version_of
 from api.alerts.dispatcher import Delivery, delivery_of
 from api.alerts.service import Alerting
@@ -21,7 +22,6 @@ from api.openapi import errors
 from api.registry import ApiKey
 from api.routes.alerts import OFF, alerting
 from api.state import Services
-from api.subscriptions import account
 from schemas.alerts import (
     AttemptOut,
     DeliveryList,

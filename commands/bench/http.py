@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import uvicorn
 
+from api.accounts import account
 from api.app import create_app
-from api.subscriptions import account
 from commands.runtime import Tally
 from tally.broker import free_port
 from tally.domain import counters

@@ -8,8 +8,6 @@ lines, events not stored in time), 2 bad usage or settings.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,88 +15,21 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from tally.config import Settings
-
-Bootstrap = Annotated[
-    str | None,
-    typer.Option(
-        help="Kafka brokers host:port[,...]; default TALLY_BOOTSTRAP_SERVERS, else"
-        " the embedded broker's port on 127.0.0.1."
-    ),
-]
-ApiUrl = Annotated[
-    str | None,
-    typer.Option(help="Tally API base URL; default http://TALLY_API_HOST:TALLY_API_PORT."),
-]
-AsJson = Annotated[bool, typer.Option("--json", help="One JSON document instead of a table.")]
-SkipStored = Annotated[
-    bool,
-    typer.Option(
-        help="Ask the API which events are already stored and skip them (needs"
-        " TALLY_ADMIN_KEY); without it only the worker's dedup window protects.",
-    ),
-]
-Wait = Annotated[bool, typer.Option(help="Return once the worker has stored what was sent.")]
-Timeout = Annotated[float, typer.Option(help="Seconds to wait for the worker.")]
+from commands.ops import common
 
 dlq_app = typer.Typer(help="Dead letters on usage.events.dlq: list them, replay fixed ones.")
 
 
-def _settings() -> Settings:
-    from commands.cli import settings_from
-    from tally import logs
-
-    settings = settings_from()
-    # The commands report what failed themselves; the Kafka client's own errors are noise.
-    logs.setup("WARNING", "text")
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    return settings
-
-
-def _bootstrap(settings: Settings, flag: str | None) -> str:
-    return flag or settings.bootstrap_servers or f"127.0.0.1:{settings.broker_port}"
-
-
-def _api_url(settings: Settings, flag: str | None) -> str:
-    if flag:
-        return flag
-    host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::", "") else settings.api_host
-    return f"http://{host}:{settings.api_port}"
-
-
-def _admin_key(settings: Settings) -> str | None:
-    return settings.admin_key.get_secret_value() if settings.admin_key else None
-
-
-def _run(coro: Any) -> Any:
-    from commands.ops.api import ApiUnavailable
-    from commands.ops.kafka import BrokerUnavailable
-
-    try:
-        return asyncio.run(coro)
-    except (ApiUnavailable, BrokerUnavailable) as exc:
-        typer.echo(f"tally: {exc}", err=True)
-        raise typer.Exit(1) from None
-
-
-def _need_admin(settings: Settings, why: str) -> str:
-    key = _admin_key(settings)
-    if key is None:
-        typer.echo(f"tally: {why} needs TALLY_ADMIN_KEY (or pass --no-skip-stored)", err=True)
-        raise typer.Exit(2)
-    return key
-
-
 def status(
-    bootstrap_servers: Bootstrap = None,
-    api_url: ApiUrl = None,
+    bootstrap_servers: common.Bootstrap = None,
+    api_url: common.ApiUrl = None,
     max_lag: Annotated[
         int, typer.Option(help="Unhealthy when a partition is more events behind.")
     ] = 10_000,
     max_staleness: Annotated[
         float, typer.Option(help="Unhealthy when the counters are older (seconds).")
     ] = 15.0,
-    as_json: AsJson = False,
+    as_json: common.AsJson = False,
 ) -> None:
     """Broker, store, worker, lag per partition, DLQ size and counter staleness.
 
@@ -107,22 +38,22 @@ def status(
     from commands.ops import status as st
     from commands.ops.api import Api
 
-    s = _settings()
+    s = common.settings()
 
     async def go() -> st.Status:
-        async with Api(_api_url(s, api_url), timeout=5) as api:
+        async with Api(common.api_url(s, api_url), timeout=5) as api:
             return await st.collect(
-                _bootstrap(s, bootstrap_servers), api, s.group_id, max_lag, max_staleness
+                common.bootstrap(s, bootstrap_servers), api, s.group_id, max_lag, max_staleness
             )
 
-    result = _run(go())
+    result = common.run(go())
     typer.echo(orjson.dumps(st.as_dict(result)).decode() if as_json else st.render(result))
     raise typer.Exit(0 if result.healthy else 1)
 
 
 @dlq_app.command("list")
 def dlq_list(
-    bootstrap_servers: Bootstrap = None,
+    bootstrap_servers: common.Bootstrap = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="JSON lines: the input format of `dlq replay --fix`.")
     ] = False,
@@ -132,8 +63,8 @@ def dlq_list(
     from commands.ops import dlq
     from commands.ops.text import table
 
-    s = _settings()
-    letters = _run(dlq.read(_bootstrap(s, bootstrap_servers)))
+    s = common.settings()
+    letters = common.run(dlq.read(common.bootstrap(s, bootstrap_servers)))
     if limit:
         letters = letters[-limit:]
     if as_json:
@@ -169,12 +100,12 @@ def dlq_replay(
         list[int] | None,
         typer.Option(help="Without --fix: replay only the message at this DLQ offset (repeat)."),
     ] = None,
-    bootstrap_servers: Bootstrap = None,
-    api_url: ApiUrl = None,
-    skip_stored: SkipStored = True,
+    bootstrap_servers: common.Bootstrap = None,
+    api_url: common.ApiUrl = None,
+    skip_stored: common.SkipStored = True,
     dry_run: Annotated[bool, typer.Option(help="Validate and report; send nothing.")] = False,
-    wait: Wait = True,
-    timeout: Timeout = 120.0,
+    wait: common.Wait = True,
+    timeout: common.Timeout = 120.0,
 ) -> None:
     """Re-submit dead letters to usage.events once they are valid; each counts once.
 
@@ -185,9 +116,9 @@ def dlq_replay(
     from commands.ops.kafka import writer
     from commands.ops.submit import Submitter
 
-    s = _settings()
-    key = _need_admin(s, "--skip-stored") if skip_stored else None
-    bootstrap = _bootstrap(s, bootstrap_servers)
+    s = common.settings()
+    key = common.need_admin(s, "--skip-stored") if skip_stored else None
+    bootstrap = common.bootstrap(s, bootstrap_servers)
 
     async def go() -> tuple[Any, dict[int, int]]:
         if fix is not None:
@@ -195,7 +126,7 @@ def dlq_replay(
         else:
             letters = await dlq.read(bootstrap)
             items, unreadable = dlq.replay_items(letters, set(offset) if offset else None), []
-        async with Api(_api_url(s, api_url), key) as api, writer(bootstrap) as producer:
+        async with Api(common.api_url(s, api_url), key) as api, writer(bootstrap) as producer:
             submitter = Submitter(
                 None if dry_run else producer, api if key else None, event_time=s.event_time
             )
@@ -206,7 +137,7 @@ def dlq_replay(
             short = await wait_stored(bootstrap, submitter.report, timeout)
         return submitter.report, short
 
-    report, short = _run(go())
+    report, short = common.run(go())
     for where, why in report.invalid:
         typer.echo(f"still invalid: {where}: {why}", err=True)
     verb = "would replay" if dry_run else "replayed"
@@ -258,15 +189,15 @@ def backfill(
         str | None,
         typer.Option("--to", help="History: the UTC day after the last, YYYY-MM-DD."),
     ] = None,
-    bootstrap_servers: Bootstrap = None,
-    api_url: ApiUrl = None,
-    skip_stored: SkipStored = True,
+    bootstrap_servers: common.Bootstrap = None,
+    api_url: common.ApiUrl = None,
+    skip_stored: common.SkipStored = True,
     dry_run: Annotated[bool, typer.Option(help="Validate and report; send nothing.")] = False,
     rejects: Annotated[
         Path | None, typer.Option(help="Write each rejected line's number and reason here.")
     ] = None,
-    wait: Wait = True,
-    timeout: Timeout = 600.0,
+    wait: common.Wait = True,
+    timeout: common.Timeout = 600.0,
 ) -> None:
     """Ingest historical events (one JSON event per line) with a progress bar.
 
@@ -279,10 +210,10 @@ def backfill(
     from commands.ops.text import Progress
     from tally.domain.eventtime import iso
 
-    s = _settings()
+    s = common.settings()
     history = _history(start, end)
-    key = _need_admin(s, "--skip-stored") if skip_stored else None
-    bootstrap = _bootstrap(s, bootstrap_servers)
+    key = common.need_admin(s, "--skip-stored") if skip_stored else None
+    bootstrap = common.bootstrap(s, bootstrap_servers)
     if history is None:
         old = bf.too_old(file, s.event_time, datetime.now(UTC))
         if old is not None:
@@ -299,7 +230,7 @@ def backfill(
     progress = Progress(bf.count_lines(file), f"backfill {file.name}")
 
     async def go() -> tuple[Any, dict[int, int]]:
-        async with Api(_api_url(s, api_url), key) as api:
+        async with Api(common.api_url(s, api_url), key) as api:
             report = await bf.backfill(
                 file, bootstrap, api if key else None, progress, dry_run, history, s.event_time
             )
@@ -309,7 +240,7 @@ def backfill(
             short = await bf.wait_stored(bootstrap, report, timeout)
         return report, short
 
-    report, short = _run(go())
+    report, short = common.run(go())
     for where, why in report.invalid[:20]:
         typer.echo(f"rejected {where}: {why}", err=True)
     if len(report.invalid) > 20:
@@ -346,9 +277,9 @@ def reconcile(
     settle: Annotated[
         float, typer.Option(help="Seconds a difference must last to be reported (in-flight).")
     ] = 10.0,
-    bootstrap_servers: Bootstrap = None,
-    api_url: ApiUrl = None,
-    as_json: AsJson = False,
+    bootstrap_servers: common.Bootstrap = None,
+    api_url: common.ApiUrl = None,
+    as_json: common.AsJson = False,
 ) -> None:
     """Broker events, stored rows, rollups and counters compared per org and day.
 
@@ -358,8 +289,8 @@ def reconcile(
     from tally.catalogue import load_prices
     from tally.domain.pricing import Pricer
 
-    s = _settings()
-    key = _admin_key(s)
+    s = common.settings()
+    key = common.admin_key(s)
     if key is None:
         typer.echo("tally: reconcile needs TALLY_ADMIN_KEY", err=True)
         raise typer.Exit(2)
@@ -373,12 +304,12 @@ def reconcile(
     pricer = Pricer(load_prices(s.prices_file))
 
     async def go() -> Any:
-        async with Api(_api_url(s, api_url), key, timeout=120) as api:
+        async with Api(common.api_url(s, api_url), key, timeout=120) as api:
             return await rc.reconcile(
-                _bootstrap(s, bootstrap_servers), api, pricer, first, last, org, settle
+                common.bootstrap(s, bootstrap_servers), api, pricer, first, last, org, settle
             )
 
-    result = _run(go())
+    result = common.run(go())
     text = orjson.dumps(rc.as_dict(result)).decode() if as_json else rc.render(result, first, last)
     typer.echo(text)
     raise typer.Exit(1 if result.differences else 0)
@@ -391,23 +322,23 @@ def credit(
         str, typer.Option(help="Reuse it when retrying: the credit is applied once.")
     ],
     note: Annotated[str, typer.Option(help="Why: shown in the org's credit history.")] = "",
-    api_url: ApiUrl = None,
+    api_url: common.ApiUrl = None,
 ) -> None:
     """Issue a credit (a top-up of the org's balance; history is kept, nothing is deleted)."""
     from commands.ops.api import Api
 
-    s = _settings()
-    key = _admin_key(s)
+    s = common.settings()
+    key = common.admin_key(s)
     if key is None:
         typer.echo("tally: credit needs TALLY_ADMIN_KEY", err=True)
         raise typer.Exit(2)
     body = {"amount_micros": amount_micros, "idempotency_key": idempotency_key, "note": note}
 
     async def go() -> Any:
-        async with Api(_api_url(s, api_url), key) as api:
+        async with Api(common.api_url(s, api_url), key) as api:
             return await api.admin(f"/orgs/{org_id}/credits", body)
 
-    out = _run(go())
+    out = common.run(go())
     what = "already applied" if out.get("replayed") else "applied"
     typer.echo(
         f"credit {what}: {out['amount_micros']} micros to {org_id};"

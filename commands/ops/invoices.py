@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 import orjson
 import typer
 
-from commands.ops.cli import ApiUrl, AsJson, _admin_key, _api_url, _run, _settings
+from commands.ops import common
 
 invoices_app = typer.Typer(help="Invoices: close the billing periods that have ended.")
 
@@ -17,24 +17,24 @@ invoices_app = typer.Typer(help="Invoices: close the billing periods that have e
 @invoices_app.command("close")
 def close(
     org: Annotated[str | None, typer.Option(help="Only this org (default: every org).")] = None,
-    api_url: ApiUrl = None,
-    as_json: AsJson = False,
+    api_url: common.ApiUrl = None,
+    as_json: common.AsJson = False,
 ) -> None:
     """Make the invoices of every ended period not invoiced yet; closing twice makes none."""
     from commands.ops.api import Api
 
-    s = _settings()
-    key = _admin_key(s)
+    s = common.settings()
+    key = common.admin_key(s)
     if key is None:
         typer.echo("tally: invoices close needs TALLY_ADMIN_KEY", err=True)
         raise typer.Exit(2)
     path = "/invoices/close" + (f"?{urlencode({'org_id': org})}" if org else "")
 
     async def go() -> Any:
-        async with Api(_api_url(s, api_url), key) as api:
+        async with Api(common.api_url(s, api_url), key) as api:
             return await api.admin_call("POST", path)
 
-    out = _run(go())
+    out = common.run(go())
     if as_json:
         typer.echo(orjson.dumps(out).decode())
         return

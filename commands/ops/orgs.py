@@ -10,7 +10,7 @@ from urllib.parse import quote, urlencode
 import orjson
 import typer
 
-from commands.ops.cli import ApiUrl, AsJson, _admin_key, _api_url, _run, _settings
+from commands.ops import common
 
 orgs_app = typer.Typer(help="Close, restore and purge orgs; read the audit trail.")
 
@@ -20,23 +20,23 @@ Org = Annotated[str, typer.Argument(help="The org.")]
 def _call(method: str, path: str, api_url: str | None) -> Any:
     from commands.ops.api import Api
 
-    s = _settings()
-    key = _admin_key(s)
+    s = common.settings()
+    key = common.admin_key(s)
     if key is None:
         typer.echo("tally: orgs needs TALLY_ADMIN_KEY", err=True)
         raise typer.Exit(2)
 
     async def go() -> Any:
-        async with Api(_api_url(s, api_url), key) as api:
+        async with Api(common.api_url(s, api_url), key) as api:
             if method == "POST":
                 return await api.admin(path, {})
             return await api.admin_call(method, path)
 
-    return _run(go())
+    return common.run(go())
 
 
 @orgs_app.command("close")
-def close(org_id: Org, api_url: ApiUrl = None) -> None:
+def close(org_id: Org, api_url: common.ApiUrl = None) -> None:
     """Close an org: its keys stop at once, its events are refused, its data is purged after
     the grace period (TALLY_CLOSURE_GRACE_DAYS) unless it is restored first."""
     out = _call("DELETE", f"/orgs/{quote(org_id, safe='')}", api_url)
@@ -44,14 +44,14 @@ def close(org_id: Org, api_url: ApiUrl = None) -> None:
 
 
 @orgs_app.command("restore")
-def restore(org_id: Org, api_url: ApiUrl = None) -> None:
+def restore(org_id: Org, api_url: common.ApiUrl = None) -> None:
     """Undo a closure within the grace period."""
     _call("POST", f"/orgs/{quote(org_id, safe='')}/restore", api_url)
     typer.echo(f"{org_id} restored: its keys work again")
 
 
 @orgs_app.command("purge")
-def purge(api_url: ApiUrl = None) -> None:
+def purge(api_url: common.ApiUrl = None) -> None:
     """Purge now every closed org whose grace period has ended (the retention sweep does it
     every TALLY_RETENTION_INTERVAL_S too)."""
     out = _call("POST", "/closures/purge", api_url)
@@ -65,8 +65,8 @@ def audit(
     action: Annotated[str | None, typer.Option(help="Only this action, e.g. org.closed.")] = None,
     start: Annotated[str | None, typer.Option("--from", help="From this time (ISO, UTC).")] = None,
     end: Annotated[str | None, typer.Option("--to", help="Before this time (ISO, UTC).")] = None,
-    api_url: ApiUrl = None,
-    as_json: AsJson = False,
+    api_url: common.ApiUrl = None,
+    as_json: common.AsJson = False,
 ) -> None:
     """The audit trail of admin actions, oldest first."""
     params = {"org_id": org_id, "action": action, "from": start, "to": end}

@@ -9,7 +9,7 @@ from urllib.parse import quote
 import orjson
 import typer
 
-from commands.ops.cli import ApiUrl, AsJson, _admin_key, _api_url, _run, _settings
+from commands.ops import common
 
 sessions_app = typer.Typer(help="Live sessions: list an org's, end one at once.")
 
@@ -19,21 +19,23 @@ Org = Annotated[str, typer.Argument(help="The org.")]
 def _call(method: str, path: str, api_url: str | None) -> Any:
     from commands.ops.api import Api
 
-    s = _settings()
-    key = _admin_key(s)
+    s = common.settings()
+    key = common.admin_key(s)
     if key is None:
         typer.echo("tally: sessions needs TALLY_ADMIN_KEY", err=True)
         raise typer.Exit(2)
 
     async def go() -> Any:
-        async with Api(_api_url(s, api_url), key) as api:
+        async with Api(common.api_url(s, api_url), key) as api:
             return await api.admin_call(method, path)
 
-    return _run(go())
+    return common.run(go())
 
 
 @sessions_app.command("list")
-def list_sessions(org_id: Org, api_url: ApiUrl = None, as_json: AsJson = False) -> None:
+def list_sessions(
+    org_id: Org, api_url: common.ApiUrl = None, as_json: common.AsJson = False
+) -> None:
     """The org's live sessions, oldest first, with when each lease lapses."""
     out = _call("GET", f"/orgs/{quote(org_id, safe='')}/sessions", api_url)
     if as_json:
@@ -54,7 +56,7 @@ def list_sessions(org_id: Org, api_url: ApiUrl = None, as_json: AsJson = False) 
 def end_session(
     org_id: Org,
     session_id: Annotated[str, typer.Argument(help="The live session to end.")],
-    api_url: ApiUrl = None,
+    api_url: common.ApiUrl = None,
 ) -> None:
     """End a live session at once (recorded as an end with reason ended_by_api)."""
     path = f"/orgs/{quote(org_id, safe='')}/sessions/{quote(session_id, safe='')}"

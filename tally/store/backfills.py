@@ -12,7 +12,7 @@ import logging
 import random
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from tally.store.queries import (
     DERIVED_KEYS,
@@ -22,8 +22,16 @@ from tally.store.queries import (
     derived_select,
 )
 
-if TYPE_CHECKING:
-    from tally.store import Store
+
+class Store(Protocol):
+    """What a backfill needs of `tally.store.Store` (which runs the backfills)."""
+
+    async def query(
+        self, sql: str, params: dict[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]: ...
+
+    async def command(self, sql: str, params: dict[str, Any] | None = None) -> Any: ...
+
 
 log = logging.getLogger("tally.store")
 REPLACE_ATTEMPTS = 10

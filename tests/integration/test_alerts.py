@@ -13,6 +13,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from api.alerts.service import Alerting
 from commands.runtime import Tally
 from tally.config import ALERTS_TOPIC
 from tests.conftest import ADMIN_KEY, OrgFactory, Send, bearer, eventually
@@ -90,7 +91,7 @@ async def test_a_new_billing_window_delivers_the_resolved_alerts(
     send: Send,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    alerts = stack.services.alerts if stack.services else None
+    alerts = stack.services.part(Alerting) if stack.services else None
     assert alerts is not None
     monkeypatch.setattr(
         alerts.dispatcher,
@@ -168,7 +169,7 @@ async def test_an_endpoint_failing_too_long_is_disabled_and_an_alert_says_so(
     send: Send,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    alerts = stack.services.alerts if stack.services else None
+    alerts = stack.services.part(Alerting) if stack.services else None
     assert alerts is not None
     policy = dataclasses.replace(
         alerts.dispatcher.policy, allow_private=True, disable_after=timedelta(seconds=2)
@@ -216,7 +217,7 @@ async def test_an_endpoint_failing_too_long_is_disabled_and_an_alert_says_so(
 async def test_a_low_credit_balance_fires_once(
     stack: Tally, client: httpx.AsyncClient, new_org: OrgFactory
 ) -> None:
-    alerts = stack.services.alerts if stack.services else None
+    alerts = stack.services.part(Alerting) if stack.services else None
     assert alerts is not None
     org, key = await new_org(plan="free")
     rules = {"rules": [{"meter": "credits", "below": 5_000_000}]}

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from api.alerts.service import Alerting
 from api.app import create_app
 from commands.runtime import Tally
 from tally.config import Settings
@@ -94,7 +95,7 @@ async def test_one_replica_delivers_and_the_other_takes_over(
                 return [
                     t
                     for t in replicas
-                    if t.services and t.services.alerts and t.services.alerts.ownership.owns(org)
+                    if t.services and (a := t.services.part(Alerting)) and a.ownership.owns(org)
                 ]
 
             async def one_owner() -> bool:
@@ -124,5 +125,5 @@ async def test_one_replica_delivers_and_the_other_takes_over(
             thresholds = sorted(p["data"]["threshold"] for p in receiver.delivered(secret).values())
             assert thresholds == [3, 6]
             assert len(receiver.requests) == 2
-            assert other.services and other.services.alerts
-            assert other.services.alerts.ownership.owns(org)
+            assert other.services and (alerting := other.services.part(Alerting))
+            assert alerting.ownership.owns(org)

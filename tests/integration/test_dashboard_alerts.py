@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from api.alerts.service import Alerting
 from commands.runtime import Tally
 from tests.conftest import OrgFactory, Send, bearer, eventually
 from tests.factories import make_event
@@ -29,7 +30,7 @@ async def test_the_dashboard_lists_alerts_and_endpoints(
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    alerts = stack.services.alerts if stack.services else None
+    alerts = stack.services.part(Alerting) if stack.services else None
     assert alerts is not None
     policy = dataclasses.replace(alerts.dispatcher.policy, allow_private=True)
     monkeypatch.setattr(alerts.dispatcher, "policy", policy)
