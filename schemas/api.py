@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from schemas.events import Id
 from schemas.plans import Plan, PlanOverrides
 
 
@@ -151,6 +152,9 @@ class QuotaMeters(BaseModel):
         description="Managed-mode upstream cost against the fair-use budget, in micro-USD."
     )
     sessions: SessionQuota
+    runs: MeterQuota = Field(
+        description="Live runs this billing period: each counts once, at its first live event."
+    )
 
 
 class PendingChange(BaseModel):
@@ -193,6 +197,7 @@ class QuotaOverview(BaseModel):
                 **_MONTH,
             },
             "sessions": {"limit": 3, "active": 1, "remaining": 2},
+            "runs": {"limit": 500, "used": 42, "remaining": 458, **_MONTH},
         },
     )
 
@@ -216,11 +221,12 @@ class CheckRequest(BaseModel):
                 {"meter": "requests", "amount": 1, "model": "gpt-4o-mini", "mode": "managed"},
                 {"meter": "sessions"},
                 {"meter": "tool_calls", "amount": 1},
+                {"meter": "runs", "run_id": "run-2026-06-14-0042"},
             ]
         },
     )
 
-    meter: Literal["tokens", "tool_calls", "requests", "sessions"]
+    meter: Literal["tokens", "tool_calls", "requests", "sessions", "runs"]
     amount: int = Field(1, ge=1, le=10**12, description="How much is about to be used.")
     model: str | None = Field(
         None,
@@ -230,6 +236,11 @@ class CheckRequest(BaseModel):
     )
     mode: Literal["managed", "byok"] = Field(
         "managed", description="`byok`: the org's own provider key (lifts the whitelist)."
+    )
+    run_id: Id | None = Field(
+        None,
+        description="`runs`: the run about to go on; a run already counted this billing "
+        "period is never refused by the runs cap.",
     )
 
 

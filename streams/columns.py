@@ -229,6 +229,7 @@ def _columns(
     if pieces:
         _count(result.deltas, pieces, len(records))
     _sessions(result, state, pending, records, events, codes, decoded, others, ts_us, pricer, now)
+    _runs(result, state, pending, common, code_column, now)
     if result.rows:
         blocks.append(batch.event_block(result.rows))
         result.rows = []
@@ -284,6 +285,40 @@ def _sessions(
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _runs(
+    result: BatchResult,
+    state: PartitionState,
+    pending: Sequence[BatchResult],
+    common: Common,
+    codes: pa.Array,
+    now: datetime,
+) -> None:
+    """The runs meter of the events taken a column at a time, as `batch.count` has it one
+    at a time: once per distinct org, run and day of their live events (the others went
+    through `batch.count`). The order does not matter: the counters are a function of each
+    run's set of active days."""
+    mask = pc.and_(
+        pc.and_(pc.less(codes, _OTHER), pc.equal(common.key_mode, "live")),
+        pc.not_equal(common.run, ""),
+    )
+    if not pc.any(mask).as_py():
+        return
+    distinct = (
+        pa.table(
+            {
+                "org": common.org.filter(mask),
+                "run": common.run.filter(mask),
+                "day": pc.divide(common.ts_us.filter(mask), _US_PER_DAY),
+            }
+        )
+        .group_by(["org", "run", "day"])
+        .aggregate([])
+    )
+    orgs, run_ids, days = (distinct.column(c).to_pylist() for c in ("org", "run", "day"))
+    for org, run_id, day in zip(orgs, run_ids, days, strict=True):
+        batch.run(result, state, pending, org, run_id, day, now)
 
 
 def _duplicates(
