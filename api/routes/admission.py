@@ -74,9 +74,9 @@ async def check(
         acct.plan, acct.subscription, acct.window, used, now, reserved, acct.default_model
     )
     d = decide(ask, ctx)
-    if d.code == "billing_limit_reached" and body.meter == "runs" and body.run_id:
-        if await _run_counted(svc, org_id, body.run_id, acct.window):
-            d = decide(replace(ask, counted=True), ctx)
+    at_cap = d.code == "billing_limit_reached" and body.meter == "runs"
+    if at_cap and body.run_id and await _run_counted(svc, org_id, body.run_id, acct.window):
+        d = decide(replace(ask, counted=True), ctx)
     metrics.quota_check(body.meter, d.code or "ok")
     headers = freshness(svc)
     if not d.allowed:
