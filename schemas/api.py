@@ -211,6 +211,9 @@ class QuotaOverview(BaseModel):
     meters: QuotaMeters
 
 
+Meter = Literal["tokens", "tool_calls", "requests", "sessions", "runs"]
+
+
 class CheckRequest(BaseModel):
     """What the caller is about to do."""
 
@@ -226,7 +229,7 @@ class CheckRequest(BaseModel):
         },
     )
 
-    meter: Literal["tokens", "tool_calls", "requests", "sessions", "runs"]
+    meter: Meter
     amount: int = Field(1, ge=1, le=10**12, description="How much is about to be used.")
     model: str | None = Field(
         None,
@@ -258,7 +261,7 @@ class CheckAllowed(BaseModel):
     )
 
     allowed: Literal[True]
-    meter: Literal["tokens", "tool_calls", "requests", "sessions"]
+    meter: Meter
     amount: int
     limit: int | None
     used: int | None = Field(description="For sessions: running plus admitted, not yet started.")
