@@ -297,6 +297,9 @@ def bench(
     only_breakdowns: Annotated[
         bool, typer.Option(help="Only the preload and the report queries (a minute or two).")
     ] = False,
+    runs: Annotated[
+        int, typer.Option(min=1_000, help="Live runs counted for the runs meter's figures.")
+    ] = 1_000_000,
 ) -> None:
     """Measure Tally against the machine's ceiling; prints a table, then one JSON line."""
     from commands.bench.run import main as run_bench
@@ -315,6 +318,7 @@ def bench(
         memory_keys=memory_keys,
         breakdown_rows=breakdown_rows,
         only_breakdowns=only_breakdowns,
+        runs=runs,
     )
 
 

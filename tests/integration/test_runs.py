@@ -171,14 +171,14 @@ async def test_the_runs_count_survives_a_sigkill_of_tally_up(tmp_path: Path):
             )
             key = r.json()["key"]
             async with Emitter(up.broker, spool_dir=tmp_path / "spool") as emitter:
-                for n in range(40):
+                for n in range(40):  # over about 4 s, as a runtime would
                     for _ in range(3):
                         emitter.llm_usage(
                             org_id="acme", agent_id="a1", run_id=f"run-{n}", model="gpt-4o",
                             input_tokens=10, output_tokens=1,
                         )  # fmt: skip
+                    await asyncio.sleep(0.1)
                     if n == 20:
-                        await asyncio.sleep(0.3)
                         up.kill()  # with events in flight
                         up.start()
                 await up.ready(client)
