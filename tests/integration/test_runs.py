@@ -171,18 +171,25 @@ async def test_the_runs_count_survives_a_sigkill_of_tally_up(tmp_path: Path):
             )
             key = r.json()["key"]
             async with Emitter(up.broker, spool_dir=tmp_path / "spool") as emitter:
-                for n in range(40):  # over about 4 s, as a runtime would
-                    for _ in range(3):
-                        emitter.llm_usage(
-                            org_id="acme", agent_id="a1", run_id=f"run-{n}", model="gpt-4o",
-                            input_tokens=10, output_tokens=1,
-                        )  # fmt: skip
-                    await asyncio.sleep(0.1)
-                    if n == 20:
-                        up.kill()  # with events in flight
-                        up.start()
+
+                def runs(first: int, last: int) -> None:
+                    for n in range(first, last):
+                        for _ in range(3):
+                            emitter.llm_usage(
+                                org_id="acme", agent_id="a1", run_id=f"run-{n}",
+                                model="gpt-4o", input_tokens=10, output_tokens=1,
+                            )  # fmt: skip
+
+                runs(0, 20)
+                assert await emitter.wait_stored(60), emitter.stats()
+                runs(20, 40)
+                runs(5, 10)  # more events of counted runs
+                await asyncio.sleep(0.05)  # acknowledged by the broker, not all stored yet
+                up.kill()  # with events in flight, unconfirmed
+                up.start()
                 await up.ready(client)
-                assert await emitter.wait_stored(120), emitter.stats()
+                assert await emitter.wait_stored(180), emitter.stats()
+                assert emitter.stats().resent > 0, "the kill caught no event in flight"
                 await eventually(lambda: runs_used(client, key, 40), timeout=30)
                 up.kill()  # everything stored: what comes back is rebuilt from the store
                 up.start()
