@@ -26,15 +26,16 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from schemas.events import InvalidEvent
+from streams import runs
 from streams.decode import decode
 from streams.leases import ENDED, STARTED, session
 from tally.domain import counters
-from tally.domain import runs as run_meter
 from tally.domain.counters import CounterKey
 from tally.domain.eventtime import DEFAULT, Backfill, EventTime
 from tally.domain.leases import Lease
 from tally.domain.partitioning import partition_of
 from tally.domain.pricing import Pricer
+from tally.domain.runs import Days
 from tally.domain.usage import measure
 
 EVENT_COLUMNS = (
@@ -161,9 +162,9 @@ class PartitionState:
     sessions: dict[tuple[str, str], int] = field(default_factory=dict)
     leases: dict[tuple[str, str], Lease] = field(default_factory=dict)  # of open sessions
     seen: dict[str, float] = field(default_factory=dict)
-    # The live runs of the kept days: `run_key(org, run_id)` -> its active days
+    # The live runs of the kept days: `runs.key(org, run_id)` -> its active days
     # (tally.domain.runs), from counters.KEEP_DAYS ago on.
-    runs: dict[str, run_meter.Days] = field(default_factory=dict)
+    runs: dict[str, Days] = field(default_factory=dict)
 
     def expire(self, now: datetime, dedup_window_s: int) -> None:
         """Forget event ids older than the dedup window, counters no read can need and runs
@@ -171,14 +172,7 @@ class PartitionState:
         self.forget_before(now.timestamp() - dedup_window_s)
         for k in [k for k in self.counters if counters.expired(k, now)]:
             del self.counters[k]
-        keep_from = counters.first_kept_day(now)
-        kept = self.runs
-        for rk in [rk for rk, days in kept.items() if days[0] < keep_from]:
-            trimmed = run_meter.trim(kept[rk], keep_from)
-            if trimmed is None:
-                del kept[rk]
-            else:
-                kept[rk] = trimmed
+        runs.forget(self.runs, counters.first_kept_day(now))
 
     def forget_before(self, cutoff: float) -> None:
         """Drop dedup entries remembered before `cutoff` (epoch seconds); oldest come first."""
@@ -205,7 +199,7 @@ class BatchResult:
     leases: dict[tuple[str, str], Lease] = field(default_factory=dict)
     ends: dict[str, int] = field(default_factory=dict)  # sessions ended, by reason (metrics)
     event_ids: set[str] = field(default_factory=set)
-    runs: dict[str, run_meter.Days] = field(default_factory=dict)  # runs with a new active day
+    runs: dict[str, Days] = field(default_factory=dict)  # runs with a new active day
     duplicates: int = 0
     # The ids of `expired` ends the log voided (streams.leases): not stored, so not
     # remembered as seen either (a copy read again is judged again, the same way).
@@ -312,7 +306,7 @@ def count(
     types[kind] = types.get(kind, 0) + 1
     counters.add(result.deltas, org, ts, usage)
     if event["run_id"] and event["key_mode"] == "live":
-        run(result, state, pending, org, event["run_id"], counters.epoch_day(ts), now)
+        runs.arrive(result, state, pending, org, event["run_id"], counters.epoch_day(ts), now)
     get = event.get
     result.rows.append(
         [
@@ -343,46 +337,6 @@ def count(
             result.epoch,
         ]
     )
-
-
-def run_key(org_id: str, run_id: str) -> str:
-    return f"{org_id}\x1f{run_id}"
-
-
-def run(
-    result: BatchResult,
-    state: PartitionState,
-    pending: Sequence[BatchResult],
-    org_id: str,
-    run_id: str,
-    day: int,
-    now: datetime,
-) -> None:
-    """A live event of run `run_id` on `day`: the run's new active day, if it is one, and
-    the runs counters it moves (tally.domain.runs). A day before the kept ones is in no
-    window a quota read can ask for, and counts no run."""
-    if day < counters.first_kept_day(now):
-        return
-    rk = run_key(org_id, run_id)
-    days = result.runs.get(rk)
-    if days is None:
-        for before in reversed(pending):
-            days = before.runs.get(rk)
-            if days is not None:
-                break
-        else:
-            days = state.runs.get(rk, ())
-    new, changes = run_meter.arrive(days, day)
-    if changes:
-        result.runs[rk] = new
-        deltas = result.deltas
-        for name, bucket, change in changes:
-            k = (org_id, name, bucket)
-            value = deltas.get(k, 0) + change
-            if value:
-                deltas[k] = value
-            else:  # moved and moved back within the batch: in any order, the same deltas
-                del deltas[k]
 
 
 def _misrouted(

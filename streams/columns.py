@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.events import TS_MAX, TS_MIN, InvalidEvent
-from streams import batch, leases
+from streams import batch, leases, runs
 from streams.batch import EVENT_COLUMNS, EVENT_SCHEMA, BatchResult, Message, PartitionState
 from streams.column_meters import Common, Slow, all_true, constant, llm, request, tool
 from streams.decode import (
@@ -318,7 +318,7 @@ def _runs(
     )
     orgs, run_ids, days = (distinct.column(c).to_pylist() for c in ("org", "run", "day"))
     for org, run_id, day in zip(orgs, run_ids, days, strict=True):
-        batch.run(result, state, pending, org, run_id, day, now)
+        runs.arrive(result, state, pending, org, run_id, day, now)
 
 
 def _duplicates(

@@ -17,7 +17,8 @@ from datetime import UTC, date, datetime, timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streams.batch import PartitionState, event_block, run_key
+from streams import runs as run_state
+from streams.batch import PartitionState, event_block
 from streams.leases import ENDED, STARTED
 from tally.domain import counters, runs
 from tally.domain.leases import Lease
@@ -272,7 +273,7 @@ class ClickHouseSink:
             trimmed = runs.trim(days, keep_from)
             if trimmed is None:
                 continue
-            state.runs[run_key(org, run_id)] = runs.shared(trimmed)
+            state.runs[run_state.key(org, run_id)] = runs.shared(trimmed)
             for name, day in runs.counted(days):
                 if day >= keep_from:
                     k = counters.key(org, name, day)

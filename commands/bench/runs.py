@@ -13,6 +13,7 @@ Run as `python -m commands.bench.runs RUNS`; prints one JSON object.
 
 from __future__ import annotations
 
+import functools
 import gc
 import sys
 import time
@@ -101,10 +102,7 @@ def counted(state: PartitionState, runs: int, now: datetime) -> int:
         return sum(kept.get((org, name, d), 0) for d in days)
 
     orgs = {f"org-{n:05d}" for n in range(min(runs, ORGS))}
-    return sum(
-        run_meter.used(lambda name, days, org=org: total(org, name, days), first, DAYS + 1)
-        for org in orgs
-    )
+    return sum(run_meter.used(functools.partial(total, org), first, DAYS + 1) for org in orgs)
 
 
 def measure(runs: int) -> dict[str, float]:
