@@ -306,7 +306,8 @@ def count(
     types[kind] = types.get(kind, 0) + 1
     counters.add(result.deltas, org, ts, usage)
     if event["run_id"] and event["key_mode"] == "live":
-        runs.arrive(result, state, pending, org, event["run_id"], counters.epoch_day(ts), now)
+        run = ((org, event["run_id"], counters.epoch_day(ts)),)
+        runs.arrive(result, state, pending, run, counters.first_kept_day(now))
     get = event.get
     result.rows.append(
         [

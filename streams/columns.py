@@ -317,8 +317,8 @@ def _runs(
         .aggregate([])
     )
     orgs, run_ids, days = (distinct.column(c).to_pylist() for c in ("org", "run", "day"))
-    for org, run_id, day in zip(orgs, run_ids, days, strict=True):
-        runs.arrive(result, state, pending, org, run_id, day, now)
+    events = zip(orgs, run_ids, days, strict=True)
+    runs.arrive(result, state, pending, events, counters.first_kept_day(now))
 
 
 def _duplicates(

@@ -8,11 +8,9 @@ then the partition state.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from tally.domain import counters
 from tally.domain import runs as rules
 from tally.domain.counters import CounterKey
 
@@ -36,37 +34,37 @@ def arrive(
     result: Counted,
     state: Runs,
     pending: Sequence[Runs],
-    org_id: str,
-    run_id: str,
-    day: int,
-    now: datetime,
+    events: Iterable[tuple[str, str, int]],
+    keep_from: int,
 ) -> None:
-    """A live event of run `run_id` on `day`: the run's new active day, if it is one, and
-    the runs counters it moves. A day before the kept ones is in no window a quota read can
-    ask for, and counts no run."""
-    if day < counters.first_kept_day(now):
-        return
-    rk = key(org_id, run_id)
-    days = result.runs.get(rk)
-    if days is None:
-        for before in reversed(pending):
-            days = before.runs.get(rk)
-            if days is not None:
-                break
-        else:
-            days = state.runs.get(rk, ())
-    new, changes = rules.arrive(days, day)
-    if not changes:
-        return
-    result.runs[rk] = new
-    deltas = result.deltas
-    for name, bucket, change in changes:
-        k = (org_id, name, bucket)
-        value = deltas.get(k, 0) + change
-        if value:
-            deltas[k] = value
-        else:  # moved and moved back within the batch: in any order, the same deltas
-            del deltas[k]
+    """Live events of runs, as `(org_id, run_id, day)`: each run's new active day, if it is
+    one, and the runs counters it moves. A day before `keep_from` (the first kept day) is
+    in no window a quota read can ask for, and counts no run."""
+    got, kept, deltas = result.runs, state.runs, result.deltas
+    before = pending[::-1]
+    for org_id, run_id, day in events:
+        if day < keep_from:
+            continue
+        rk = f"{org_id}\x1f{run_id}"
+        days = got.get(rk)
+        if days is None:
+            for batch in before:
+                days = batch.runs.get(rk)
+                if days is not None:
+                    break
+            else:
+                days = kept.get(rk, ())
+        new, changes = rules.arrive(days, day)
+        if not changes:
+            continue
+        got[rk] = new
+        for name, bucket, change in changes:
+            k = (org_id, name, bucket)
+            value = deltas.get(k, 0) + change
+            if value:
+                deltas[k] = value
+            else:  # moved and moved back within the batch: in any order, the same deltas
+                del deltas[k]
 
 
 def forget(kept: dict[str, rules.Days], keep_from: int) -> None:

@@ -45,6 +45,8 @@ def name_of(gap: int | None) -> str:
 def arrive(days: Days, day: int) -> tuple[Days, list[Delta]]:
     """A live event of a run on `day`, given the run's active days so far: its new active
     days and the counter changes (none when the day is already active)."""
+    if not days:  # a new run: the common case
+        return shared((day,)), [(RUNS, day, 1)]
     at = bisect_left(days, day)
     if at < len(days) and days[at] == day:
         return days, []
@@ -54,8 +56,7 @@ def arrive(days: Days, day: int) -> tuple[Days, list[Delta]]:
     if after is not None:
         deltas.append((name_of(None if before is None else after - before), after, -1))
         deltas.append((name_of(after - day), after, 1))
-    new = shared((day,)) if not days else (*days[:at], day, *days[at:])
-    return new, deltas
+    return (*days[:at], day, *days[at:]), deltas
 
 
 def shared(days: Days) -> Days:
