@@ -41,10 +41,11 @@ READS: dict[str, Read] = {
     "/api/v2/quota/tokens": quota.tokens_body,
     "/api/v2/quota/tool-calls": quota.tool_calls_body,
     "/api/v2/quota/requests": quota.requests_body,
+    "/api/v2/quota/runs": quota.runs_body,
     "/api/v2/sessions/quota": quota.sessions_body,
 }
 _JSON = (b"content-type", b"application/json")
-MAX_KEPT = 100_000  # answers kept (four reads per org); all are dropped past it
+MAX_KEPT = 100_000  # answers kept (five reads per org); all are dropped past it
 
 
 class _Answer(NamedTuple):

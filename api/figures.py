@@ -1,7 +1,8 @@
 """What an org has used, read from the in-memory counter table (never from ClickHouse).
 
 Monthly meters are per-UTC-day counters summed over the org's billing window; the request
-bursts read the current day and minute buckets; sessions the org's running count. Every
+bursts read the current day and minute buckets; sessions the org's running count; runs
+the per-day runs counters of `tally.domain.runs`. Every
 figure is `None` until the table has caught up. A quota read of one meter reads that meter
 alone; `used()` reads them all (the overview, admission checks).
 """
@@ -12,10 +13,11 @@ from datetime import datetime
 
 from api.counter_table import CounterTable
 from tally.domain import counters as c
+from tally.domain import runs as run_meter
 from tally.domain.quota import Used, day_buckets
 from tally.domain.windows import Window
 
-UNAVAILABLE = Used(None, None, None, None, None, None, None)
+UNAVAILABLE = Used(*(None,) * len(Used.__dataclass_fields__))
 
 
 def monthly(table: CounterTable, org_id: str, name: str, window: Window) -> int | None:
@@ -23,6 +25,16 @@ def monthly(table: CounterTable, org_id: str, name: str, window: Window) -> int 
     if not table.ready.is_set():
         return None
     return table.total(org_id, name, day_buckets(window))
+
+
+def runs(table: CounterTable, org_id: str, window: Window) -> int | None:
+    """Live runs with an event in the billing window (tally.domain.runs)."""
+    if not table.ready.is_set():
+        return None
+    days = day_buckets(window)
+    return run_meter.used(
+        lambda name, buckets: table.total(org_id, name, buckets), days.start, len(days)
+    )
 
 
 def requests_day(table: CounterTable, org_id: str, now: datetime) -> int | None:
@@ -56,4 +68,5 @@ def used(table: CounterTable, org_id: str, window: Window, now: datetime) -> Use
         requests_minute=requests_minute(table, org_id, now),
         upstream_cost_micros=monthly(table, org_id, c.UPSTREAM_COST, window),
         sessions=sessions(table, org_id),
+        runs=runs(table, org_id, window),
     )

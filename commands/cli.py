@@ -316,6 +316,9 @@ def bench(
             min=1, help="Requests to POST /api/v2/events (500 events) and /v1/traces (512 spans)."
         ),
     ] = 40,
+    runs: Annotated[
+        int, typer.Option(min=1_000, help="Live runs counted for the runs meter's figures.")
+    ] = 1_000_000,
 ) -> None:
     """Measure Tally against the machine's ceiling; prints a table, then one JSON line."""
     from commands.bench.run import main as run_bench
@@ -335,6 +338,7 @@ def bench(
         breakdown_rows=breakdown_rows,
         only_breakdowns=only_breakdowns,
         ingest_requests=ingest_requests,
+        runs=runs,
     )
 
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from schemas.access import RUNTIME_SCOPES, Scope, all_scopes
+from schemas.events import Id
 from schemas.plans import Plan, PlanOverrides
 
 
@@ -161,6 +162,9 @@ class QuotaMeters(BaseModel):
         description="Managed-mode upstream cost against the fair-use budget, in micro-USD."
     )
     sessions: SessionQuota
+    runs: MeterQuota = Field(
+        description="Live runs this billing period: each counts once, at its first live event."
+    )
 
 
 class PendingChange(BaseModel):
@@ -203,6 +207,7 @@ class QuotaOverview(BaseModel):
                 **_MONTH,
             },
             "sessions": {"limit": 3, "active": 1, "remaining": 2},
+            "runs": {"limit": 500, "used": 42, "remaining": 458, **_MONTH},
         },
     )
 
@@ -216,6 +221,9 @@ class QuotaOverview(BaseModel):
     meters: QuotaMeters
 
 
+Meter = Literal["tokens", "tool_calls", "requests", "sessions", "runs"]
+
+
 class CheckRequest(BaseModel):
     """What the caller is about to do."""
 
@@ -226,11 +234,12 @@ class CheckRequest(BaseModel):
                 {"meter": "requests", "amount": 1, "model": "gpt-4o-mini", "mode": "managed"},
                 {"meter": "sessions"},
                 {"meter": "tool_calls", "amount": 1},
+                {"meter": "runs", "run_id": "run-2026-06-14-0042"},
             ]
         },
     )
 
-    meter: Literal["tokens", "tool_calls", "requests", "sessions"]
+    meter: Meter
     amount: int = Field(1, ge=1, le=10**12, description="How much is about to be used.")
     model: str | None = Field(
         None,
@@ -240,6 +249,11 @@ class CheckRequest(BaseModel):
     )
     mode: Literal["managed", "byok"] = Field(
         "managed", description="`byok`: the org's own provider key (lifts the whitelist)."
+    )
+    run_id: Id | None = Field(
+        None,
+        description="`runs`: the run about to go on; a run already counted this billing "
+        "period is never refused by the runs cap.",
     )
 
 
@@ -257,7 +271,7 @@ class CheckAllowed(BaseModel):
     )
 
     allowed: Literal[True]
-    meter: Literal["tokens", "tool_calls", "requests", "sessions"]
+    meter: Meter
     amount: int
     limit: int | None
     used: int | None = Field(description="For sessions: running plus admitted, not yet started.")

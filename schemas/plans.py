@@ -23,6 +23,7 @@ OVERRIDABLE = (
     "requests_per_minute",
     "requests_per_day",
     "upstream_cost_micros_per_month",
+    "runs_per_month",
     "managed_models",
     "byok",
     "api_keys",
@@ -66,6 +67,12 @@ class _Allowances(BaseModel):
         ge=0,
         le=MAX,
         description="Fair-use budget for managed-mode upstream cost per period; BYOK is exempt.",
+    )
+    runs_per_month: Limit = Field(
+        None,
+        ge=0,
+        le=MAX,
+        description="Live runs per billing period (a run counts once, at its first live event).",
     )
     managed_models: list[str] | None = Field(
         None, description="Models forwarded in managed mode; null allows every model."
@@ -131,6 +138,7 @@ class Plan(_Allowances, _Identity):
                     "requests_per_minute": 10,
                     "requests_per_day": 500,
                     "upstream_cost_micros_per_month": 5000000,
+                    "runs_per_month": 500,
                     "managed_models": ["gpt-4o-mini"],
                     "byok": False,
                     "api_keys": 1,

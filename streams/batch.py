@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from schemas.events import InvalidEvent
+from streams import runs
 from streams.decode import decode
 from streams.leases import ENDED, STARTED, session
 from tally.domain import counters
@@ -34,6 +35,7 @@ from tally.domain.eventtime import DEFAULT, Backfill, EventTime
 from tally.domain.leases import Lease
 from tally.domain.partitioning import partition_of
 from tally.domain.pricing import Pricer
+from tally.domain.runs import Days
 from tally.domain.usage import measure
 
 EVENT_COLUMNS = (
@@ -164,12 +166,17 @@ class PartitionState:
     # Orgs closed by an admin (`DELETE /api/v2/admin/orgs/{id}`), as the worker last read
     # them from the store: their events are dead-lettered, to be replayed if restored.
     closed: frozenset[str] = frozenset()
+    # The live runs of the kept days: `runs.key(org, run_id)` -> its active days
+    # (tally.domain.runs), from counters.KEEP_DAYS ago on.
+    runs: dict[str, Days] = field(default_factory=dict)
 
     def expire(self, now: datetime, dedup_window_s: int) -> None:
-        """Forget event ids older than the dedup window and counters no read can need."""
+        """Forget event ids older than the dedup window, counters no read can need and runs
+        with no day left that a read can need."""
         self.forget_before(now.timestamp() - dedup_window_s)
         for k in [k for k in self.counters if counters.expired(k, now)]:
             del self.counters[k]
+        runs.forget(self.runs, counters.first_kept_day(now))
 
     def forget_before(self, cutoff: float) -> None:
         """Drop dedup entries remembered before `cutoff` (epoch seconds); oldest come first."""
@@ -196,6 +203,7 @@ class BatchResult:
     leases: dict[tuple[str, str], Lease] = field(default_factory=dict)
     ends: dict[str, int] = field(default_factory=dict)  # sessions ended, by reason (metrics)
     event_ids: set[str] = field(default_factory=set)
+    runs: dict[str, Days] = field(default_factory=dict)  # runs with a new active day
     duplicates: int = 0
     # The ids of `expired` ends the log voided (streams.leases): not stored, so not
     # remembered as seen either (a copy read again is judged again, the same way).
@@ -312,6 +320,9 @@ def count(
     types = result.types
     types[kind] = types.get(kind, 0) + 1
     counters.add(result.deltas, org, ts, usage)
+    if event["run_id"] and event["key_mode"] == "live":
+        run = ((org, event["run_id"], counters.epoch_day(ts)),)
+        runs.arrive(result, state, pending, run, counters.first_kept_day(now))
     get = event.get
     result.rows.append(
         [
@@ -405,6 +416,7 @@ def apply(state: PartitionState, result: BatchResult) -> dict[CounterKey, int]:
         kept[key] = value
         changed[key] = value
     state.leases.update(result.leases)
+    state.runs.update(result.runs)
     for sk, flags in result.sessions.items():
         before = state.sessions.get(sk, 0)
         if flags == STARTED | ENDED:

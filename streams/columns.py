@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.events import TS_MAX, TS_MIN, InvalidEvent
-from streams import batch, leases
+from streams import batch, leases, runs
 from streams.batch import EVENT_COLUMNS, EVENT_SCHEMA, BatchResult, Message, PartitionState
 from streams.column_meters import Common, Slow, all_true, constant, llm, request, tool
 from streams.decode import (
@@ -232,6 +232,7 @@ def _columns(
     if pieces:
         _count(result.deltas, pieces, len(records))
     _sessions(result, state, pending, records, events, codes, decoded, others, ts_us, pricer, now)
+    _runs(result, state, pending, common, code_column, now)
     if result.rows:
         blocks.append(batch.event_block(result.rows))
         result.rows = []
@@ -287,6 +288,40 @@ def _sessions(
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _runs(
+    result: BatchResult,
+    state: PartitionState,
+    pending: Sequence[BatchResult],
+    common: Common,
+    codes: pa.Array,
+    now: datetime,
+) -> None:
+    """The runs meter of the events taken a column at a time, as `batch.count` has it one
+    at a time: once per distinct org, run and day of their live events (the others went
+    through `batch.count`). The order does not matter: the counters are a function of each
+    run's set of active days."""
+    mask = pc.and_(
+        pc.and_(pc.less(codes, _OTHER), pc.equal(common.key_mode, "live")),
+        pc.not_equal(common.run, ""),
+    )
+    if not pc.any(mask).as_py():
+        return
+    distinct = (
+        pa.table(
+            {
+                "org": common.org.filter(mask),
+                "run": common.run.filter(mask),
+                "day": pc.divide(common.ts_us.filter(mask), _US_PER_DAY),
+            }
+        )
+        .group_by(["org", "run", "day"])
+        .aggregate([])
+    )
+    orgs, run_ids, days = (distinct.column(c).to_pylist() for c in ("org", "run", "day"))
+    events = zip(orgs, run_ids, days, strict=True)
+    runs.arrive(result, state, pending, events, counters.first_kept_day(now))
 
 
 def _duplicates(

@@ -17,9 +17,10 @@ from datetime import UTC, date, datetime, timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streams import runs as run_state
 from streams.batch import PartitionState, event_block
 from streams.leases import ENDED, STARTED
-from tally.domain import counters
+from tally.domain import counters, runs
 from tally.domain.leases import Lease
 from tally.store import Store
 from tally.store import queries as q
@@ -246,7 +247,29 @@ class ClickHouseSink:
             *q.recent_event_ids(partition, partitions, now_s - self.dedup_window_s)
         ):
             state.seen[event_id] = at_ms / 1000
+        await self._load_runs(state, partition, partitions)
         return state
+
+    async def _load_runs(self, state: PartitionState, partition: int, partitions: int) -> None:
+        """The runs meter: each live run's active days of the kept days, and the counters
+        they make (tally.domain.runs), as the worker that counted them had them; the days of
+        MAX_GAP days before are read too, for the gaps of the kept ones."""
+        keep_from = counters.first_kept_day(datetime.now(UTC))
+        since = counters.day_of(keep_from - runs.MAX_GAP)
+        await self.store.command(*q.copy_run_days(partition, partitions, since))
+        kept = state.counters
+        for org, run_id, stored in await self.store.query(
+            *q.run_days(partition, partitions, since)
+        ):
+            days = tuple(int(d) for d in stored)
+            trimmed = runs.trim(days, keep_from)
+            if trimmed is None:
+                continue
+            state.runs[run_state.key(org, run_id)] = runs.shared(trimmed)
+            for name, day in runs.counted(days):
+                if day >= keep_from:
+                    k = counters.key(org, name, day)
+                    kept[k] = kept.get(k, 0) + 1
 
 
 def _utc(ts: datetime) -> datetime:

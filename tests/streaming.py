@@ -23,7 +23,7 @@ from streams.sink import ClickHouseSink
 from streams.worker import Worker
 from tally.catalogue import load_prices
 from tally.config import EVENTS_TOPIC
-from tally.domain import counters
+from tally.domain import counters, runs
 from tally.domain.counters import CounterKey
 from tally.domain.pricing import Pricer
 from tally.domain.usage import measure
@@ -110,9 +110,13 @@ def expected(
     rows: Counter[str] = Counter()
     billable: Counter[str] = Counter()
     sessions: dict[tuple[str, str], int] = {}
+    run_days: dict[tuple[str, str], set[int]] = {}  # each live run's active days
     unique = {e["event_id"]: e for e in sent}
     for e in unique.values():
         event = decode(wire(e))
+        if event["run_id"] and event["key_mode"] == "live":
+            run = (event["org_id"], event["run_id"])
+            run_days.setdefault(run, set()).add(counters.epoch_day(event["ts"]))
         usage = measure(event, pricer)
         counters.add(values, event["org_id"], event["ts"], usage)
         if event["type"] in SESSION_BITS and event["key_mode"] == "live":
@@ -124,6 +128,9 @@ def expected(
         if flags == STARTED:
             key = (org, counters.SESSIONS, 0)
             values[key] = values.get(key, 0) + 1
+    for (org, _), days in run_days.items():
+        for name, day in runs.counted(sorted(days)):
+            values[org, name, day] = values.get((org, name, day), 0) + 1
     assert any(f == STARTED | ENDED for f in sessions.values())
     return {k: v for k, v in values.items() if v}, rows, billable
 
@@ -146,6 +153,7 @@ async def states_match_the_store(worker: Worker, store: Store) -> bool:
             or loaded.sessions != state.sessions
             or loaded.leases != state.leases
             or set(loaded.seen) != set(state.seen)
+            or loaded.runs != state.runs
         ):
             return False
     return True

@@ -151,6 +151,7 @@
     ["requests", "Gateway requests", num],
     ["upstream_cost_micros", "Managed LLM spend", money],
     ["sessions", "Concurrent sessions", num],
+    ["runs", "Runs", num],
   ];
 
   function meter(name, label, m, fmt) {

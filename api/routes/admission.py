@@ -6,6 +6,7 @@ session reservations) and renders the pure decision of `tally.domain.admission`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Depends, Response
@@ -21,6 +22,8 @@ from api.state import Services
 from schemas.api import CheckAllowed, CheckRequest
 from tally import metrics
 from tally.domain.admission import Ask, Context, decide
+from tally.domain.windows import Window
+from tally.store import queries
 
 router = APIRouter(prefix="/api/v2", tags=["admission"], responses=errors("unauthorized"))
 
@@ -54,6 +57,9 @@ async def check(
     `TALLY_SESSION_RESERVATION_TTL_S` seconds, so concurrent checks never admit more
     sessions than the plan allows. Test keys are never limited by a cap (their traffic
     never counts) but obey the plan's model rules and the payment status.
+
+    A `runs` check at the cap that names a `run_id` is allowed when that run is already
+    counted this billing period: the one check that asks the store, and only at the cap.
     """
     now = datetime.now(UTC)
     org_id = key.org_id
@@ -68,6 +74,9 @@ async def check(
         acct.plan, acct.subscription, acct.window, used, now, reserved, acct.default_model
     )
     d = decide(ask, ctx)
+    at_cap = d.code == "billing_limit_reached" and body.meter == "runs"
+    if at_cap and body.run_id and await _run_counted(svc, org_id, body.run_id, acct.window):
+        d = decide(replace(ask, counted=True), ctx)
     metrics.quota_check(body.meter, d.code or "ok")
     headers = freshness(svc)
     if not d.allowed:
@@ -87,3 +96,19 @@ async def check(
         remaining=d.remaining,
         reset_at=d.reset_at,
     )
+
+
+async def _run_counted(svc: Services, org_id: str, run_id: str, window: Window) -> bool:
+    """Whether the store holds a live event of the run in the window. A store that does not
+    answer cannot say: the check answers 503 then, rather than refuse a run that may count."""
+    try:
+        rows = await svc.store.query(*queries.run_counted(org_id, run_id, window.start, window.end))
+    except Exception as exc:
+        raise ApiError(
+            503,
+            "quota_unavailable",
+            "cannot tell whether the run is already counted (the store does not answer): "
+            "retry in a few seconds",
+            {"Retry-After": "5"},
+        ) from exc
+    return bool(rows)

@@ -89,6 +89,11 @@ def tool_calls_body(svc: Services, key: ApiKey, now: datetime, acct: Account) ->
     return _meter(meter(acct.plan.tool_calls_per_month, used, acct.window))
 
 
+def runs_body(svc: Services, key: ApiKey, now: datetime, acct: Account) -> MeterQuota:
+    used = figures.runs(svc.counters, key.org_id, acct.window)
+    return _meter(meter(acct.plan.runs_per_month, used, acct.window))
+
+
 def requests_body(svc: Services, key: ApiKey, now: datetime, acct: Account) -> RequestQuota:
     table, org, plan = svc.counters, key.org_id, acct.plan
     used = figures.monthly(table, org, c.REQUESTS, acct.window)
@@ -161,6 +166,17 @@ async def tool_call_quota(
     return tool_calls_body(svc, key, *current(svc, key))
 
 
+@router.get("/quota/runs", response_model=MeterQuota, responses=fresh(MeterQuota))
+async def run_quota(
+    response: Response,
+    key: ApiKey = Depends(require_scope("quota:read")),
+    svc: Services = Depends(services),
+) -> MeterQuota:
+    """Live runs this billing period: a run counts once, at its first live event in it."""
+    freshness_headers(svc, response)
+    return runs_body(svc, key, *current(svc, key))
+
+
 @router.get("/quota/requests", response_model=RequestQuota, responses=fresh(RequestQuota))
 async def request_quota(
     response: Response,
@@ -207,5 +223,6 @@ async def quota(
             requests=_requests(o.requests, o.requests_minute, o.requests_day),
             upstream_cost_micros=_meter(o.upstream_cost_micros),
             sessions=_sessions(o.sessions),
+            runs=_meter(o.runs),
         ),
     )

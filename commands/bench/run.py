@@ -37,6 +37,8 @@ GOALS = {
     "start_ready_s": ("<=", 3.0),
     "idle_cpu_tally": ("<=", 0.02),
     "idle_cpu_broker": ("<=", 0.02),
+    # Runs whose days are all past the counters' horizon are forgotten: none is left.
+    "runs_kept_after_horizon": ("<=", 0),
 }
 
 
@@ -52,6 +54,7 @@ async def run(
     breakdown_rows: int,
     only_breakdowns: bool = False,
     ingest_requests: int = 40,
+    runs: int = 1_000_000,
 ) -> dict[str, Any]:
     figures: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
@@ -107,6 +110,7 @@ async def run(
                 await tally.stop()
     if not only_breakdowns:
         figures.update(await memory(memory_keys))
+        figures.update(await in_process("commands.bench.runs", runs))
     return figures
 
 
@@ -154,12 +158,17 @@ async def http_figures(
     figures["http_ratio"] = reads["ratio"]
 
 
-async def memory(keys: int) -> dict[str, Any]:
+async def in_process(module: str, size: int) -> dict[str, Any]:
+    """A measurement module's JSON figures, run in a fresh process of its own."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "commands.bench.memory", str(keys), stdout=asyncio.subprocess.PIPE
+        sys.executable, "-m", module, str(size), stdout=asyncio.subprocess.PIPE
     )
     out, _ = await proc.communicate()
-    data = json.loads(out)
+    return dict(json.loads(out))
+
+
+async def memory(keys: int) -> dict[str, Any]:
+    data = await in_process("commands.bench.memory", keys)
     return {
         "memory_keys": keys,
         "api_bytes_per_key": data["api_bytes_per_key"],

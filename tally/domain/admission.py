@@ -16,6 +16,9 @@ sessions reserved by this process) and renders the `Decision`. Rules, checked in
    `retry_after` the seconds until the window ends.
 7. Sessions: `active + reserved + amount > limit` -> 429 `concurrency_limit`.
 
+Runs (`runs`) take rule 5 with the runs of the window; a run already counted in the window
+(`Ask.counted`: the caller named it and the store has it) is never refused by that cap.
+
 Every refusal's message says what to do: upgrade, switch to BYOK, fix the default model,
 end a session, or wait until the reset at a given time.
 """
@@ -32,12 +35,12 @@ from tally.domain.quota import Used, figures
 from tally.domain.subscriptions import Subscription
 from tally.domain.windows import Window, day_window, minute_window
 
-MeterName = Literal["tokens", "tool_calls", "requests", "sessions"]
+MeterName = Literal["tokens", "tool_calls", "requests", "sessions", "runs"]
 Mode = Literal["managed", "byok"]
 KeyMode = Literal["live", "test"]
 
 LLM_METERS = ("tokens", "requests")
-_NOUN = {"tokens": "token", "tool_calls": "tool-call", "requests": "request"}
+_NOUN = {"tokens": "token", "tool_calls": "tool-call", "requests": "request", "runs": "run"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,7 @@ class Ask:
     model: str | None = None
     mode: Mode = "managed"
     key_mode: KeyMode = "live"
+    counted: bool = False  # `runs`: the run is already counted in this billing window
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +252,7 @@ def _limit_of(meter: MeterName, plan: Plan) -> int | None:
         "tool_calls": plan.tool_calls_per_month,
         "requests": plan.requests_per_month,
         "sessions": plan.concurrent_sessions,
+        "runs": plan.runs_per_month,
     }[meter]
 
 
@@ -257,6 +262,7 @@ def _used_of(meter: MeterName, used: Used) -> int | None:
         "tool_calls": used.tool_calls,
         "requests": used.requests,
         "sessions": used.sessions,
+        "runs": used.runs,
     }[meter]
 
 
@@ -276,6 +282,18 @@ def decide(ask: Ask, ctx: Context) -> Decision:
         )
     if used is None:
         return _unavailable()
+    if ask.meter == "runs" and ask.counted:
+        f = figures(limit, used)
+        return Decision(
+            True,
+            200,
+            None,
+            "allowed: the run is already counted this period",
+            f.limit,
+            f.used,
+            f.remaining,
+            ctx.window.end,
+        )
     if ask.meter == "sessions":
         return _sessions(ask, ctx, used)
     refusal = _monthly(ask, ctx, limit, used)

@@ -7,6 +7,8 @@ Names and buckets (day = days since 1970-01-01 UTC, minute = minutes since the e
   upstream_cost                           cost of live managed-mode LLM usage per day
   unpriced                                events with no price per day
   sessions (bucket 0)                     live sessions started and not yet ended
+  runs, runs.<gap>                        live runs per active day, by the gap in days since
+                                          the run's active day before (tally.domain.runs)
 
 Monthly meters are kept per UTC day and summed over the days of an org's billing window,
 so the worker never needs to know an org's plan or anchor, and a plan change or a new
@@ -18,6 +20,7 @@ from __future__ import annotations
 import sys
 from datetime import UTC, date, datetime
 
+from tally.domain.runs import RUNS as RUNS  # the runs meter's names: tally.domain.runs
 from tally.domain.usage import Usage
 
 TOKENS = "tokens"
@@ -87,6 +90,11 @@ KEEP_DAYS = 70  # longer than any billing window, and the one before it
 KEEP_MINUTES = 120
 
 
+def first_kept_day(now: datetime) -> int:
+    """The oldest day whose counters are kept (and whose events count a run)."""
+    return epoch_day(now) - KEEP_DAYS
+
+
 def expired(k: CounterKey, now: datetime) -> bool:
     """Counters no quota read can need any more: old days and old minutes."""
     name, bucket = k[1], k[2]
@@ -94,7 +102,7 @@ def expired(k: CounterKey, now: datetime) -> bool:
         return False
     if name == REQUESTS_MINUTE:
         return bucket < epoch_minute(now) - KEEP_MINUTES
-    return bucket < epoch_day(now) - KEEP_DAYS
+    return bucket < first_kept_day(now)
 
 
 def encode_key(key: CounterKey) -> bytes:

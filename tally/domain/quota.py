@@ -53,8 +53,9 @@ def meter(limit: int | None, used: int | None, window: Window) -> Meter:
 class Used:
     """What an org has used, read from the counters; `None` while a figure is unavailable.
 
-    Monthly figures cover the billing window; `requests_day` and `requests_minute` the
-    current UTC day and minute; `sessions` counts the sessions running now.
+    Monthly figures cover the billing window (`runs`: the live runs with an event in it);
+    `requests_day` and `requests_minute` the current UTC day and minute; `sessions` counts
+    the sessions running now.
     """
 
     tokens: int | None = 0
@@ -64,6 +65,7 @@ class Used:
     requests_minute: int | None = 0
     upstream_cost_micros: int | None = 0
     sessions: int | None = 0
+    runs: int | None = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,7 @@ class Overview:
     requests_day: Meter
     upstream_cost_micros: Meter
     sessions: Sessions
+    runs: Meter
 
 
 def overview(plan: Plan, window: Window, now: datetime, used: Used) -> Overview:
@@ -101,4 +104,5 @@ def overview(plan: Plan, window: Window, now: datetime, used: Used) -> Overview:
             plan.upstream_cost_micros_per_month, used.upstream_cost_micros, window
         ),
         sessions=Sessions(s.limit, s.used, s.remaining),
+        runs=meter(plan.runs_per_month, used.runs, window),
     )

@@ -5,7 +5,7 @@ Every value a caller supplies travels as a bound parameter, never inside the SQL
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 Query = tuple[str, dict[str, Any]]
@@ -64,6 +64,45 @@ def minute_counters(partition: int, partitions: int, since_epoch_s: int) -> Quer
         " AND ts >= fromUnixTimestamp({since:Int64}) GROUP BY org_id, m"
     )
     return sql, {"p": partition, "n": partitions, "since": since_epoch_s}
+
+
+_RUN_DAY = "toUInt32(dateDiff('day', toDate('1970-01-01'), day))"
+
+
+def copy_run_days(partition: int, partitions: int, since: date) -> Query:
+    """Copy into `run_days` the live run days of `events` it misses (an insert a crash cut
+    short between the table and its view, or events stored before the table existed)."""
+    of_events = (
+        "SELECT DISTINCT org_id, run_id, toDate(ts) AS day FROM events"
+        f" WHERE {_OWNED} AND key_mode = 'live' AND run_id != ''"
+        " AND ts >= toDateTime64({since:Date}, 3, 'UTC')"
+    )
+    sql = (
+        f"INSERT INTO run_days SELECT org_id, run_id, day FROM ({of_events})"
+        " WHERE (org_id, run_id, day) NOT IN (SELECT org_id, run_id, day FROM run_days"
+        f" WHERE {_OWNED} AND day >= {{since:Date}})"
+    )
+    return sql, {"p": partition, "n": partitions, "since": since}
+
+
+def run_days(partition: int, partitions: int, since: date) -> Query:
+    """The live runs of the orgs of `partition` active since `since`: `(org_id, run_id,
+    days)`, the days (since 1970-01-01) in order."""
+    sql = (
+        f"SELECT org_id, run_id, arraySort(groupUniqArray({_RUN_DAY})) FROM run_days"
+        f" WHERE {_OWNED} AND day >= {{since:Date}} GROUP BY org_id, run_id"
+    )
+    return sql, {"p": partition, "n": partitions, "since": since}
+
+
+def run_counted(org_id: str, run_id: str, start: datetime, end: datetime) -> Query:
+    """Whether a live run of `org_id` has an event in [start, end): one row if it has."""
+    sql = (
+        "SELECT 1 FROM run_days WHERE org_id = {org:String} AND run_id = {run:String}"
+        " AND day >= toDate({start:DateTime64(3, 'UTC')})"
+        " AND day < toDate({end:DateTime64(3, 'UTC')}) LIMIT 1"
+    )
+    return sql, {"org": org_id, "run": run_id, "start": start, "end": end}
 
 
 def open_sessions(partition: int, partitions: int) -> Query:

@@ -20,6 +20,7 @@ SIZES = {
     "--connections": "4",
     "--memory-keys": "20000",
     "--breakdown-rows": "20000",
+    "--runs": "20000",
 }
 MEASURED = (
     "ceiling_eps",
@@ -44,6 +45,9 @@ MEASURED = (
     "start_ready_s",
     "ingest_events_eps",
     "otlp_spans_per_s",
+    "runs_worker_bytes_per_run",
+    "runs_state_bytes_per_run",
+    "runs_count_us_per_event",
 )
 HTTP = ("rps", "p50_ms", "p99_ms")
 
@@ -63,6 +67,9 @@ async def test_the_bench_prints_every_figure_then_the_goals_then_one_json_line()
     assert figures["freshness_load_rate"] == figures["emit_held_rate"] == 500
     assert figures["emit_held_drained_s"] is not None  # every held event was confirmed stored
     assert figures["prepare_fetch"] == 4000  # the workload holds fewer than a fetch's worth
+    # Every run counted once (the measurement checks it), none left past the horizon.
+    assert (figures["runs"], figures["runs_events"]) == (20000, 40000)
+    assert figures["runs_kept_after_horizon"] == 0
     for name in MEASURED:
         assert figures[name] > 0, name
     assert 0 <= figures["idle_cpu_tally"] < 2 and 0 <= figures["idle_cpu_broker"] < 2

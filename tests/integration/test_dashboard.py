@@ -392,6 +392,7 @@ async def test_dashboard_renders_every_meter_and_the_account_banners(
             "requests": {**m(50_000, 2_000), "minute": m(100, 7), "day": m(5_000, 321)},
             "upstream_cost_micros": m(50_000_000, 1_234_567),
             "sessions": {"limit": 25, "active": 2, "remaining": 23},
+            "runs": m(10_000, 9_876),
         },
     }
     async with serve(with_quota_document(create_app(stack.services), key, document)) as base:
@@ -425,6 +426,7 @@ async def test_dashboard_renders_every_meter_and_the_account_banners(
             "requests",
             "upstream_cost_micros",
             "sessions",
+            "runs",
         ]
         for name, meter in document["meters"].items():
             used = meter["active"] if name == "sessions" else meter["used"]
@@ -434,6 +436,7 @@ async def test_dashboard_renders_every_meter_and_the_account_banners(
         assert "today: 321 of 5,000" in page["meters"]["requests"][2]
         assert "2 of 25" in page["meters"]["sessions"][2]
         assert "8,766 left" in page["meters"]["tool_calls"][2]
+        assert "Runs" in page["meters"]["runs"][2] and "124 left" in page["meters"]["runs"][2]
         status, text = page["banner"]
         assert status == "trial" and "Trial: 5 days left" in text
         assert "pro plan" in page["period"] and "changes to free" in page["period"]

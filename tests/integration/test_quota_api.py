@@ -38,6 +38,7 @@ async def test_every_quota_read_has_its_shape_and_freshness(client, new_org: Org
         "/api/v2/quota/tokens": FIVE,
         "/api/v2/quota/tool-calls": FIVE,
         "/api/v2/quota/requests": FIVE | {"minute", "day"},
+        "/api/v2/quota/runs": FIVE,
         "/api/v2/sessions/quota": {"limit", "active", "remaining"},
     }
     for path, keys in paths.items():
@@ -66,8 +67,15 @@ async def test_every_quota_read_has_its_shape_and_freshness(client, new_org: Org
         None,
     )
     m = q["meters"]
-    assert set(m) == {"tokens", "tool_calls", "requests", "upstream_cost_micros", "sessions"}
-    for name in ("tokens", "tool_calls", "upstream_cost_micros"):
+    assert set(m) == {
+        "tokens",
+        "tool_calls",
+        "requests",
+        "upstream_cost_micros",
+        "sessions",
+        "runs",
+    }
+    for name in ("tokens", "tool_calls", "upstream_cost_micros", "runs"):
         assert set(m[name]) == FIVE
         assert (m[name]["window_start"], m[name]["window_end"]) == (
             q["window_start"],
@@ -77,6 +85,7 @@ async def test_every_quota_read_has_its_shape_and_freshness(client, new_org: Org
     assert set(m["requests"]["minute"]) == FIVE and set(m["requests"]["day"]) == FIVE
     assert (m["requests"]["minute"]["limit"], m["requests"]["day"]["limit"]) == (10, 500)
     assert m["upstream_cost_micros"]["limit"] == 5_000_000
+    assert m["runs"]["limit"] == 500
     now = datetime.now(UTC)
     assert m["requests"]["day"]["window_start"] == f"{now:%Y-%m-%d}T00:00:00Z"
 
@@ -104,6 +113,7 @@ async def test_usage_shows_in_every_meter(client, new_org: OrgFactory, send: Sen
 
     m = await eventually(seen)
     assert m["tool_calls"]["used"] == 1
+    assert m["runs"]["used"] == 4  # the live events' runs (the factory gives each its own)
     assert m["requests"]["day"]["used"] == 2
     assert m["upstream_cost_micros"]["used"] == 195  # 900 x 0.15 + 100 x 0.60 micro-USD
     r = (await get(client, key, "/api/v2/quota/requests")).json()
@@ -329,6 +339,7 @@ QUOTA_READS = (
     "/api/v2/quota/tokens",
     "/api/v2/quota/tool-calls",
     "/api/v2/quota/requests",
+    "/api/v2/quota/runs",
     "/api/v2/sessions/quota",
 )
 
@@ -401,6 +412,7 @@ async def test_a_quota_read_never_answers_from_before_a_change(
         "/api/v2/quota/tokens": 15_000_000,
         "/api/v2/quota/tool-calls": 1000,
         "/api/v2/quota/requests": 10_000,
+        "/api/v2/quota/runs": 500,
         "/api/v2/sessions/quota": 3,
     }
     assert (await limits())["/api/v2/quota/tokens"] == 15_000_000  # the kept answers
@@ -417,11 +429,12 @@ async def test_a_quota_read_never_answers_from_before_a_change(
     assert r.status_code == 200, r.text
     r = await client.put(
         f"/api/v2/admin/orgs/{org}/overrides",
-        json={"tokens_per_period": 7_000_000},
+        json={"tokens_per_period": 7_000_000, "runs_per_month": 3},
         headers=ADMIN,
     )
     assert r.status_code == 200, r.text
     assert (await limits())["/api/v2/quota/tokens"] == 7_000_000
+    assert (await limits())["/api/v2/quota/runs"] == 3
 
     # Usage: the kept answer goes as soon as the counters move; another org's stays its own.
     await get(client, other_key, "/api/v2/quota/tokens")
@@ -433,6 +446,8 @@ async def test_a_quota_read_never_answers_from_before_a_change(
     assert (await get(client, key, "/api/v2/sessions/quota")).json()["active"] == 1
     tokens = (await get(client, key, "/api/v2/quota/tokens")).json()
     assert (tokens["used"], tokens["remaining"]) == (42, 7_000_000 - 42)
+    runs = (await get(client, key, "/api/v2/quota/runs")).json()  # two events, two runs
+    assert (runs["used"], runs["remaining"]) == (2, 1)
     assert (await get(client, other_key, "/api/v2/quota/tokens")).json()["used"] == 0
 
 

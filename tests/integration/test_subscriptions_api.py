@@ -171,6 +171,7 @@ async def test_enterprise_overrides(client, new_org: OrgFactory, send):
         "requests_per_minute": None,
         "requests_per_day": None,
         "upstream_cost_micros_per_month": None,
+        "runs_per_month": None,
         "managed_models": None,
         "byok": False,
         "api_keys": 2,

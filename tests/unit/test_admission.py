@@ -42,6 +42,7 @@ def test_allowed_reports_the_meter():
         ("tokens", Used(tokens=15_000_000), 15_000_000),
         ("tool_calls", Used(tool_calls=1000), 1000),
         ("requests", Used(requests=10_000), 10_000),
+        ("runs", Used(runs=500), 500),
     ],
 )
 def test_monthly_cap_is_billing_limit_reached(meter, used, limit):
@@ -187,3 +188,19 @@ def test_enterprise_overrides_apply():
 def test_amount_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
         decide(Ask("tokens", 0), ctx())
+
+
+def test_a_run_already_counted_is_never_refused_by_the_runs_cap():
+    plan = apply_overrides(CAT.get("enterprise"), PlanOverrides(runs_per_month=5))
+    sub = Subscription("enterprise", date(2026, 1, 1))
+    at_cap = ctx("enterprise", plan_obj=plan, subscription=sub, used=Used(runs=5))
+    d = decide(Ask("runs"), at_cap)
+    assert (d.status, d.code) == (429, "billing_limit_reached")
+    assert "run allowance of the Enterprise plan is used up: 5 of 5" in d.message
+    d = decide(Ask("runs", counted=True), at_cap)
+    assert (d.allowed, d.limit, d.used, d.remaining) == (True, 5, 5, 0)
+    assert decide(Ask("runs", key_mode="test"), at_cap).allowed
+    assert decide(Ask("runs"), replace(at_cap, used=Used(runs=4))).allowed
+    # The standing still comes first: a past-due org starts no run, counted or not.
+    past_due = replace(at_cap, subscription=replace(sub, status="past_due"))
+    assert decide(Ask("runs", counted=True), past_due).code == "payment_required"

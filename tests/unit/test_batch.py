@@ -74,7 +74,13 @@ def test_test_keys_and_failed_calls_are_stored_but_free():
         ev("tool.call", connector="github"),
     )
     assert len(result.rows) == 4
-    assert changed == {("o", counters.TOOL_CALLS, DAY): 1, ("o", "cost.tool_calls", DAY): 2000}
+    # The two live events start a run each (a run counts at any live event of it, a failed
+    # call included); the test-key events count nothing.
+    assert changed == {
+        ("o", counters.TOOL_CALLS, DAY): 1,
+        ("o", "cost.tool_calls", DAY): 2000,
+        ("o", counters.RUNS, DAY): 2,
+    }
 
 
 def test_invalid_messages_become_dead_letters_with_their_position():
@@ -95,6 +101,7 @@ def test_late_events_count_in_their_own_day():
         ("o", counters.TOKENS, day): 5,
         ("o", "cost.llm", day): 13,
         ("o", counters.UPSTREAM_COST, day): 13,  # managed mode: the platform pays upstream
+        ("o", counters.RUNS, day): 1,  # its run, on the day of the event too
     }
 
 
@@ -186,16 +193,18 @@ def test_a_copy_of_a_counted_event_that_has_become_old_is_a_duplicate_not_a_dead
 def test_sessions_survive_reordering_and_duplicates():
     state = PartitionState(0)
     key = ("o", counters.SESSIONS, 0)
-    end_a = ev("session.ended", session_id="a")
+
+    def session(type, session_id):
+        return ev(type, session_id=session_id, run_id=None)  # no run: sessions alone
+
+    end_a = session("session.ended", "a")
     _, changed = run(state, end_a)  # ended before started: never active
     assert changed == {}
-    _, changed = run(
-        state, ev("session.started", session_id="a"), ev("session.started", session_id="b")
-    )
+    _, changed = run(state, session("session.started", "a"), session("session.started", "b"))
     assert changed == {key: 1}
-    _, changed = run(state, ev("session.started", session_id="b"), end_a)
+    _, changed = run(state, session("session.started", "b"), end_a)
     assert changed == {}  # a new duplicate start of b and a replayed end of a change nothing
-    _, changed = run(state, ev("session.ended", session_id="b"))
+    _, changed = run(state, session("session.ended", "b"))
     assert changed == {key: 0}
     assert state.sessions == {}
 

@@ -15,7 +15,9 @@ from commands.bench.workload import generate
 from schemas.prices import PriceBook
 from streams import columns
 from streams.batch import BatchResult, PartitionState, Record, event_block, process
+from streams.runs import key as run_key
 from tally.catalogue import load_prices
+from tally.domain import counters
 from tally.domain.eventtime import Backfill, EventTime
 from tally.domain.leases import Lease
 from tally.domain.partitioning import partition_of
@@ -203,6 +205,12 @@ def fetches(
                 state.sessions[(org, session)] = flags
             if flags == 1 and draw(st.booleans()):
                 state.leases[(org, session)] = Lease(LEASE_AT, "a1", "r1")
+    today = counters.epoch_day(NOW)
+    for org in ORGS:
+        for run_id in ("r1", "r2"):
+            days = draw(st.sets(st.sampled_from([today - k for k in (40, 35, 20, 1, 0)])))
+            if days:  # active days before: a new one goes before, between or after them
+                state.runs[run_key(org, run_id)] = tuple(sorted(days))
     before = draw(st.lists(events(), max_size=10))
     values = draw(st.lists(events(), min_size=1, max_size=40))
     earlier = [Record(100 + i, v, draw(HEADERS)) for i, v in enumerate(before)]
@@ -220,6 +228,7 @@ def assert_same(got: BatchResult, want: BatchResult) -> None:
         "dead",
         "forwards",
         "deltas",
+        "runs",
         "sessions",
         "leases",
         "ends",
