@@ -20,10 +20,20 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from tally.config import COUNTERS_TOPIC
 from tally.domain import counters
 from tally.domain.counters import HEARTBEAT_KEY, CounterKey, decode_key
-from tally.kafka_clients import stop_client
+from tally.kafka_clients import FetchPace, stop_client
 
 log = logging.getLogger("tally.counters")
 CLOSE_TIMEOUT_S = 5.0
+# Fetch waits (`FetchPace`): quick while counters move, calmer when only heartbeats come.
+BUSY_FETCH_WAIT_MS = 20
+IDLE_FETCH_WAIT_MS = 100
+_BEAT_PREFIX = f"{HEARTBEAT_KEY}\x1f".encode()  # encode_key's form of a heartbeat's key
+
+
+def _beat(key: bytes | None) -> bool:
+    return key is not None and key.startswith(_BEAT_PREFIX)
+
+
 # How long a value handed over by the worker in this process outranks older values still on
 # their way through the topic (the topic brings every value back within a fraction of this).
 HANDED_OVER_FOR_MS = 60_000
@@ -138,7 +148,7 @@ class CounterTable:
             enable_auto_commit=False,
             group_id=None,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=20,
+            fetch_max_wait_ms=BUSY_FETCH_WAIT_MS,
         )
         await consumer.start()
         self._consumer = consumer
@@ -169,6 +179,8 @@ class CounterTable:
         pending = set(tps)
         next_offset: dict[int, int] = {}
         last_expire = last_forget = time.monotonic()
+        # Heartbeats come twice a second from every worker: only counters count as activity.
+        pace = FetchPace(consumer, BUSY_FETCH_WAIT_MS, IDLE_FETCH_WAIT_MS)
         while True:
             if time.monotonic() - last_expire > 60:
                 self.expire(datetime.now(UTC))
@@ -177,6 +189,7 @@ class CounterTable:
                 self._forget_handed(int(time.time() * 1000))
                 last_forget = time.monotonic()
             fetched = await consumer.getmany(timeout_ms=100, max_records=50_000)
+            pace.observe(any(not _beat(m.key) for msgs in fetched.values() for m in msgs))
             for tp in tps:
                 high = consumer.highwater(tp)
                 if high is not None and high < next_offset.get(tp.partition, 0):

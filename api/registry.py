@@ -218,6 +218,10 @@ class Registry:
         self.generation += 1
         return org
 
+    def closed_orgs(self) -> frozenset[str]:
+        """The orgs closed and not restored."""
+        return frozenset(org_id for org_id, org in self.orgs.items() if org.closed_at)
+
     async def set_closed(self, org_id: str, closed_at: datetime | None) -> Org:
         """Close an org (its keys stop at once) or, with `None`, restore it."""
         now = datetime.now(UTC)

@@ -16,7 +16,7 @@ from api.alerts.service import Alerting
 from api.counter_table import CounterTable
 from api.invoicing import InvoiceBook, InvoiceCloser
 from api.refresh import RegistryRefresher
-from api.registry import Registry
+from api.registry import FULL_RELOAD_S, Registry
 from api.retention import RetentionSweeper
 from api.state import Services
 from producers.emitter import Emitter
@@ -101,7 +101,10 @@ class Tally:
         if self.want_api:
             registry = Registry(self.store)
             await registry.refresh()
-            self.refresher = RegistryRefresher(registry, s.registry_refresh_s)
+            # An embedded store (chDB) is this process's alone: no other replica writes orgs
+            # or keys to merge, so only the rare full reload runs.
+            refresh_s = FULL_RELOAD_S if s.store_url.startswith("chdb://") else s.registry_refresh_s
+            self.refresher = RegistryRefresher(registry, refresh_s)
             await self.refresher.start()
             counters = CounterTable(s.bootstrap_servers)
             await counters.start()
@@ -118,6 +121,7 @@ class Tally:
                 # One process: the worker's counters reach quota reads without the round
                 # trip through the counters topic (which still carries them to other APIs).
                 worker.hand_over = counters.hand_over
+                worker.closed_orgs = registry.closed_orgs
 
                 async def worker_ready() -> bool:
                     return worker.ready.is_set()

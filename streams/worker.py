@@ -45,7 +45,7 @@ from tally.broker import is_sole_cluster
 from tally.config import EVENTS_TOPIC, Settings
 from tally.domain.counters import CounterKey
 from tally.domain.pricing import Pricer
-from tally.kafka_clients import cluster_id, stop_client
+from tally.kafka_clients import FetchPace, cluster_id, stop_client
 from tally.store import purge as closure_sql
 
 log = logging.getLogger("tally.worker")
@@ -54,6 +54,12 @@ log = logging.getLogger("tally.worker")
 STOP_DRAIN_S = 30.0
 CLOSE_TIMEOUT_S = 10.0
 STORE_POLL_MS = 5
+# How long the broker may hold an empty fetch (`FetchPace`): short while events flow (quota
+# reads follow within milliseconds), longer once none came for IDLE_AFTER_S. The first
+# events after a quiet spell wait up to IDLE_FETCH_WAIT_MS more.
+BUSY_FETCH_WAIT_MS = 20
+IDLE_FETCH_WAIT_MS = 100
+IDLE_AFTER_S = 1.0
 # After a fault in the loop, wait this long before rebuilding, doubling up to the max for
 # faults in a row; a fault more than FAULT_RESET_S after the last starts over.
 FAULT_BACKOFF_S = 0.5
@@ -118,6 +124,8 @@ class Worker(StorePipeline):
         # is in this process (`tally up`): called with the values and the time in ms they
         # are current to, as each fetch is prepared (see CounterTable.hand_over).
         self.hand_over: Callable[[dict[CounterKey, int], int], None] | None = None
+        # The closed orgs as the API's registry knows them, when it is in this process.
+        self.closed_orgs: Callable[[], frozenset[str]] | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -138,7 +146,7 @@ class Worker(StorePipeline):
             rebalance_timeout_ms=s.session_timeout_ms,
             max_poll_interval_ms=300_000,
             fetch_max_bytes=64 << 20,
-            fetch_max_wait_ms=20,  # the broker may hold an empty fetch this long
+            fetch_max_wait_ms=BUSY_FETCH_WAIT_MS,  # the broker may hold an empty fetch this long
             max_partition_fetch_bytes=8 << 20,
             partition_assignment_strategy=(self._assignor, RoundRobinPartitionAssignor),
         )
@@ -320,6 +328,7 @@ class Worker(StorePipeline):
         assert self._consumer is not None
         s = self.settings
         last_forget = last_beat = last_report = last_closed = time.monotonic()
+        pace = FetchPace(self._consumer, BUSY_FETCH_WAIT_MS, IDLE_FETCH_WAIT_MS, IDLE_AFTER_S)
         reported = -1
         while True:
             # While a store is under way, look back at it often (STORE_POLL_MS).
@@ -329,6 +338,7 @@ class Worker(StorePipeline):
                 else s.batch_timeout_ms,
                 max_records=s.batch_max_records,
             )
+            pace.observe(bool(fetched))
             async with self._lock:
                 batch = {tp: msgs for tp, msgs in fetched.items() if tp.partition in self.states}
                 # Each fetch is prepared and its counters published at once; the store works
@@ -375,13 +385,17 @@ class Worker(StorePipeline):
                     last_forget = time.monotonic()
 
     async def _read_closed(self) -> None:
-        """Which orgs are closed, for every partition's state (their events are refused)."""
-        try:
-            rows = await self.sink.store.query(*closure_sql.closed_query())
-        except Exception as exc:  # the store may be down: keep the last set read
-            log.warning("could not read the closed orgs: %s", exc)
-            return
-        closed = self._closed = frozenset(row[0] for row in rows)
+        """Which orgs are closed, for every partition's state (their events are refused):
+        from the API's registry when it is in this process (`closed_orgs`), else the store."""
+        if self.closed_orgs is not None:
+            closed = self._closed = self.closed_orgs()
+        else:
+            try:
+                rows = await self.sink.store.query(*closure_sql.closed_query())
+            except Exception as exc:  # the store may be down: keep the last set read
+                log.warning("could not read the closed orgs: %s", exc)
+                return
+            closed = self._closed = frozenset(row[0] for row in rows)
         for state in self.states.values():
             state.closed = closed
 

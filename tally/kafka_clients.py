@@ -1,9 +1,11 @@
-"""Small helpers over aiokafka clients: closing them without hanging, the cluster id."""
+"""Small helpers over aiokafka clients: closing them without hanging, the cluster id, the
+pace of an idle consumer's fetches."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
@@ -38,3 +40,32 @@ async def cluster_id(client: AIOKafkaClient) -> str:
     if not found:
         raise KafkaConnectionError("the broker does not report a cluster id (Metadata v2+)")
     return str(found)
+
+
+class FetchPace:
+    """How long the broker may hold a consumer's empty fetches: `busy_ms` while records
+    flow, `idle_ms` once none came for `idle_after_s`, so an idle process and its broker do
+    not trade dozens of empty fetches a second; the first records after a quiet spell wait
+    up to `idle_ms` more. aiokafka reads the wait from its fetcher for each request; if that
+    ever changes, the consumer keeps the wait it was configured with."""
+
+    def __init__(
+        self, consumer: AIOKafkaConsumer, busy_ms: int, idle_ms: int, idle_after_s: float = 1.0
+    ) -> None:
+        self.consumer = consumer
+        self.busy_ms, self.idle_ms, self.idle_after_s = busy_ms, idle_ms, idle_after_s
+        self._active_at = time.monotonic()
+
+    def observe(self, active: bool) -> None:
+        """After each fetch: whether it brought records that count as activity."""
+        now = time.monotonic()
+        if active:
+            self._active_at = now
+            self._set(self.busy_ms)
+        elif now - self._active_at >= self.idle_after_s:
+            self._set(self.idle_ms)
+
+    def _set(self, ms: int) -> None:
+        fetcher = getattr(self.consumer, "_fetcher", None)
+        if fetcher is not None and getattr(fetcher, "_fetch_max_wait_ms", None) not in (None, ms):
+            fetcher._fetch_max_wait_ms = ms

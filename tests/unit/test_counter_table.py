@@ -65,3 +65,12 @@ def test_handed_over_keys_are_forgotten_after_a_while():
     table._forget_handed(1_000 + HANDED_OVER_FOR_MS + 1)
     _message(table, key, 25, t=1_000)  # the topic alone decides again
     assert table.get(key) == 25
+
+
+def test_a_heartbeat_key_is_told_from_a_counter_key_by_its_prefix():
+    from api.counter_table import _beat
+    from tally.domain.counters import HEARTBEAT_KEY, encode_key
+
+    assert _beat(encode_key((HEARTBEAT_KEY, "3", 0)))
+    assert not _beat(encode_key(("acme", "tokens", 20_000)))
+    assert not _beat(None)
