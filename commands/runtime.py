@@ -7,6 +7,7 @@ ClickHouse server. Test fixtures use the same class.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from contextlib import AsyncExitStack
@@ -77,23 +78,18 @@ class Tally:
     async def start(self) -> None:
         s = self.settings
         plans, book = load_plans(s.plans_file), load_prices(s.prices_file)
-        if s.embedded_broker:
-            if self.broker is None:
-                self.broker = EmbeddedBroker(
-                    s.broker_port, s.broker_bin, pidfile=s.data_dir / "broker.pid", sole=True
-                )
-                self._own_broker = True
-            if not self.broker.running:
-                await self.broker.__aenter__()
-            # A fresh embedded broker has a fresh log: offsets stored for another are void.
-            epoch = s.log_epoch if not self._own_broker else self.broker.cluster_id
-            s = self.settings = s.model_copy(
-                update={"bootstrap_servers": self.broker.bootstrap_servers, "log_epoch": epoch}
-            )
-        assert s.bootstrap_servers is not None
-        await ensure_topics(s.bootstrap_servers, s.partitions)
+        # The store opens (and migrates) while the broker starts: neither needs the other.
         self.store = Store(s.store_url)
-        await self.store.start()
+        store_started = asyncio.create_task(self.store.start(), name="tally-store-start")
+        try:
+            await self._start_broker()
+        except BaseException:
+            store_started.cancel()
+            await asyncio.gather(store_started, return_exceptions=True)
+            raise
+        await store_started
+        s = self.settings
+        assert s.bootstrap_servers is not None  # resolved with the broker
         if self.want_worker:
             sink = ClickHouseSink(self.store, s.log_epoch, s.dedup_window_s)
             # The broker this process started serves its worker alone: no group to form.
@@ -114,7 +110,8 @@ class Tally:
             await self.retention.start()
             self.invoicer = InvoiceCloser(InvoiceBook(self.services), s.invoice_interval_s)
             await self.invoicer.start()
-            alerts = self.services.parts[Alerting] = Alerting(self.services)
+            # A `tally up`'s API is the only one of its broker: it owns every org's alerts.
+            alerts = self.services.parts[Alerting] = Alerting(self.services, sole=self._own_broker)
             await alerts.start()
             if self.worker is not None:
                 worker = self.worker
@@ -128,6 +125,25 @@ class Tally:
 
                 self.services.checks["worker"] = worker_ready
         log.info("tally started: broker %s, store %s", s.bootstrap_servers, redact(s.store_url))
+
+    async def _start_broker(self) -> None:
+        """The embedded broker, unless Kafka is configured, and Tally's topics on it."""
+        s = self.settings
+        if s.embedded_broker:
+            if self.broker is None:
+                self.broker = EmbeddedBroker(
+                    s.broker_port, s.broker_bin, pidfile=s.data_dir / "broker.pid", sole=True
+                )
+                self._own_broker = True
+            if not self.broker.running:
+                await self.broker.__aenter__()
+            # A fresh embedded broker has a fresh log: offsets stored for another are void.
+            epoch = s.log_epoch if not self._own_broker else self.broker.cluster_id
+            s = self.settings = s.model_copy(
+                update={"bootstrap_servers": self.broker.bootstrap_servers, "log_epoch": epoch}
+            )
+        assert s.bootstrap_servers is not None
+        await ensure_topics(s.bootstrap_servers, s.partitions)
 
     async def _start_emitter(self) -> Emitter:
         """The emitter HTTP ingestion hands accepted events to (spool in the data dir)."""
