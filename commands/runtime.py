@@ -97,9 +97,10 @@ class Tally:
         if self.want_api:
             registry = Registry(self.store)
             await registry.refresh()
-            # An embedded store (chDB) is this process's alone: no other replica writes orgs
-            # or keys to merge, so only the rare full reload runs.
-            refresh_s = FULL_RELOAD_S if s.store_url.startswith("chdb://") else s.registry_refresh_s
+            # `tally up` on its embedded store (chDB) is the only API of that store: no other
+            # replica writes orgs or keys to merge, so only the rare full reload runs.
+            alone = self._own_broker and s.store_url.startswith("chdb://")
+            refresh_s = FULL_RELOAD_S if alone else s.registry_refresh_s
             self.refresher = RegistryRefresher(registry, refresh_s)
             await self.refresher.start()
             counters = CounterTable(s.bootstrap_servers)
