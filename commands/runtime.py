@@ -7,6 +7,7 @@ ClickHouse server. Test fixtures use the same class.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from contextlib import AsyncExitStack
@@ -77,6 +78,58 @@ class Tally:
     async def start(self) -> None:
         s = self.settings
         plans, book = load_plans(s.plans_file), load_prices(s.prices_file)
+        # The store opens (and migrates) while the broker starts: neither needs the other.
+        self.store = Store(s.store_url)
+        store_started = asyncio.create_task(self.store.start(), name="tally-store-start")
+        try:
+            await self._start_broker()
+        except BaseException:
+            store_started.cancel()
+            await asyncio.gather(store_started, return_exceptions=True)
+            raise
+        await store_started
+        s = self.settings
+        assert s.bootstrap_servers is not None  # resolved with the broker
+        if self.want_worker:
+            sink = ClickHouseSink(self.store, s.log_epoch, s.dedup_window_s)
+            # The broker this process started serves its worker alone: no group to form.
+            self.worker = Worker(s, sink, book, sole=self._own_broker)
+        if self.want_api:
+            registry = Registry(self.store)
+            await registry.refresh()
+            # `tally up` on its embedded store (chDB) is the only API of that store: no other
+            # replica writes orgs or keys to merge, so only the rare full reload runs.
+            alone = self._own_broker and s.store_url.startswith("chdb://")
+            refresh_s = FULL_RELOAD_S if alone else s.registry_refresh_s
+            self.refresher = RegistryRefresher(registry, refresh_s)
+            await self.refresher.start()
+            counters = CounterTable(s.bootstrap_servers)
+            await counters.start()
+            self.services = Services(s, self.store, registry, counters, plans)
+            self.services.emitter = await self._start_emitter()
+            self.retention = RetentionSweeper(self.services, s.retention_interval_s)
+            await self.retention.start()
+            self.invoicer = InvoiceCloser(InvoiceBook(self.services), s.invoice_interval_s)
+            await self.invoicer.start()
+            # A `tally up`'s API is the only one of its broker: it owns every org's alerts.
+            alerts = self.services.parts[Alerting] = Alerting(self.services, sole=self._own_broker)
+            await alerts.start()
+            if self.worker is not None:
+                worker = self.worker
+                # One process: the worker's counters reach quota reads without the round
+                # trip through the counters topic (which still carries them to other APIs).
+                worker.hand_over = counters.hand_over
+                worker.closed_orgs = registry.closed_orgs
+
+                async def worker_ready() -> bool:
+                    return worker.ready.is_set()
+
+                self.services.checks["worker"] = worker_ready
+        log.info("tally started: broker %s, store %s", s.bootstrap_servers, redact(s.store_url))
+
+    async def _start_broker(self) -> None:
+        """The embedded broker, unless Kafka is configured, and Tally's topics on it."""
+        s = self.settings
         if s.embedded_broker:
             if self.broker is None:
                 self.broker = EmbeddedBroker(
@@ -92,42 +145,6 @@ class Tally:
             )
         assert s.bootstrap_servers is not None
         await ensure_topics(s.bootstrap_servers, s.partitions)
-        self.store = Store(s.store_url)
-        await self.store.start()
-        if self.want_worker:
-            sink = ClickHouseSink(self.store, s.log_epoch, s.dedup_window_s)
-            # The broker this process started serves its worker alone: no group to form.
-            self.worker = Worker(s, sink, book, sole=self._own_broker)
-        if self.want_api:
-            registry = Registry(self.store)
-            await registry.refresh()
-            # An embedded store (chDB) is this process's alone: no other replica writes orgs
-            # or keys to merge, so only the rare full reload runs.
-            refresh_s = FULL_RELOAD_S if s.store_url.startswith("chdb://") else s.registry_refresh_s
-            self.refresher = RegistryRefresher(registry, refresh_s)
-            await self.refresher.start()
-            counters = CounterTable(s.bootstrap_servers)
-            await counters.start()
-            self.services = Services(s, self.store, registry, counters, plans)
-            self.services.emitter = await self._start_emitter()
-            self.retention = RetentionSweeper(self.services, s.retention_interval_s)
-            await self.retention.start()
-            self.invoicer = InvoiceCloser(InvoiceBook(self.services), s.invoice_interval_s)
-            await self.invoicer.start()
-            alerts = self.services.parts[Alerting] = Alerting(self.services)
-            await alerts.start()
-            if self.worker is not None:
-                worker = self.worker
-                # One process: the worker's counters reach quota reads without the round
-                # trip through the counters topic (which still carries them to other APIs).
-                worker.hand_over = counters.hand_over
-                worker.closed_orgs = registry.closed_orgs
-
-                async def worker_ready() -> bool:
-                    return worker.ready.is_set()
-
-                self.services.checks["worker"] = worker_ready
-        log.info("tally started: broker %s, store %s", s.bootstrap_servers, redact(s.store_url))
 
     async def _start_emitter(self) -> Emitter:
         """The emitter HTTP ingestion hands accepted events to (spool in the data dir)."""

@@ -6,7 +6,8 @@ the events. One replica per org evaluates and sends, so a second replica adds no
 delivery; while a rebalance moves an org (a replica killed: after the session timeout) two
 may evaluate it for a moment, and the alert ids keep that to one alert, a delivery at most
 sent twice with the same `webhook-id` (Standard Webhooks receivers deduplicate by it).
-The group's messages are not read: the partitions stay paused.
+The group's messages are not read: the partitions stay paused. The API of a `tally up`
+is the only one of its own broker (`sole`): it owns every org at once, without a group.
 """
 
 from __future__ import annotations
@@ -37,8 +38,14 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 class Ownership:
     def __init__(
-        self, bootstrap_servers: str, group_id: str, partitions: int, session_ms: int
+        self,
+        bootstrap_servers: str,
+        group_id: str,
+        partitions: int,
+        session_ms: int,
+        sole: bool = False,
     ) -> None:
+        self.sole = sole
         self.partitions: set[int] = set()
         self.generation = 0  # moves at every assignment
         self.count = partitions
@@ -65,6 +72,11 @@ class Ownership:
         log.info("alerts: this process evaluates partitions %s", sorted(self.partitions))
 
     async def start(self) -> None:
+        if self.sole:
+            self.partitions = set(range(self.count))
+            self.generation += 1
+            log.info("alerts: this process evaluates every org (the only API of its broker)")
+            return
         self._consumer = AIOKafkaConsumer(**self._config)
         self._consumer.subscribe([ALERTS_TOPIC], listener=_Listener(self))
         await self._consumer.start()

@@ -53,7 +53,9 @@ def _now() -> datetime:
 class Alerting:
     """Rules, evaluation, storage, publication and delivery of an API process's alerts."""
 
-    def __init__(self, svc: Services, clock: Callable[[], datetime] = _now) -> None:
+    def __init__(
+        self, svc: Services, clock: Callable[[], datetime] = _now, sole: bool = False
+    ) -> None:
         s = svc.settings
         self.svc = svc
         self.clock = clock
@@ -66,7 +68,7 @@ class Alerting:
         )
         assert s.bootstrap_servers is not None
         self.ownership = Ownership(
-            s.bootstrap_servers, f"{s.group_id}-alerts", s.partitions, s.session_timeout_ms
+            s.bootstrap_servers, f"{s.group_id}-alerts", s.partitions, s.session_timeout_ms, sole
         )
         self.dispatcher = Dispatcher(
             self.book, policy, self.fire, lambda: self.clock(), self.ownership.owns
