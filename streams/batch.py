@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from schemas.events import InvalidEvent
+from streams import admissions
 from streams.decode import decode
 from streams.leases import ENDED, STARTED, session
 from tally.domain import counters
@@ -34,6 +35,7 @@ from tally.domain.eventtime import DEFAULT, Backfill, EventTime
 from tally.domain.leases import Lease
 from tally.domain.partitioning import partition_of
 from tally.domain.pricing import Pricer
+from tally.domain.reservations import Hold
 from tally.domain.usage import measure
 
 EVENT_COLUMNS = (
@@ -161,6 +163,9 @@ class PartitionState:
     sessions: dict[tuple[str, str], int] = field(default_factory=dict)
     leases: dict[tuple[str, str], Lease] = field(default_factory=dict)  # of open sessions
     seen: dict[str, float] = field(default_factory=dict)
+    # Reservations held per org, and each org's clock: its latest admission request's time.
+    holds: dict[str, dict[str, Hold]] = field(default_factory=dict)
+    clocks: dict[str, datetime] = field(default_factory=dict)
     # Orgs closed by an admin (`DELETE /api/v2/admin/orgs/{id}`), as the worker last read
     # them from the store: their events are dead-lettered, to be replayed if restored.
     closed: frozenset[str] = frozenset()
@@ -195,6 +200,9 @@ class BatchResult:
     sessions: dict[tuple[str, str], int] = field(default_factory=dict)
     leases: dict[tuple[str, str], Lease] = field(default_factory=dict)
     ends: dict[str, int] = field(default_factory=dict)  # sessions ended, by reason (metrics)
+    holds: dict[str, dict[str, Hold]] = field(default_factory=dict)  # orgs whose holds changed
+    clocks: dict[str, datetime] = field(default_factory=dict)
+    reservations: list[list[object]] = field(default_factory=list)  # rows (streams.admissions)
     event_ids: set[str] = field(default_factory=set)
     duplicates: int = 0
     # The ids of `expired` ends the log voided (streams.leases): not stored, so not
@@ -301,6 +309,9 @@ def count(
     counters and row (stored at `now`, the batch's time). An `expired` end that the log
     voided (tally.domain.leases) is left out: not stored, nothing counted."""
     org, kind, ts = event["org_id"], event["type"], event["ts"]
+    if kind == "admission.requested":  # a decision, not usage: stored as a reservation row
+        admissions.decide(result, state, pending, event, offset)
+        return
     if (
         event["session_id"]
         and event["key_mode"] == "live"
@@ -308,6 +319,8 @@ def count(
     ):
         result.voided.append(event["event_id"])
         return
+    if event["key_mode"] == "live" and (event["reservation_id"] or kind == "session.started"):
+        admissions.settle(result, state, pending, event, offset)
     usage = measure(event, pricer)
     types = result.types
     types[kind] = types.get(kind, 0) + 1
@@ -418,6 +431,17 @@ def apply(state: PartitionState, result: BatchResult) -> dict[CounterKey, int]:
             value = state.counters.get(key, 0) + step
             state.counters[key] = value
             changed[key] = value
+    for org, holds in result.holds.items():
+        before = admissions.reserved(state.holds.get(org, {}))
+        after = admissions.reserved(holds)
+        for meter in before.keys() | after.keys():
+            key = (org, counters.RESERVED_PREFIX + meter, 0)
+            state.counters[key] = changed[key] = after.get(meter, 0)
+        if holds:
+            state.holds[org] = holds
+        else:
+            state.holds.pop(org, None)
+    state.clocks.update(result.clocks)
     ids = result.event_ids.difference(result.voided) if result.voided else result.event_ids
     state.seen.update(dict.fromkeys(ids, result.ingested_at))
     state.next_offset = max(state.next_offset, result.last_offset + 1)

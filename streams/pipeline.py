@@ -145,6 +145,7 @@ class StorePipeline(LogWatch):
             rows,
             {tp.partition: (r.epoch, r.last_offset + 1, r.last_crc) for tp, r in results},
             blocks,
+            [row for _, r in results for row in r.reservations],
         )
         failpoints.hit("worker.after_insert")
         self._time("store", started)

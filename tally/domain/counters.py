@@ -7,6 +7,7 @@ Names and buckets (day = days since 1970-01-01 UTC, minute = minutes since the e
   upstream_cost                           cost of live managed-mode LLM usage per day
   unpriced                                events with no price per day
   sessions (bucket 0)                     live sessions started and not yet ended
+  reserved.<meter> (bucket 0)             held by admitted reservations (tally.domain.reservations)
 
 Monthly meters are kept per UTC day and summed over the days of an org's billing window,
 so the worker never needs to know an org's plan or anchor, and a plan change or a new
@@ -29,6 +30,7 @@ SESSIONS = "sessions"
 UNPRICED = "unpriced"
 UPSTREAM_COST = "upstream_cost"  # cost of live managed-mode LLM usage, for the fair-use budget
 COST_PREFIX = "cost."
+RESERVED_PREFIX = "reserved."  # held by admitted reservations, per meter (bucket 0)
 HEARTBEAT_KEY = "__partition__"  # not an org: per-partition freshness beats
 
 METER_OF_LINE_ITEM = {
@@ -90,7 +92,7 @@ KEEP_MINUTES = 120
 def expired(k: CounterKey, now: datetime) -> bool:
     """Counters no quota read can need any more: old days and old minutes."""
     name, bucket = k[1], k[2]
-    if name == SESSIONS:
+    if name == SESSIONS or name.startswith(RESERVED_PREFIX):
         return False
     if name == REQUESTS_MINUTE:
         return bucket < epoch_minute(now) - KEEP_MINUTES
