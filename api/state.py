@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 from api.counter_table import CounterTable
 from api.registry import Registry
-from api.reservations import SessionReservations
 from schemas.plans import Catalogue
 from tally.config import Settings
 from tally.store import Store
@@ -30,7 +29,3 @@ class Services:
     topup_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # credit top-ups, one at a time
     emitter: Emitter | None = None  # HTTP ingestion's way onto usage.events
     alerts: Alerting | None = None  # rules, alerts and webhooks (api.alerts)
-    reservations: SessionReservations = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.reservations = SessionReservations(self.settings.session_reservation_ttl_s)

@@ -241,6 +241,16 @@ class CheckRequest(BaseModel):
     mode: Literal["managed", "byok"] = Field(
         "managed", description="`byok`: the org's own provider key (lifts the whitelist)."
     )
+    reserve: int | None = Field(
+        None,
+        ge=1,
+        le=10**12,
+        description="Hold this much against the meter (it is also the amount checked) until"
+        " a usage event carrying the answer's `reservation_id` settles it, or `ttl_s` passes.",
+    )
+    ttl_s: int = Field(
+        60, ge=1, le=3600, description="How long a reservation made with `reserve` holds."
+    )
 
 
 class CheckAllowed(BaseModel):
@@ -260,9 +270,19 @@ class CheckAllowed(BaseModel):
     meter: Literal["tokens", "tool_calls", "requests", "sessions"]
     amount: int
     limit: int | None
-    used: int | None = Field(description="For sessions: running plus admitted, not yet started.")
+    used: int | None = Field(
+        description="For strict checks: used (or running) plus held by reservations."
+    )
     remaining: int | None
     reset_at: datetime | None = Field(description="When the window ends; null for sessions.")
+    reservation_id: str | None = Field(
+        None,
+        description="Strict checks (sessions, `reserve`): send it on the usage event (for"
+        " sessions, the `session.started`) to settle the reservation.",
+    )
+    expires_at: datetime | None = Field(
+        None, description="When the reservation lapses if nothing settles it."
+    )
 
 
 class LimitsOut(BaseModel):

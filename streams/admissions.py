@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streams.leases import ENDED, STARTED
 from tally.domain import counters
 from tally.domain import reservations as r
 from tally.domain.reservations import Hold
+
+if TYPE_CHECKING:
+    from streams.batch import BatchResult, PartitionState
 
 RESERVATION_COLUMNS = (
     "org_id",
@@ -41,7 +44,9 @@ _METER_COUNTER = {
 }
 
 
-def holds_of(result: Any, pending: Sequence[Any], state: Any, org: str) -> dict[str, Hold]:
+def holds_of(
+    result: BatchResult, pending: Sequence[BatchResult], state: PartitionState, org: str
+) -> dict[str, Hold]:
     """The org's holds as they stand, newest layer first."""
     for layer in (result, *reversed(pending)):
         if org in layer.holds:
@@ -49,14 +54,21 @@ def holds_of(result: Any, pending: Sequence[Any], state: Any, org: str) -> dict[
     return state.holds.get(org, {})
 
 
-def _clock(result: Any, pending: Sequence[Any], state: Any, org: str) -> datetime | None:
+def _clock(
+    result: BatchResult, pending: Sequence[BatchResult], state: PartitionState, org: str
+) -> datetime | None:
     for layer in (result, *reversed(pending)):
         if org in layer.clocks:
-            return layer.clocks[org]  # type: ignore[no-any-return]
-    return state.clocks.get(org)  # type: ignore[no-any-return]
+            return layer.clocks[org]
+    return state.clocks.get(org)
 
 
-def _used(result: Any, pending: Sequence[Any], state: Any, event: dict[str, Any]) -> int:
+def _used(
+    result: BatchResult,
+    pending: Sequence[BatchResult],
+    state: PartitionState,
+    event: dict[str, Any],
+) -> int:
     """The meter's exact figure at this point of the log."""
     org, meter = event["org_id"], event["meter"]
     if meter == "sessions":
@@ -73,7 +85,9 @@ def _used(result: Any, pending: Sequence[Any], state: Any, event: dict[str, Any]
     return total
 
 
-def _sessions(result: Any, pending: Sequence[Any], state: Any, org: str) -> int:
+def _sessions(
+    result: BatchResult, pending: Sequence[BatchResult], state: PartitionState, org: str
+) -> int:
     """Sessions open: the state's count, moved by the sessions the layers started or ended."""
     count = state.counters.get((org, counters.SESSIONS, 0), 0)
     before: dict[tuple[str, str], int] = {}
@@ -84,11 +98,15 @@ def _sessions(result: Any, pending: Sequence[Any], state: Any, org: str) -> int:
             prior = before.get(sk, state.sessions.get(sk, 0))
             count += int(flags == STARTED) - int(prior == STARTED)
             before[sk] = 0 if flags == STARTED | ENDED else flags
-    return count  # type: ignore[no-any-return]
+    return count
 
 
 def decide(
-    result: Any, state: Any, pending: Sequence[Any], event: dict[str, Any], offset: int
+    result: BatchResult,
+    state: PartitionState,
+    pending: Sequence[BatchResult],
+    event: dict[str, Any],
+    offset: int,
 ) -> None:
     """Decide an admission request where it stands in the log, and record the decision."""
     org, rid, ts = event["org_id"], event["reservation_id"], event["ts"]
@@ -113,7 +131,11 @@ def decide(
 
 
 def settle(
-    result: Any, state: Any, pending: Sequence[Any], event: dict[str, Any], offset: int
+    result: BatchResult,
+    state: PartitionState,
+    pending: Sequence[BatchResult],
+    event: dict[str, Any],
+    offset: int,
 ) -> None:
     """Release the reservation a live event settles, if any."""
     org = event["org_id"]
@@ -132,7 +154,12 @@ def settle(
 
 
 def _row(
-    result: Any, event: dict[str, Any], state: str, used: int, expires: datetime, offset: int
+    result: BatchResult,
+    event: dict[str, Any],
+    state: str,
+    used: int,
+    expires: datetime,
+    offset: int,
 ) -> list[object]:
     return [
         event["org_id"],

@@ -432,11 +432,11 @@ def apply(state: PartitionState, result: BatchResult) -> dict[CounterKey, int]:
             state.counters[key] = value
             changed[key] = value
     for org, holds in result.holds.items():
-        before = admissions.reserved(state.holds.get(org, {}))
-        after = admissions.reserved(holds)
-        for meter in before.keys() | after.keys():
+        was = admissions.reserved(state.holds.get(org, {}))
+        now_held = admissions.reserved(holds)
+        for meter in was.keys() | now_held.keys():
             key = (org, counters.RESERVED_PREFIX + meter, 0)
-            state.counters[key] = changed[key] = after.get(meter, 0)
+            state.counters[key] = changed[key] = now_held.get(meter, 0)
         if holds:
             state.holds[org] = holds
         else:

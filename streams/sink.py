@@ -261,16 +261,13 @@ class ClickHouseSink:
             state.seen[event_id] = at_ms / 1000
         return state
 
-
     async def _load_holds(self, state: PartitionState) -> None:
         """The reservations the orgs of the partition hold, as the log decided them up to
         the stored mark: held and not settled, and not lapsed at the org's clock."""
         at = (state.partition, state.partitions, state.epoch, state.next_offset)
         for org, clock in await self.store.query(*q.org_clocks(*at)):
             state.clocks[org] = _utc(clock)
-        for org, rid, meter, amount, expires in await self.store.query(
-            *q.held_reservations(*at)
-        ):
+        for org, rid, meter, amount, expires in await self.store.query(*q.held_reservations(*at)):
             if _utc(expires) > state.clocks[org]:
                 hold = Hold(meter, int(amount), _utc(expires))
                 state.holds.setdefault(org, {})[rid] = hold

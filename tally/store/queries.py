@@ -361,9 +361,7 @@ def offset_gaps(log_epoch: str, partition: int, limit: int) -> Query:
 
 # The reservation rows a rebuild takes: those of a log before this one, and those of this
 # log below the stored mark (a batch read again decides again).
-_DECIDED = (
-    f"{_OWNED} AND (log_epoch != {{epoch:String}} OR offset < {{next:UInt64}})"
-)
+_DECIDED = f"{_OWNED} AND (log_epoch != {{epoch:String}} OR offset < {{next:UInt64}})"
 
 
 def held_reservations(partition: int, partitions: int, epoch: str, next_offset: int) -> Query:

@@ -100,10 +100,10 @@ def test_sessions_at_the_limit_are_concurrency_limit():
     assert d.allowed and (d.limit, d.used, d.remaining, d.reset_at) == (3, 2, 1, None)
 
 
-def test_reserved_sessions_count():
-    assert not decide(Ask("sessions"), ctx(used=Used(sessions=1), reserved_sessions=2)).allowed
-    assert not decide(Ask("sessions", 2), ctx(used=Used(sessions=1), reserved_sessions=1)).allowed
-    assert decide(Ask("sessions"), ctx(used=Used(sessions=1), reserved_sessions=1)).allowed
+def test_a_sequenced_check_leaves_the_cap_to_the_worker_but_not_the_other_rules():
+    full = Used(sessions=3)
+    assert not decide(Ask("sessions"), ctx(used=full)).allowed
+    assert decide(Ask("sessions"), ctx(used=full, sequenced=True)).allowed
 
 
 def test_managed_model_outside_the_whitelist_is_plan_limit_error():
