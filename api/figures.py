@@ -57,3 +57,10 @@ def used(table: CounterTable, org_id: str, window: Window, now: datetime) -> Use
         upstream_cost_micros=monthly(table, org_id, c.UPSTREAM_COST, window),
         sessions=sessions(table, org_id),
     )
+
+
+def reserved(table: CounterTable, org_id: str, meter: str) -> int | None:
+    """What the org's admitted reservations hold against `meter` (None until loaded)."""
+    if not table.ready.is_set():
+        return None
+    return max(table.get((org_id, c.RESERVED_PREFIX + meter, 0)), 0)

@@ -175,6 +175,15 @@ class PendingChange(BaseModel):
 Status = Literal["active", "trial", "past_due"]
 
 
+class Reserved(BaseModel):
+    """What admitted reservations hold, per meter (`POST /api/v2/quota/check`)."""
+
+    tokens: int | None
+    tool_calls: int | None
+    requests: int | None
+    sessions: int | None
+
+
 class QuotaOverview(BaseModel):
     """Every meter of the calling org in every window, in one read."""
 
@@ -204,6 +213,7 @@ class QuotaOverview(BaseModel):
             },
             "sessions": {"limit": 3, "active": 1, "remaining": 2},
         },
+        reserved={"tokens": 2000, "tool_calls": 0, "requests": 0, "sessions": 1},
     )
 
     org_id: str
@@ -214,6 +224,10 @@ class QuotaOverview(BaseModel):
     window_start: datetime = Field(description="Start of the current billing period (UTC).")
     window_end: datetime
     meters: QuotaMeters
+    reserved: Reserved = Field(
+        description="Held by admitted strict checks not yet settled or lapsed, per meter:"
+        " apart from `used`, which counts only what was used."
+    )
 
 
 class CheckRequest(BaseModel):

@@ -10,13 +10,14 @@ them, are copied whole into its result, so the newest layer has all of them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from streams.leases import ENDED, STARTED
 from tally.domain import counters
 from tally.domain import reservations as r
+from tally.domain.counters import CounterKey
 from tally.domain.reservations import Hold
 
 if TYPE_CHECKING:
@@ -182,4 +183,23 @@ def reserved(holds: dict[str, Hold]) -> dict[str, int]:
     out: dict[str, int] = {}
     for h in holds.values():
         out[h.meter] = out.get(h.meter, 0) + h.amount
+    return out
+
+
+def show_lapses(states: Iterable[PartitionState], now: datetime) -> dict[CounterKey, int]:
+    """Set the `reserved.<meter>` counters (what quota reads show; decisions use the holds)
+    of orgs holding a reservation whose time has passed to what is still in force at `now`,
+    and return those that changed. A lapse takes effect in the decisions with the org's next
+    request, in log order; in what reads show, at once."""
+    out: dict[CounterKey, int] = {}
+    for state in states:
+        for org, holds in state.holds.items():
+            if all(h.expires_at > now for h in holds.values()):
+                continue
+            live = reserved(r.lapse(holds, now))
+            for meter in reserved(holds):
+                key = (org, counters.RESERVED_PREFIX + meter, 0)
+                value = live.get(meter, 0)
+                if state.counters.get(key) != value:
+                    state.counters[key] = out[key] = value
     return out

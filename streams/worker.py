@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
 from schemas.prices import PriceBook
-from streams import columns
+from streams import admissions, columns
 from streams.assignor import CountingAssignor
 from streams.batch import PartitionState
 from streams.holes import HoleCheck
@@ -354,6 +354,7 @@ class Worker(StorePipeline):
                 if self._marks_due:
                     await self._publish_marks()
                 await self._leases.write(self._producer, self.states, self._lag)
+                await self._show_lapses()
                 if time.monotonic() - last_report >= 10 and self.processed != reported:
                     marks = {p: st.next_offset for p, st in sorted(self.states.items())}
                     log.info(
@@ -373,6 +374,11 @@ class Worker(StorePipeline):
                     for state in self.states.values():
                         state.expire(now, s.dedup_window_s)
                     last_forget = time.monotonic()
+
+    async def _show_lapses(self) -> None:
+        """Publish the reserved figures of orgs whose reservations lapsed."""
+        if any(st.holds for st in self.states.values()):
+            await self._publish(admissions.show_lapses(self.states.values(), datetime.now(UTC)))
 
     async def _read_closed(self) -> None:
         """Which orgs are closed, for every partition's state (their events are refused)."""

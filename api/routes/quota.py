@@ -20,6 +20,7 @@ from schemas.api import (
     QuotaMeters,
     QuotaOverview,
     RequestQuota,
+    Reserved,
     SessionQuota,
     TokenQuota,
 )
@@ -207,5 +208,11 @@ async def quota(
             requests=_requests(o.requests, o.requests_minute, o.requests_day),
             upstream_cost_micros=_meter(o.upstream_cost_micros),
             sessions=_sessions(o.sessions),
+        ),
+        reserved=Reserved(
+            **{
+                m: figures.reserved(svc.counters, key.org_id, m)
+                for m in ("tokens", "tool_calls", "requests", "sessions")
+            }
         ),
     )
