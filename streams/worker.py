@@ -349,12 +349,12 @@ class Worker(StorePipeline):
                     self._start_store()
                 if time.monotonic() - last_beat >= 0.5:
                     await self._heartbeat()
+                    await self._show_lapses()
                     last_beat = time.monotonic()
                     self._marks_due = True
                 if self._marks_due:
                     await self._publish_marks()
                 await self._leases.write(self._producer, self.states, self._lag)
-                await self._show_lapses()
                 if time.monotonic() - last_report >= 10 and self.processed != reported:
                     marks = {p: st.next_offset for p, st in sorted(self.states.items())}
                     log.info(
