@@ -18,6 +18,7 @@ from api.errors import ApiError
 from api.state import Services
 from producers.spool import SpoolError
 from schemas.events import validate_event
+from tally.domain.leases import to_ms
 from tally.domain.windows import Window
 from tally.store import queries as q
 
@@ -53,7 +54,9 @@ async def decide(
     if svc.emitter is None:
         raise _unavailable("cannot be asked for: this process has no emitter")
     rid = f"rsv_{uuid.uuid4().hex}"
-    expires = now + timedelta(seconds=ttl_s)
+    # To the millisecond, as the store keeps them: a rebuilt worker judges the same times.
+    now = to_ms(now)
+    expires = to_ms(now + timedelta(seconds=ttl_s))
     event = validate_event(
         {
             "event_id": f"admission-{rid}",

@@ -111,6 +111,9 @@ def decide(
 ) -> None:
     """Decide an admission request where it stands in the log, and record the decision."""
     org, rid, ts = event["org_id"], event["reservation_id"], event["ts"]
+    # Not remembered as seen: the dedup window is rebuilt from stored events, and a request
+    # is none. A copy read again is decided again: held already, it is admitted once.
+    result.event_ids.discard(event["event_id"])
     known = _clock(result, pending, state, org)
     clock = ts if known is None or ts > known else known
     verdict = r.admit(

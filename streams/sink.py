@@ -22,7 +22,7 @@ from streams.batch import PartitionState, event_block
 from streams.leases import ENDED, STARTED
 from tally.domain import counters
 from tally.domain.leases import Lease
-from tally.domain.reservations import Hold
+from tally.domain.reservations import Hold, lapse
 from tally.store import Store
 from tally.store import queries as q
 
@@ -271,8 +271,11 @@ class ClickHouseSink:
             if _utc(expires) > state.clocks[org]:
                 hold = Hold(meter, int(amount), _utc(expires))
                 state.holds.setdefault(org, {})[rid] = hold
+        now = datetime.now(UTC)  # what reads show: lapses at once (streams.admissions)
         for org, holds in state.holds.items():
-            for meter, amount in reserved(holds).items():
+            shown = reserved(lapse(holds, now))
+            for meter in reserved(holds):
+                amount = shown.get(meter, 0)
                 state.counters[(org, counters.RESERVED_PREFIX + meter, 0)] = amount
 
 

@@ -146,6 +146,8 @@ async def states_match_the_store(worker: Worker, store: Store) -> bool:
             or loaded.sessions != state.sessions
             or loaded.leases != state.leases
             or set(loaded.seen) != set(state.seen)
+            or loaded.holds != state.holds
+            or loaded.clocks != state.clocks
         ):
             return False
     return True
