@@ -185,10 +185,10 @@ async def test_concurrent_session_checks_over_two_replicas_admit_exactly_the_pla
 
 async def test_token_reservations_admit_what_remains_and_settle_or_lapse(cluster: Cluster):
     c = cluster
-    org, key = await c.org("free")  # 15,000,000 tokens a period
+    org, key = await c.org("developer")  # 65,000,000 tokens a period, no cost budget
     await c.send(
         make_event(
-            "llm.usage", org_id=org, input_tokens=14_990_000, output_tokens=0, model="gpt-4o"
+            "llm.usage", org_id=org, input_tokens=64_990_000, output_tokens=0, model="gpt-4o"
         )
     )
 
@@ -196,7 +196,7 @@ async def test_token_reservations_admit_what_remains_and_settle_or_lapse(cluster
         r = await c.a.get("/api/v2/quota/tokens", headers=bearer(key))
         return r.json()["used"] == n
 
-    await eventually(lambda: used(14_990_000), timeout=15)
+    await eventually(lambda: used(64_990_000), timeout=15)
 
     # 10,000 remain: 50 concurrent checks reserving 1,000 each admit exactly 10.
     ok = admitted(await checks(c, key, 50, {"meter": "tokens", "reserve": 1000, "ttl_s": 4}))
@@ -210,7 +210,7 @@ async def test_token_reservations_admit_what_remains_and_settle_or_lapse(cluster
         return body if body["reserved"]["tokens"] == n else None
 
     body = await eventually(lambda: reserved(10_000), timeout=10)
-    assert body["meters"]["tokens"]["used"] == 14_990_000  # held apart from used
+    assert body["meters"]["tokens"]["used"] == 64_990_000  # held apart from used
 
     # Three are settled by the usage that carries them (800 tokens each were used).
     await c.send(
@@ -227,8 +227,8 @@ async def test_token_reservations_admit_what_remains_and_settle_or_lapse(cluster
         )
     )
     body = await eventually(lambda: reserved(7_000), timeout=10)
-    assert body["meters"]["tokens"]["used"] == 14_992_400
-    # Still full: 14,992,400 used + 7,000 held leaves 600.
+    assert body["meters"]["tokens"]["used"] == 64_992_400
+    # Still full: 64,992,400 used + 7,000 held leaves 600.
     assert admitted(await checks(c, key, 5, {"meter": "tokens", "reserve": 1000})) == []
 
     # The other seven lapse: the figures come back, and what remains is admitted exactly.
