@@ -21,7 +21,7 @@ from api.state import Services
 from api.subscriptions import account
 from schemas.api import CheckAllowed, CheckRequest
 from tally import metrics
-from tally.domain.admission import Ask, Context, decide, sequenced
+from tally.domain.admission import Ask, Context, decide, from_worker
 
 router = APIRouter(prefix="/api/v2", tags=["admission"], responses=errors("unauthorized"))
 
@@ -76,7 +76,7 @@ async def check(
         reservation = await admissions.decide(
             svc, org_id, body.meter, amount, d.limit, acct.window, ttl, now
         )
-        d = sequenced(ask, ctx, d.limit, reservation.used, reservation.allowed)
+        d = from_worker(ask, ctx, d.limit, reservation.used, reservation.allowed)
     metrics.quota_check(body.meter, d.code or "ok")
     if not d.allowed:
         assert d.code is not None

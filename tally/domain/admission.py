@@ -304,7 +304,7 @@ def decide(ask: Ask, ctx: Context) -> Decision:
     return Decision(True, 200, None, "allowed", f.limit, f.used, f.remaining, ctx.window.end)
 
 
-def sequenced(ask: Ask, ctx: Context, limit: int, used: int, allowed: bool) -> Decision:
+def from_worker(ask: Ask, ctx: Context, limit: int, used: int, allowed: bool) -> Decision:
     """The answer to a strict check, from the decision of the worker that owns the org
     (tally.domain.reservations): `used` is the figure it decided on, used plus held."""
     reset = None if ask.meter == "sessions" else ctx.window.end

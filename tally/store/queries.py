@@ -368,10 +368,13 @@ def held_reservations(partition: int, partitions: int, epoch: str, next_offset: 
     """`(org_id, reservation_id, meter, amount, expires_at)` of every reservation held and
     not settled (lapsed ones too: the org's clock judges them)."""
     sql = (
-        "SELECT org_id, reservation_id, anyIf(meter, state = 'held'),"
-        " anyIf(amount, state = 'held'), maxIf(expires_at, state = 'held') FROM reservations"
+        "SELECT org_id, reservation_id, argMaxIf(meter, at, state = 'held'),"
+        " argMaxIf(amount, at, state = 'held'), argMaxIf(expires_at, at, state = 'held')"
+        " FROM reservations"
         f" WHERE {_DECIDED} GROUP BY org_id, reservation_id"
-        " HAVING max(state = 'held') AND NOT max(state = 'settled')"
+        # The latest decision counts: a batch stored after a crash decides again.
+        " HAVING argMaxIf(state, at, state != 'settled') = 'held'"
+        " AND NOT max(state = 'settled')"
     )
     return sql, {"p": partition, "n": partitions, "epoch": epoch, "next": next_offset}
 

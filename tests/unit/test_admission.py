@@ -7,7 +7,7 @@ import pytest
 
 from schemas.plans import PlanOverrides, apply_overrides
 from tally.catalogue import load_plans
-from tally.domain.admission import Ask, Context, decide
+from tally.domain.admission import Ask, Context, decide, from_worker
 from tally.domain.quota import Used
 from tally.domain.subscriptions import Subscription
 
@@ -187,3 +187,15 @@ def test_enterprise_overrides_apply():
 def test_amount_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
         decide(Ask("tokens", 0), ctx())
+
+
+def test_the_workers_decision_is_answered_with_the_figure_it_decided_on():
+    c = ctx(sequenced=True)
+    ok = from_worker(Ask("sessions"), c, 3, 2, allowed=True)
+    assert (ok.allowed, ok.limit, ok.used, ok.remaining, ok.reset_at) == (True, 3, 2, 1, None)
+    no = from_worker(Ask("sessions"), c, 3, 3, allowed=False)
+    assert (no.status, no.code, no.used) == (429, "concurrency_limit", 3)
+    assert "end a session" in no.message
+    no = from_worker(Ask("tokens", 1_000), c, 15_000_000, 14_999_500, allowed=False)
+    assert (no.status, no.code, no.remaining) == (429, "billing_limit_reached", 500)
+    assert no.reset_at == c.window.end
