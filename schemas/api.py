@@ -181,6 +181,7 @@ class Reserved(BaseModel):
     tokens: int | None
     tool_calls: int | None
     requests: int | None
+    upstream_cost_micros: int | None
     sessions: int | None
 
 
@@ -213,7 +214,13 @@ class QuotaOverview(BaseModel):
             },
             "sessions": {"limit": 3, "active": 1, "remaining": 2},
         },
-        reserved={"tokens": 2000, "tool_calls": 0, "requests": 0, "sessions": 1},
+        reserved={
+            "tokens": 2000,
+            "tool_calls": 0,
+            "requests": 0,
+            "upstream_cost_micros": 0,
+            "sessions": 1,
+        },
     )
 
     org_id: str
@@ -244,7 +251,7 @@ class CheckRequest(BaseModel):
         },
     )
 
-    meter: Literal["tokens", "tool_calls", "requests", "sessions"]
+    meter: Literal["tokens", "tool_calls", "requests", "upstream_cost_micros", "sessions"]
     amount: int = Field(1, ge=1, le=10**12, description="How much is about to be used.")
     model: str | None = Field(
         None,
@@ -281,7 +288,7 @@ class CheckAllowed(BaseModel):
     )
 
     allowed: Literal[True]
-    meter: Literal["tokens", "tool_calls", "requests", "sessions"]
+    meter: Literal["tokens", "tool_calls", "requests", "upstream_cost_micros", "sessions"]
     amount: int
     limit: int | None
     used: int | None = Field(

@@ -187,7 +187,7 @@ class StorageUsage(_Envelope):
     byte_seconds: ByteSeconds = Field(description="Bytes kept x seconds kept.")
 
 
-AdmissionMeter = Literal["tokens", "tool_calls", "requests", "sessions"]
+AdmissionMeter = Literal["tokens", "tool_calls", "requests", "upstream_cost_micros", "sessions"]
 
 
 class AdmissionRequested(_Envelope):

@@ -42,6 +42,7 @@ _METER_COUNTER = {
     "tokens": counters.TOKENS,
     "tool_calls": counters.TOOL_CALLS,
     "requests": counters.REQUESTS,
+    "upstream_cost_micros": counters.UPSTREAM_COST,
 }
 
 

@@ -212,7 +212,7 @@ async def quota(
         reserved=Reserved(
             **{
                 m: figures.reserved(svc.counters, key.org_id, m)
-                for m in ("tokens", "tool_calls", "requests", "sessions")
+                for m in ("tokens", "tool_calls", "requests", "upstream_cost_micros", "sessions")
             }
         ),
     )

@@ -36,12 +36,17 @@ from tally.domain.quota import Used, figures
 from tally.domain.subscriptions import Subscription
 from tally.domain.windows import Window, day_window, minute_window
 
-MeterName = Literal["tokens", "tool_calls", "requests", "sessions"]
+MeterName = Literal["tokens", "tool_calls", "requests", "upstream_cost_micros", "sessions"]
 Mode = Literal["managed", "byok"]
 KeyMode = Literal["live", "test"]
 
 LLM_METERS = ("tokens", "requests")
-_NOUN = {"tokens": "token", "tool_calls": "tool-call", "requests": "request"}
+_NOUN = {
+    "tokens": "token",
+    "tool_calls": "tool-call",
+    "requests": "request",
+    "upstream_cost_micros": "managed-mode upstream-cost (micro-USD)",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +258,7 @@ def _limit_of(meter: MeterName, plan: Plan) -> int | None:
         "tokens": plan.tokens_per_period,
         "tool_calls": plan.tool_calls_per_month,
         "requests": plan.requests_per_month,
+        "upstream_cost_micros": plan.upstream_cost_micros_per_month,
         "sessions": plan.concurrent_sessions,
     }[meter]
 
@@ -262,6 +268,7 @@ def _used_of(meter: MeterName, used: Used) -> int | None:
         "tokens": used.tokens,
         "tool_calls": used.tool_calls,
         "requests": used.requests,
+        "upstream_cost_micros": used.upstream_cost_micros,
         "sessions": used.sessions,
     }[meter]
 

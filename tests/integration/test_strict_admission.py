@@ -237,3 +237,19 @@ async def test_token_reservations_admit_what_remains_and_settle_or_lapse(cluster
     assert len(ok) == 7  # 7,600 remain
     await eventually(lambda: reserved(7_000), timeout=10)
     await eventually(lambda: states_match_the_store(c.worker, c.check), timeout=20)
+
+
+async def test_cost_reservations_hold_the_upstream_cost_budget(cluster: Cluster):
+    c = cluster
+    _, key = await c.org("free")  # a managed-mode upstream-cost budget of 5,000,000 micro-USD
+    body = {"meter": "upstream_cost_micros", "reserve": 1_000_000, "ttl_s": 60}
+    ok = admitted(await checks(c, key, 12, body))
+    assert len(ok) == 5
+    assert [a["limit"] for a in ok] == [5_000_000] * 5
+
+    async def held() -> dict | None:
+        q = (await c.a.get("/api/v2/quota", headers=bearer(key))).json()
+        return q if q["reserved"]["upstream_cost_micros"] == 5_000_000 else None
+
+    q = await eventually(held, timeout=10)
+    assert q["meters"]["upstream_cost_micros"]["used"] == 0

@@ -199,3 +199,12 @@ def test_the_workers_decision_is_answered_with_the_figure_it_decided_on():
     no = from_worker(Ask("tokens", 1_000), c, 15_000_000, 14_999_500, allowed=False)
     assert (no.status, no.code, no.remaining) == (429, "billing_limit_reached", 500)
     assert no.reset_at == c.window.end
+
+
+def test_the_upstream_cost_budget_can_be_checked_and_reserved_like_a_meter():
+    used = Used(upstream_cost_micros=4_500_000)
+    d = decide(Ask("upstream_cost_micros", 600_000), ctx(used=used))
+    assert (d.status, d.code, d.remaining) == (429, "billing_limit_reached", 500_000)
+    assert "upstream-cost" in d.message
+    assert decide(Ask("upstream_cost_micros", 500_000), ctx(used=used)).allowed
+    assert decide(Ask("upstream_cost_micros", 600_000), ctx(used=used, sequenced=True)).allowed
