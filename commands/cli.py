@@ -327,15 +327,9 @@ def bench(
             min=1, help="Requests to POST /api/v2/events (500 events) and /v1/traces (512 spans)."
         ),
     ] = 40,
-    only_checks: Annotated[
-        bool, typer.Option(help="Only the admission-check figures (strict and plain).")
-    ] = False,
-    check_callers: Annotated[
-        int, typer.Option(min=1, help="Concurrent callers of POST /api/v2/quota/check.")
-    ] = 32,
-    check_seconds: Annotated[
-        float, typer.Option(min=0.5, help="Seconds of checks of each kind.")
-    ] = 5.0,
+    only_checks: Annotated[bool, typer.Option(help="Only the admission-check figures.")] = False,
+    check_callers: Annotated[int, typer.Option(min=1, help="Concurrent checkers.")] = 32,
+    check_seconds: Annotated[float, typer.Option(min=0.5, help="Seconds of each kind.")] = 5.0,
 ) -> None:
     """Measure Tally against the machine's ceiling; prints a table, then one JSON line."""
     from commands.bench.run import main as run_bench

@@ -19,7 +19,7 @@ from api.registry import ApiKey
 from api.routes.quota import freshness
 from api.state import Services
 from api.subscriptions import account
-from schemas.api import CheckAllowed, CheckRequest
+from schemas.admission import CheckAllowed, CheckRequest
 from tally import metrics
 from tally.domain.admission import Ask, Context, decide, from_worker
 
