@@ -70,3 +70,10 @@ def used(table: CounterTable, org_id: str, window: Window, now: datetime) -> Use
         sessions=sessions(table, org_id),
         runs=runs(table, org_id, window),
     )
+
+
+def reserved(table: CounterTable, org_id: str, meter: str) -> int | None:
+    """What the org's admitted reservations hold against `meter` (None until loaded)."""
+    if not table.ready.is_set():
+        return None
+    return max(table.get((org_id, c.RESERVED_PREFIX + meter, 0)), 0)

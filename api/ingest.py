@@ -29,6 +29,11 @@ def admit(svc: Services, item: dict[str, Any]) -> Event:
     """The event `item` describes, if the contract and the event-time policy
     (tally.domain.eventtime) accept it; raises InvalidEvent with the reason otherwise."""
     event = validate_event(item)
+    if event.type == "admission.requested":  # the API's own, made by POST /api/v2/quota/check
+        raise InvalidEvent(
+            "type: admission.requested is written by Tally's admission checks; ask"
+            " POST /api/v2/quota/check with reserve instead"
+        )
     if len(orjson.dumps(item, default=str)) > MAX_EVENT_BYTES:
         raise InvalidEvent(f"event: must be at most {MAX_EVENT_BYTES} bytes of JSON")
     too_old_or_ahead = svc.settings.event_time.refusal(event.ts, datetime.now(UTC))

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, TypeVar
 
 from api.counter_table import CounterTable
 from api.registry import Registry
-from api.reservations import SessionReservations
 from schemas.plans import Catalogue
 from tally.config import Settings
 from tally.store import Store
@@ -33,12 +32,8 @@ class Services:
     # Components the runtime adds, by type (e.g. `api.alerts.service.Alerting`, which itself
     # is built on these services): see `part`.
     parts: dict[type, object] = field(default_factory=dict)
-    reservations: SessionReservations = field(init=False)
 
     def part(self, kind: type[T]) -> T | None:
         """The component of that type the runtime added, if any."""
         found = self.parts.get(kind)
         return found if isinstance(found, kind) else None
-
-    def __post_init__(self) -> None:
-        self.reservations = SessionReservations(self.settings.session_reservation_ttl_s)

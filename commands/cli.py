@@ -319,6 +319,9 @@ def bench(
     runs: Annotated[
         int, typer.Option(min=1_000, help="Live runs counted for the runs meter's figures.")
     ] = 1_000_000,
+    only_checks: Annotated[bool, typer.Option(help="Only the admission-check figures.")] = False,
+    check_callers: Annotated[int, typer.Option(min=1, help="Concurrent checkers.")] = 32,
+    check_seconds: Annotated[float, typer.Option(min=0.5, help="Seconds of each kind.")] = 5.0,
 ) -> None:
     """Measure Tally against the machine's ceiling; prints a table, then one JSON line."""
     from commands.bench.run import main as run_bench
@@ -339,6 +342,9 @@ def bench(
         only_breakdowns=only_breakdowns,
         ingest_requests=ingest_requests,
         runs=runs,
+        only_checks=only_checks,
+        check_callers=check_callers,
+        check_seconds=check_seconds,
     )
 
 

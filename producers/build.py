@@ -134,6 +134,7 @@ def llm_usage(
     key_mode: str = "live",
     ts: datetime | str | None = None,
     event_id: str | None = None,
+    reservation_id: str | None = None,
 ) -> Event:
     if ts is None and event_id is None:
         (when, eid), ok = stamp(), True
@@ -155,9 +156,12 @@ def llm_usage(
         "cached_input_tokens": cached_input_tokens,
         "mode": mode,
     }
+    if reservation_id is not None:
+        event["reservation_id"] = reservation_id
     try:
         good = (
             ok
+            and (reservation_id is None or _id(reservation_id))
             and (org_id in _ids or _id(org_id))
             and (agent_id in _ids or _id(agent_id))
             and (run_id is None or run_id in _ids or _id(run_id))
@@ -188,6 +192,7 @@ def tool_call(
     key_mode: str = "live",
     ts: datetime | str | None = None,
     event_id: str | None = None,
+    reservation_id: str | None = None,
 ) -> Event:
     if ts is None and event_id is None:
         (when, eid), ok = stamp(), True
@@ -207,9 +212,12 @@ def tool_call(
         "tool": tool,
         "success": success,
     }
+    if reservation_id is not None:
+        event["reservation_id"] = reservation_id
     try:
         good = (
             ok
+            and (reservation_id is None or _id(reservation_id))
             and (org_id in _ids or _id(org_id))
             and (agent_id in _ids or _id(agent_id))
             and (run_id is None or run_id in _ids or _id(run_id))
@@ -237,6 +245,7 @@ def gateway_request(
     key_mode: str = "live",
     ts: datetime | str | None = None,
     event_id: str | None = None,
+    reservation_id: str | None = None,
 ) -> Event:
     if ts is None and event_id is None:
         (when, eid), ok = stamp(), True
@@ -256,9 +265,12 @@ def gateway_request(
         "cache_hit": cache_hit,
         "mode": mode,
     }
+    if reservation_id is not None:
+        event["reservation_id"] = reservation_id
     try:
         good = (
             ok
+            and (reservation_id is None or _id(reservation_id))
             and (org_id in _ids or _id(org_id))
             and (agent_id in _ids or _id(agent_id))
             and (run_id is None or run_id in _ids or _id(run_id))
@@ -284,6 +296,7 @@ def session(
     key_mode: str = "live",
     ts: datetime | str | None = None,
     event_id: str | None = None,
+    reservation_id: str | None = None,
 ) -> Event:
     """`session.started`, `session.heartbeat` or `session.ended` (`type_`)."""
     if ts is None and event_id is None:
@@ -301,9 +314,12 @@ def session(
         "session_id": session_id,
         "key_mode": key_mode,
     }
+    if reservation_id is not None:
+        event["reservation_id"] = reservation_id
     try:
         good = (
             ok
+            and (reservation_id is None or _id(reservation_id))
             and type_ in ("session.started", "session.heartbeat", "session.ended")
             and (org_id in _ids or _id(org_id))
             and (agent_id in _ids or _id(agent_id))

@@ -34,6 +34,7 @@ class TypedHelpers:
         key_mode: str = "live",
         ts: datetime | str | None = None,
         event_id: str | None = None,
+        reservation_id: str | None = None,
     ) -> str:
         """Tokens of one LLM call; `cached_input_tokens` is the cached part of `input_tokens`."""
         try:
@@ -50,6 +51,7 @@ class TypedHelpers:
                 key_mode,
                 ts,
                 event_id,
+                reservation_id,
             )
         except InvalidEvent:
             self._reject()
@@ -69,6 +71,7 @@ class TypedHelpers:
         key_mode: str = "live",
         ts: datetime | str | None = None,
         event_id: str | None = None,
+        reservation_id: str | None = None,
     ) -> str:
         """One tool call through a connector; failed calls are recorded, never billed."""
         try:
@@ -83,6 +86,7 @@ class TypedHelpers:
                 key_mode,
                 ts,
                 event_id,
+                reservation_id,
             )
         except InvalidEvent:
             self._reject()
@@ -102,6 +106,7 @@ class TypedHelpers:
         key_mode: str = "live",
         ts: datetime | str | None = None,
         event_id: str | None = None,
+        reservation_id: str | None = None,
     ) -> str:
         """One request through the LLM gateway."""
         try:
@@ -116,6 +121,7 @@ class TypedHelpers:
                 key_mode,
                 ts,
                 event_id,
+                reservation_id,
             )
         except InvalidEvent:
             self._reject()
@@ -132,10 +138,20 @@ class TypedHelpers:
         key_mode: str = "live",
         ts: datetime | str | None = None,
         event_id: str | None = None,
+        reservation_id: str | None = None,
     ) -> str:
-        """A session took a concurrency slot."""
+        """A session took a concurrency slot (`reservation_id`: the one its admission check
+        answered, which this start settles)."""
         return self._session(
-            "session.started", org_id, agent_id, session_id, run_id, key_mode, ts, event_id
+            "session.started",
+            org_id,
+            agent_id,
+            session_id,
+            run_id,
+            key_mode,
+            ts,
+            event_id,
+            reservation_id,
         )
 
     def session_heartbeat(
@@ -204,10 +220,11 @@ class TypedHelpers:
         key_mode: str,
         ts: datetime | str | None,
         event_id: str | None,
+        reservation_id: str | None = None,
     ) -> str:
         try:
             event = build.session(
-                type_, org_id, agent_id, session_id, run_id, key_mode, ts, event_id
+                type_, org_id, agent_id, session_id, run_id, key_mode, ts, event_id, reservation_id
             )
         except InvalidEvent:
             self._reject()

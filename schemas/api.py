@@ -8,7 +8,6 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from schemas.access import RUNTIME_SCOPES, Scope, all_scopes
-from schemas.events import Id
 from schemas.plans import Plan, PlanOverrides
 
 
@@ -179,6 +178,16 @@ class PendingChange(BaseModel):
 Status = Literal["active", "trial", "past_due"]
 
 
+class Reserved(BaseModel):
+    """What admitted reservations hold, per meter (`POST /api/v2/quota/check`)."""
+
+    tokens: int | None
+    tool_calls: int | None
+    requests: int | None
+    upstream_cost_micros: int | None
+    sessions: int | None
+
+
 class QuotaOverview(BaseModel):
     """Every meter of the calling org in every window, in one read."""
 
@@ -209,6 +218,13 @@ class QuotaOverview(BaseModel):
             "sessions": {"limit": 3, "active": 1, "remaining": 2},
             "runs": {"limit": 500, "used": 42, "remaining": 458, **_MONTH},
         },
+        reserved={
+            "tokens": 2000,
+            "tool_calls": 0,
+            "requests": 0,
+            "upstream_cost_micros": 0,
+            "sessions": 1,
+        },
     )
 
     org_id: str
@@ -219,64 +235,10 @@ class QuotaOverview(BaseModel):
     window_start: datetime = Field(description="Start of the current billing period (UTC).")
     window_end: datetime
     meters: QuotaMeters
-
-
-Meter = Literal["tokens", "tool_calls", "requests", "sessions", "runs"]
-
-
-class CheckRequest(BaseModel):
-    """What the caller is about to do."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {"meter": "requests", "amount": 1, "model": "gpt-4o-mini", "mode": "managed"},
-                {"meter": "sessions"},
-                {"meter": "tool_calls", "amount": 1},
-                {"meter": "runs", "run_id": "run-2026-06-14-0042"},
-            ]
-        },
+    reserved: Reserved = Field(
+        description="Held by admitted strict checks not yet settled or lapsed, per meter:"
+        " apart from `used`, which counts only what was used."
     )
-
-    meter: Meter
-    amount: int = Field(1, ge=1, le=10**12, description="How much is about to be used.")
-    model: str | None = Field(
-        None,
-        min_length=1,
-        max_length=128,
-        description="The model of an LLM call; when absent the workspace default model counts.",
-    )
-    mode: Literal["managed", "byok"] = Field(
-        "managed", description="`byok`: the org's own provider key (lifts the whitelist)."
-    )
-    run_id: Id | None = Field(
-        None,
-        description="`runs`: the run about to go on; a run already counted this billing "
-        "period is never refused by the runs cap.",
-    )
-
-
-class CheckAllowed(BaseModel):
-    """The org may go on; the figures are those of the meter asked about, before `amount`."""
-
-    model_config = _example(
-        allowed=True,
-        meter="tool_calls",
-        amount=1,
-        limit=1000,
-        used=420,
-        remaining=580,
-        reset_at="2026-07-01T00:00:00Z",
-    )
-
-    allowed: Literal[True]
-    meter: Meter
-    amount: int
-    limit: int | None
-    used: int | None = Field(description="For sessions: running plus admitted, not yet started.")
-    remaining: int | None
-    reset_at: datetime | None = Field(description="When the window ends; null for sessions.")
 
 
 class LimitsOut(BaseModel):

@@ -73,6 +73,11 @@ class _Envelope(BaseModel):
     agent_id: Id
     run_id: Id | None = Field(None, description="One execution of an agent.")
     session_id: Id | None = None
+    reservation_id: Id | None = Field(
+        None,
+        description="The reservation an admission check held for this usage"
+        " (`POST /api/v2/quota/check` with `reserve`): the event settles it.",
+    )
     key_mode: KeyMode = Field(description="`test` traffic is recorded but free.")
     ts: Timestamp = Field(description="Event time, RFC 3339 with an offset; stored as UTC.")
 
@@ -182,6 +187,28 @@ class StorageUsage(_Envelope):
     byte_seconds: ByteSeconds = Field(description="Bytes kept x seconds kept.")
 
 
+AdmissionMeter = Literal["tokens", "tool_calls", "requests", "upstream_cost_micros", "sessions"]
+
+
+class AdmissionRequested(_Envelope):
+    """A strict admission check, written by the API and decided by the worker that owns the
+    org, in log order (tally.domain.reservations); never counted as usage."""
+
+    type: Literal["admission.requested"]
+    reservation_id: Id
+    meter: AdmissionMeter
+    amount: Annotated[int, Field(ge=1, le=MAX_TOKENS, strict=True)]
+    limit: Count = Field(description="The plan's limit of the meter when the check was made.")
+    window_start: Timestamp | None = Field(None, description="The billing window (monthly meters).")
+    window_end: Timestamp | None = None
+    expires_at: Timestamp = Field(description="When the reservation lapses if not settled.")
+
+    @field_validator("window_start", "window_end", "expires_at")
+    @classmethod
+    def _utc_times(cls, v: datetime | None) -> datetime | None:
+        return None if v is None else v.astimezone(UTC)
+
+
 Event = Annotated[
     LlmUsage
     | ToolCall
@@ -189,7 +216,8 @@ Event = Annotated[
     | SessionStarted
     | SessionHeartbeat
     | SessionEnded
-    | StorageUsage,
+    | StorageUsage
+    | AdmissionRequested,
     Field(discriminator="type"),
 ]
 EVENT_TYPES = (
@@ -200,6 +228,7 @@ EVENT_TYPES = (
     "session.heartbeat",
     "session.ended",
     "storage.usage",
+    "admission.requested",
 )
 
 _adapter: TypeAdapter[Event] = TypeAdapter(Event)

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from schemas.events import InvalidEvent
-from streams import runs
+from streams import admissions, runs
 from streams.decode import decode
 from streams.leases import ENDED, STARTED, session
 from tally.domain import counters
@@ -35,6 +35,7 @@ from tally.domain.eventtime import DEFAULT, Backfill, EventTime
 from tally.domain.leases import Lease
 from tally.domain.partitioning import partition_of
 from tally.domain.pricing import Pricer
+from tally.domain.reservations import Hold
 from tally.domain.runs import Days
 from tally.domain.usage import measure
 
@@ -163,6 +164,9 @@ class PartitionState:
     sessions: dict[tuple[str, str], int] = field(default_factory=dict)
     leases: dict[tuple[str, str], Lease] = field(default_factory=dict)  # of open sessions
     seen: dict[str, float] = field(default_factory=dict)
+    # Reservations held per org, and each org's clock: its latest admission request's time.
+    holds: dict[str, dict[str, Hold]] = field(default_factory=dict)
+    clocks: dict[str, datetime] = field(default_factory=dict)
     # Orgs closed by an admin (`DELETE /api/v2/admin/orgs/{id}`), as the worker last read
     # them from the store: their events are dead-lettered, to be replayed if restored.
     closed: frozenset[str] = frozenset()
@@ -202,6 +206,9 @@ class BatchResult:
     sessions: dict[tuple[str, str], int] = field(default_factory=dict)
     leases: dict[tuple[str, str], Lease] = field(default_factory=dict)
     ends: dict[str, int] = field(default_factory=dict)  # sessions ended, by reason (metrics)
+    holds: dict[str, dict[str, Hold]] = field(default_factory=dict)  # orgs whose holds changed
+    clocks: dict[str, datetime] = field(default_factory=dict)
+    reservations: list[list[object]] = field(default_factory=list)  # rows (streams.admissions)
     event_ids: set[str] = field(default_factory=set)
     runs: dict[str, Days] = field(default_factory=dict)  # runs with a new active day
     duplicates: int = 0
@@ -309,6 +316,9 @@ def count(
     counters and row (stored at `now`, the batch's time). An `expired` end that the log
     voided (tally.domain.leases) is left out: not stored, nothing counted."""
     org, kind, ts = event["org_id"], event["type"], event["ts"]
+    if kind == "admission.requested":  # a decision, not usage: stored as a reservation row
+        admissions.decide(result, state, pending, event, offset)
+        return
     if (
         event["session_id"]
         and event["key_mode"] == "live"
@@ -316,6 +326,8 @@ def count(
     ):
         result.voided.append(event["event_id"])
         return
+    if event["key_mode"] == "live" and (event["reservation_id"] or kind == "session.started"):
+        admissions.settle(result, state, pending, event, offset)
     usage = measure(event, pricer)
     types = result.types
     types[kind] = types.get(kind, 0) + 1
@@ -430,6 +442,17 @@ def apply(state: PartitionState, result: BatchResult) -> dict[CounterKey, int]:
             value = state.counters.get(key, 0) + step
             state.counters[key] = value
             changed[key] = value
+    for org, holds in result.holds.items():
+        was = admissions.reserved(state.holds.get(org, {}))
+        now_held = admissions.reserved(holds)
+        for meter in was.keys() | now_held.keys():
+            key = (org, counters.RESERVED_PREFIX + meter, 0)
+            state.counters[key] = changed[key] = now_held.get(meter, 0)
+        if holds:
+            state.holds[org] = holds
+        else:
+            state.holds.pop(org, None)
+    state.clocks.update(result.clocks)
     ids = result.event_ids.difference(result.voided) if result.voided else result.event_ids
     state.seen.update(dict.fromkeys(ids, result.ingested_at))
     state.next_offset = max(state.next_offset, result.last_offset + 1)

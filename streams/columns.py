@@ -134,6 +134,8 @@ def _columns(
         events = [wire(r.value) for r in records]  # type: ignore[arg-type]
     except (msgspec.MsgspecError, ValueError, TypeError):  # refused, not JSON, no value
         raise Slow from None
+    if any(e.reservation_id is not None for e in events):
+        raise Slow  # reservations are settled in log order, event by event
     ids = [e.event_id for e in events]
     id_column = pa.array(ids, pa.string())
     orgs = pa.array([e.org_id for e in events], pa.string())

@@ -42,9 +42,27 @@ FIELDS = {
     "session.heartbeat": (),
     "session.ended": ("reason", "last_seen_at"),
     "storage.usage": ("kind", "byte_seconds"),
+    "admission.requested": (
+        "meter",
+        "amount",
+        "limit",
+        "window_start",
+        "window_end",
+        "expires_at",
+    ),
 }
 _fromisoformat = datetime.fromisoformat
-_ENVELOPE = ("event_id", "org_id", "agent_id", "run_id", "session_id", "key_mode", "ts", "type")
+_ENVELOPE = (
+    "event_id",
+    "org_id",
+    "agent_id",
+    "run_id",
+    "session_id",
+    "reservation_id",
+    "key_mode",
+    "ts",
+    "type",
+)
 
 # The wire shapes, as msgspec checks them while parsing. Ids are checked against the
 # contract's pattern below (most repeat from event to event), times by the contract's
@@ -66,6 +84,7 @@ class WireEnvelope(msgspec.Struct, tag_field="type", kw_only=True, gc=False):
     agent_id: _Id
     run_id: _Id | None = None
     session_id: _Id | None = None
+    reservation_id: _Id | None = None
     key_mode: Literal["live", "test"]
     ts: str
     schema_version: Annotated[int, msgspec.Meta(ge=SCHEMA_VERSION, le=SCHEMA_VERSION)] = (
@@ -195,13 +214,16 @@ def _fast(raw: bytes) -> dict[str, Any]:
         when = when.astimezone(UTC)
     if not TS_MIN <= when < TS_MAX or not _ID(event.event_id):
         raise _Slow
-    run_id, session_id = event.run_id, event.session_id
+    run_id, session_id, rid = event.run_id, event.session_id, event.reservation_id
+    if rid is not None and not _ID(rid):  # unique: not remembered with the ids that repeat
+        raise _Slow
     out = {
         "event_id": event.event_id,
         "org_id": _id(event.org_id),
         "agent_id": _id(event.agent_id),
         "run_id": "" if run_id is None else _id(run_id),
         "session_id": "" if session_id is None else _id(session_id),
+        "reservation_id": rid or "",
         "key_mode": event.key_mode,
         "ts": when,
     }
@@ -256,6 +278,7 @@ def flatten(event: Event) -> dict[str, Any]:
     out: dict[str, Any] = {name: getattr(event, name) for name in _ENVELOPE}
     out["run_id"] = out["run_id"] or ""
     out["session_id"] = out["session_id"] or ""
+    out["reservation_id"] = out["reservation_id"] or ""
     for name in FIELDS[event.type]:
         out[name] = getattr(event, name)
     return out

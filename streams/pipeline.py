@@ -72,10 +72,12 @@ class StorePipeline(LogWatch):
 
     def _due(self) -> bool:
         """Insert a fetch's worth at once, or what there is every STORE_EVERY_S: the counters
-        are out already, and each insert costs the store a part to write and merge."""
+        are out already, and each insert costs the store a part to write and merge. Admission
+        decisions go at once: their callers wait for them to be stored."""
         return bool(self._queued) and (
             self._backlog() >= self.settings.batch_max_records
             or time.monotonic() - self._stored_at >= STORE_EVERY_S
+            or any(r.reservations for _, r in self._queued)
         )
 
     def _start_store(self) -> None:
@@ -145,6 +147,7 @@ class StorePipeline(LogWatch):
             rows,
             {tp.partition: (r.epoch, r.last_offset + 1, r.last_crc) for tp, r in results},
             blocks,
+            [row for _, r in results for row in r.reservations],
         )
         failpoints.hit("worker.after_insert")
         self._time("store", started)

@@ -18,10 +18,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streams import runs as run_state
+from streams.admissions import RESERVATION_COLUMNS, reserved
 from streams.batch import PartitionState, event_block
 from streams.leases import ENDED, STARTED
 from tally.domain import counters, runs
 from tally.domain.leases import Lease
+from tally.domain.reservations import Hold, lapse
 from tally.store import Store
 from tally.store import queries as q
 
@@ -57,9 +59,12 @@ class ClickHouseSink:
         rows: list[list[object]],
         marks: dict[int, tuple[str, int, int]],
         blocks: Sequence[pa.Table] = (),
+        reservations: Sequence[list[object]] = (),
     ) -> None:
-        """Store rows (and blocks of rows already in columns), then per partition the next
-        offset and the CRC-32 of the message before it; retry until both are stored."""
+        """Store the admission decisions and settlements, the rows (and blocks of rows
+        already in columns), then per partition the next offset and the CRC-32 of the
+        message before it; retry until all are stored. Reservation rows go first: a rebuild
+        takes only those below the stored mark, so a batch read again decides again."""
         if not rows and not marks and not blocks:
             return
         now = datetime.now(UTC)
@@ -77,6 +82,13 @@ class ClickHouseSink:
         delay = 0.1
         while True:
             try:
+                if reservations:
+                    await self.store.insert(
+                        "reservations",
+                        [[*row, now] for row in reservations],
+                        (*RESERVATION_COLUMNS, "at"),
+                        settings={"insert_deduplication_token": token},
+                    )
                 await self.store.insert_arrow(
                     "events",
                     block,
@@ -243,6 +255,7 @@ class ClickHouseSink:
                 key = (org, counters.SESSIONS, 0)
                 state.counters[key] = state.counters.get(key, 0) + 1
                 state.leases[(org, session_id)] = Lease(_utc(seen), agent, run)
+        await self._load_holds(state)
         for event_id, at_ms in await self.store.query(
             *q.recent_event_ids(partition, partitions, now_s - self.dedup_window_s)
         ):
@@ -270,6 +283,23 @@ class ClickHouseSink:
                 if day >= keep_from:
                     k = counters.key(org, name, day)
                     kept[k] = kept.get(k, 0) + 1
+
+    async def _load_holds(self, state: PartitionState) -> None:
+        """The reservations the orgs of the partition hold, as the log decided them up to
+        the stored mark: held and not settled, and not lapsed at the org's clock."""
+        at = (state.partition, state.partitions, state.epoch, state.next_offset)
+        for org, clock in await self.store.query(*q.org_clocks(*at)):
+            state.clocks[org] = _utc(clock)
+        for org, rid, meter, amount, expires in await self.store.query(*q.held_reservations(*at)):
+            if _utc(expires) > state.clocks[org]:
+                hold = Hold(meter, int(amount), _utc(expires))
+                state.holds.setdefault(org, {})[rid] = hold
+        now = datetime.now(UTC)  # what reads show: lapses at once (streams.admissions)
+        for org, holds in state.holds.items():
+            shown = reserved(lapse(holds, now))
+            for meter in reserved(holds):
+                amount = shown.get(meter, 0)
+                state.counters[(org, counters.RESERVED_PREFIX + meter, 0)] = amount
 
 
 def _utc(ts: datetime) -> datetime:

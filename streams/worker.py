@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
 from schemas.prices import PriceBook
-from streams import columns
+from streams import admissions, columns
 from streams.assignor import CountingAssignor
 from streams.batch import PartitionState
 from streams.holes import HoleCheck
@@ -359,6 +359,7 @@ class Worker(StorePipeline):
                     self._start_store()
                 if time.monotonic() - last_beat >= 0.5:
                     await self._heartbeat()
+                    await self._show_lapses()
                     last_beat = time.monotonic()
                     self._marks_due = True
                 if self._marks_due:
@@ -383,6 +384,11 @@ class Worker(StorePipeline):
                     for state in self.states.values():
                         state.expire(now, s.dedup_window_s)
                     last_forget = time.monotonic()
+
+    async def _show_lapses(self) -> None:
+        """Publish the reserved figures of orgs whose reservations lapsed."""
+        if any(st.holds for st in self.states.values()):
+            await self._publish(admissions.show_lapses(self.states.values(), datetime.now(UTC)))
 
     async def _read_closed(self) -> None:
         """Which orgs are closed, for every partition's state (their events are refused):

@@ -91,7 +91,15 @@ class Settings(BaseSettings):
         10.0,
         gt=0,
         le=3600,
-        description="How long an admitted session check holds a slot before the counters show it.",
+        description="How long an admitted session check holds a slot before its"
+        " session.started settles it.",
+    )
+    admission_wait_s: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="How long a strict admission check waits for the decision of the worker"
+        " that owns the org before it answers 503 with Retry-After.",
     )
     session_lease_s: float = Field(
         900.0,

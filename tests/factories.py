@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -27,6 +27,14 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "session.heartbeat": {},
     "session.ended": {},
     "storage.usage": {"kind": "knowledge_base", "byte_seconds": 10**9 * 86_400},
+    "admission.requested": {
+        "reservation_id": "rsv-1",
+        "meter": "sessions",
+        "amount": 1,
+        "limit": 3,
+        "session_id": None,
+        "expires_at": (datetime.now(UTC) + timedelta(seconds=10)).isoformat(),
+    },
 }
 
 

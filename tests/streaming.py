@@ -154,6 +154,8 @@ async def states_match_the_store(worker: Worker, store: Store) -> bool:
             or loaded.leases != state.leases
             or set(loaded.seen) != set(state.seen)
             or loaded.runs != state.runs
+            or loaded.holds != state.holds
+            or loaded.clocks != state.clocks
         ):
             return False
     return True

@@ -20,6 +20,7 @@ from schemas.api import (
     QuotaMeters,
     QuotaOverview,
     RequestQuota,
+    Reserved,
     SessionQuota,
     TokenQuota,
 )
@@ -224,5 +225,11 @@ async def quota(
             upstream_cost_micros=_meter(o.upstream_cost_micros),
             sessions=_sessions(o.sessions),
             runs=_meter(o.runs),
+        ),
+        reserved=Reserved(
+            **{
+                m: figures.reserved(svc.counters, key.org_id, m)
+                for m in ("tokens", "tool_calls", "requests", "upstream_cost_micros", "sessions")
+            }
         ),
     )

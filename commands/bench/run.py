@@ -12,7 +12,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from commands.bench import drain, emitter, freshness, http, ingest, prepare, queries, start
+from commands.bench import (
+    admission,
+    drain,
+    emitter,
+    freshness,
+    http,
+    ingest,
+    prepare,
+    queries,
+    start,
+)
 from commands.bench.workload import Workload, generate
 from commands.runtime import Tally, settle_gc
 from tally.broker import EmbeddedBroker
@@ -55,17 +65,21 @@ async def run(
     only_breakdowns: bool = False,
     ingest_requests: int = 40,
     runs: int = 1_000_000,
+    only_checks: bool = False,
+    check_callers: int = 32,
+    check_seconds: float = 5.0,
 ) -> dict[str, Any]:
     figures: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
     }
-    if not only_breakdowns:
+    only_breakdowns = only_breakdowns and not only_checks
+    if not only_breakdowns and not only_checks:
         figures.update(await start.start_and_idle())  # first, alone on the machine
     with tempfile.TemporaryDirectory(prefix="tally-bench-") as tmp:
         async with EmbeddedBroker() as broker:
             await ensure_topics(broker.bootstrap_servers, partitions)
-            workload = None if only_breakdowns else generate(events, orgs=orgs)
+            workload = None if only_breakdowns or only_checks else generate(events, orgs=orgs)
             if workload is not None:
                 figures.update(events=events, partitions=partitions)
                 figures.update(prepare.costs(workload))
@@ -90,11 +104,18 @@ async def run(
                     await http_figures(tally, connections, http_seconds, figures)
                     # HTTP ingestion, stored: the worker runs since the drain.
                     figures.update(await ingest.ingest_rates(tally, ingest_requests))
-                figures.update(
-                    await queries.breakdowns(
-                        tally, breakdown_rows, orgs=100, agents=1000, days=30, queries=440
+                # Admission checks beside the reads: strict (the worker decides) and plain.
+                if only_checks:
+                    await tally.start_worker()  # otherwise started by the drain
+                assert tally.worker is not None
+                await asyncio.wait_for(tally.worker.ready.wait(), 120)
+                figures.update(await admission.checks(tally, check_callers, check_seconds))
+                if not only_checks:
+                    figures.update(
+                        await queries.breakdowns(
+                            tally, breakdown_rows, orgs=100, agents=1000, days=30, queries=440
+                        )
                     )
-                )
                 if workload is not None:
                     # Last: their events go to the same topic, after every other figure is
                     # taken; Tally runs, so the emitters get their stored marks.
@@ -108,7 +129,7 @@ async def run(
                     )
             finally:
                 await tally.stop()
-    if not only_breakdowns:
+    if not only_breakdowns and not only_checks:
         figures.update(await memory(memory_keys))
         figures.update(await in_process("commands.bench.runs", runs))
     return figures

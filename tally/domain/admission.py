@@ -1,7 +1,7 @@
 """Admission: may an org go on? One pure decision from plain inputs.
 
-The route gathers the inputs (plan in force, subscription, figures from the counter table,
-sessions reserved by this process) and renders the `Decision`. Rules, checked in order:
+The route gathers the inputs (plan in force, subscription, figures from the counter table)
+and renders the `Decision`. Rules, checked in order:
 
 1. Standing: past due, or a trial that has ended -> 402 `payment_required`.
 2. Model (LLM meters `tokens` and `requests`, or any check that names a model):
@@ -14,7 +14,11 @@ sessions reserved by this process) and renders the `Decision`. Rules, checked in
    In managed mode the LLM meters also stop when the upstream-cost budget is used up.
 6. Bursts (`requests`): per UTC day, then per UTC minute -> 429 `rate_limited`, with
    `retry_after` the seconds until the window ends.
-7. Sessions: `active + reserved + amount > limit` -> 429 `concurrency_limit`.
+7. Sessions: `active + amount > limit` -> 429 `concurrency_limit`.
+
+A strict check (`Context.sequenced`: sessions, or a check that reserves) leaves the meter's
+own cap (5 and 7) to the worker that owns the org: `tally.domain.reservations` decides it
+in log order against the exact figures plus the reservations held.
 
 Runs (`runs`) take rule 5 with the runs of the window; a run already counted in the window
 (`Ask.counted`: the caller named it and the store has it) is never refused by that cap.
@@ -26,7 +30,7 @@ end a session, or wait until the reset at a given time.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
@@ -35,12 +39,18 @@ from tally.domain.quota import Used, figures
 from tally.domain.subscriptions import Subscription
 from tally.domain.windows import Window, day_window, minute_window
 
-MeterName = Literal["tokens", "tool_calls", "requests", "sessions", "runs"]
+MeterName = Literal["tokens", "tool_calls", "requests", "upstream_cost_micros", "sessions", "runs"]
 Mode = Literal["managed", "byok"]
 KeyMode = Literal["live", "test"]
 
 LLM_METERS = ("tokens", "requests")
-_NOUN = {"tokens": "token", "tool_calls": "tool-call", "requests": "request", "runs": "run"}
+_NOUN = {
+    "tokens": "token",
+    "tool_calls": "tool-call",
+    "requests": "request",
+    "upstream_cost_micros": "managed-mode upstream-cost (micro-USD)",
+    "runs": "run",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +74,10 @@ class Context:
     window: Window
     used: Used
     now: datetime
-    reserved_sessions: int = 0
     default_model: str | None = None
+    # The meter's own cap is left to the worker that owns the org, which decides it in log
+    # order against its exact figures and the reservations held (tally.domain.reservations).
+    sequenced: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,8 +234,8 @@ def _burst(ask: Ask, ctx: Context, per: str, limit: int | None, used: int) -> De
 
 def _sessions(ask: Ask, ctx: Context, active: int) -> Decision:
     limit = ctx.plan.concurrent_sessions
-    held = active + ctx.reserved_sessions
-    if limit is not None and held + ask.amount > limit:
+    held = active
+    if limit is not None and held + ask.amount > limit and not ctx.sequenced:
         return _refuse(
             429,
             "concurrency_limit",
@@ -251,6 +263,7 @@ def _limit_of(meter: MeterName, plan: Plan) -> int | None:
         "tokens": plan.tokens_per_period,
         "tool_calls": plan.tool_calls_per_month,
         "requests": plan.requests_per_month,
+        "upstream_cost_micros": plan.upstream_cost_micros_per_month,
         "sessions": plan.concurrent_sessions,
         "runs": plan.runs_per_month,
     }[meter]
@@ -261,6 +274,7 @@ def _used_of(meter: MeterName, used: Used) -> int | None:
         "tokens": used.tokens,
         "tool_calls": used.tool_calls,
         "requests": used.requests,
+        "upstream_cost_micros": used.upstream_cost_micros,
         "sessions": used.sessions,
         "runs": used.runs,
     }[meter]
@@ -296,7 +310,7 @@ def decide(ask: Ask, ctx: Context) -> Decision:
         )
     if ask.meter == "sessions":
         return _sessions(ask, ctx, used)
-    refusal = _monthly(ask, ctx, limit, used)
+    refusal = None if ctx.sequenced else _monthly(ask, ctx, limit, used)
     if refusal is None and ask.meter in LLM_METERS and ask.mode == "managed":
         cost = ctx.used.upstream_cost_micros
         if cost is None and ctx.plan.upstream_cost_micros_per_month is not None:
@@ -314,3 +328,30 @@ def decide(ask: Ask, ctx: Context) -> Decision:
         return refusal
     f = figures(limit, used)
     return Decision(True, 200, None, "allowed", f.limit, f.used, f.remaining, ctx.window.end)
+
+
+def from_worker(ask: Ask, ctx: Context, limit: int, used: int, allowed: bool) -> Decision:
+    """The answer to a strict check, from the decision of the worker that owns the org
+    (tally.domain.reservations): `used` is the figure it decided on, used plus held."""
+    reset = None if ask.meter == "sessions" else ctx.window.end
+    if allowed:
+        f = figures(limit, used)
+        return Decision(True, 200, None, "allowed", f.limit, f.used, f.remaining, reset)
+    plain = replace(ctx, sequenced=False)
+    refusal = (
+        _sessions(ask, plain, used)
+        if ask.meter == "sessions"
+        else _monthly(ask, plain, limit, used)
+    )
+    if refusal is None or refusal.allowed:  # the plan changed between the two looks
+        return _refuse(
+            429,
+            "concurrency_limit" if ask.meter == "sessions" else "billing_limit_reached",
+            f"{used} of {limit} is in use or held: retry once a reservation is settled or "
+            "lapses, or upgrade",
+            limit=limit,
+            used=used,
+            remaining=max(limit - used, 0),
+            reset_at=reset,
+        )
+    return refusal

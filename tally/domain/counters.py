@@ -9,6 +9,7 @@ Names and buckets (day = days since 1970-01-01 UTC, minute = minutes since the e
   sessions (bucket 0)                     live sessions started and not yet ended
   runs, runs.<gap>                        live runs per active day, by the gap in days since
                                           the run's active day before (tally.domain.runs)
+  reserved.<meter> (bucket 0)             held by admitted reservations (tally.domain.reservations)
 
 Monthly meters are kept per UTC day and summed over the days of an org's billing window,
 so the worker never needs to know an org's plan or anchor, and a plan change or a new
@@ -32,6 +33,7 @@ SESSIONS = "sessions"
 UNPRICED = "unpriced"
 UPSTREAM_COST = "upstream_cost"  # cost of live managed-mode LLM usage, for the fair-use budget
 COST_PREFIX = "cost."
+RESERVED_PREFIX = "reserved."  # held by admitted reservations, per meter (bucket 0)
 HEARTBEAT_KEY = "__partition__"  # not an org: per-partition freshness beats
 
 METER_OF_LINE_ITEM = {
@@ -98,7 +100,7 @@ def first_kept_day(now: datetime) -> int:
 def expired(k: CounterKey, now: datetime) -> bool:
     """Counters no quota read can need any more: old days and old minutes."""
     name, bucket = k[1], k[2]
-    if name == SESSIONS:
+    if name == SESSIONS or name.startswith(RESERVED_PREFIX):
         return False
     if name == REQUESTS_MINUTE:
         return bucket < epoch_minute(now) - KEEP_MINUTES

@@ -396,3 +396,42 @@ def offset_gaps(log_epoch: str, partition: int, limit: int) -> Query:
         " ORDER BY first_offset DESC LIMIT {n:UInt32}"
     )
     return sql, {"epoch": log_epoch, "p": partition, "n": limit}
+
+
+# The reservation rows a rebuild takes: those of a log before this one, and those of this
+# log below the stored mark (a batch read again decides again).
+_DECIDED = f"{_OWNED} AND (log_epoch != {{epoch:String}} OR offset < {{next:UInt64}})"
+
+
+def held_reservations(partition: int, partitions: int, epoch: str, next_offset: int) -> Query:
+    """`(org_id, reservation_id, meter, amount, expires_at)` of every reservation held and
+    not settled (lapsed ones too: the org's clock judges them)."""
+    sql = (
+        "SELECT org_id, reservation_id, argMaxIf(meter, at, state = 'held'),"
+        " argMaxIf(amount, at, state = 'held'), argMaxIf(expires_at, at, state = 'held')"
+        " FROM reservations"
+        f" WHERE {_DECIDED} GROUP BY org_id, reservation_id"
+        # The latest decision counts: a batch stored after a crash decides again.
+        " HAVING argMaxIf(state, at, state != 'settled') = 'held'"
+        " AND NOT max(state = 'settled')"
+    )
+    return sql, {"p": partition, "n": partitions, "epoch": epoch, "next": next_offset}
+
+
+def org_clocks(partition: int, partitions: int, epoch: str, next_offset: int) -> Query:
+    """`(org_id, clock)`: each org's latest admission request time, as decided."""
+    sql = (
+        "SELECT org_id, max(ts) FROM reservations"
+        f" WHERE {_DECIDED} AND state != 'settled' GROUP BY org_id"
+    )
+    return sql, {"p": partition, "n": partitions, "epoch": epoch, "next": next_offset}
+
+
+def admission_decision(org_id: str, reservation_id: str) -> Query:
+    """`(state, used, expires_at)` of a reservation's latest decision (`held`/`refused`)."""
+    sql = (
+        "SELECT argMax(state, at), argMax(used, at), argMax(expires_at, at) FROM reservations"
+        " WHERE org_id = {org:String} AND reservation_id = {rid:String}"
+        " AND state != 'settled' HAVING count() > 0"
+    )
+    return sql, {"org": org_id, "rid": reservation_id}

@@ -21,6 +21,8 @@ SIZES = {
     "--memory-keys": "20000",
     "--breakdown-rows": "20000",
     "--runs": "20000",
+    "--check-callers": "4",
+    "--check-seconds": "1",
 }
 MEASURED = (
     "ceiling_eps",
@@ -48,6 +50,12 @@ MEASURED = (
     "runs_worker_bytes_per_run",
     "runs_state_bytes_per_run",
     "runs_count_us_per_event",
+    "check_strict_per_s",
+    "check_strict_p50_ms",
+    "check_strict_p99_ms",
+    "check_plain_per_s",
+    "check_plain_p50_ms",
+    "check_plain_p99_ms",
 )
 HTTP = ("rps", "p50_ms", "p99_ms")
 
@@ -78,6 +86,9 @@ async def test_the_bench_prints_every_figure_then_the_goals_then_one_json_line()
     assert figures["breakdown_p50_ms"] <= figures["breakdown_p95_ms"]
     assert figures["calllog_p50_ms"] <= figures["calllog_p95_ms"]
     assert figures["calllog_pages"] >= 40  # at least the first page of every walk
+    # Every check was answered, and allowed: the strict ones by the worker's decision.
+    assert set(figures["check_strict_codes"]) == set(figures["check_plain_codes"]) == {"200"}
+    assert figures["check_strict_p50_ms"] <= figures["check_strict_p99_ms"]
     # Ratios are of figures of the same run.
     assert figures["drain_ratio"] == round(figures["tally_drain_eps"] / figures["ceiling_eps"], 3)
     if shutil.which("wrk"):

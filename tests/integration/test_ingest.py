@@ -34,11 +34,12 @@ async def test_good_events_go_through_and_bad_ones_are_refused_one_by_one(
         {k: v for k, v in make_event(input_tokens=5, output_tokens=0).items() if k != "org_id"},
         make_event("storage.usage", org_id=org, schema_version=9),
         make_event("session.started", org_id=org, key_mode=...),
+        make_event("admission.requested", org_id=org, limit=10**6),  # only the API writes them
     ]
     r = await post(client, key, batch)
     assert r.status_code == 207, r.text
     body = r.json()
-    assert (body["accepted"], body["rejected"], body["failed"]) == (3, 6, 0)
+    assert (body["accepted"], body["rejected"], body["failed"]) == (3, 7, 0)
     results = body["results"]
     assert [x["index"] for x in results] == list(range(len(batch)))
     assert [x["status"] for x in results] == [
@@ -51,6 +52,7 @@ async def test_good_events_go_through_and_bad_ones_are_refused_one_by_one(
         "accepted",
         "rejected",
         "accepted",
+        "rejected",
     ]
     assert results[0]["event_id"] == batch[0]["event_id"]
     assert results[1]["error"] == "input_tokens: must be greater than or equal to 0"
@@ -64,6 +66,7 @@ async def test_good_events_go_through_and_bad_ones_are_refused_one_by_one(
     assert results[4] == {"index": 4, "status": "rejected", "error": "event: must be a JSON object"}
     assert results[5]["error"] == "success: must be a valid boolean"
     assert results[7]["error"].startswith("schema_version: 9 is newer than this Tally understands")
+    assert results[9]["error"].startswith("type: admission.requested is written by Tally")
     # Only the accepted events count: 120 + 5 tokens.
     await tokens_reach(client, key, 125)
 

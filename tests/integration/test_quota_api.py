@@ -58,6 +58,14 @@ async def test_every_quota_read_has_its_shape_and_freshness(client, new_org: Org
         "window_start",
         "window_end",
         "meters",
+        "reserved",
+    }
+    assert q["reserved"] == {
+        "tokens": 0,
+        "tool_calls": 0,
+        "requests": 0,
+        "upstream_cost_micros": 0,
+        "sessions": 0,
     }
     assert (q["org_id"], q["plan"], q["status"], q["trial_ends_at"], q["pending_change"]) == (
         org,

@@ -7,7 +7,7 @@ import pytest
 
 from schemas.plans import PlanOverrides, apply_overrides
 from tally.catalogue import load_plans
-from tally.domain.admission import Ask, Context, decide
+from tally.domain.admission import Ask, Context, decide, from_worker
 from tally.domain.quota import Used
 from tally.domain.subscriptions import Subscription
 
@@ -101,10 +101,10 @@ def test_sessions_at_the_limit_are_concurrency_limit():
     assert d.allowed and (d.limit, d.used, d.remaining, d.reset_at) == (3, 2, 1, None)
 
 
-def test_reserved_sessions_count():
-    assert not decide(Ask("sessions"), ctx(used=Used(sessions=1), reserved_sessions=2)).allowed
-    assert not decide(Ask("sessions", 2), ctx(used=Used(sessions=1), reserved_sessions=1)).allowed
-    assert decide(Ask("sessions"), ctx(used=Used(sessions=1), reserved_sessions=1)).allowed
+def test_a_sequenced_check_leaves_the_cap_to_the_worker_but_not_the_other_rules():
+    full = Used(sessions=3)
+    assert not decide(Ask("sessions"), ctx(used=full)).allowed
+    assert decide(Ask("sessions"), ctx(used=full, sequenced=True)).allowed
 
 
 def test_managed_model_outside_the_whitelist_is_plan_limit_error():
@@ -204,3 +204,24 @@ def test_a_run_already_counted_is_never_refused_by_the_runs_cap():
     # The standing still comes first: a past-due org starts no run, counted or not.
     past_due = replace(at_cap, subscription=replace(sub, status="past_due"))
     assert decide(Ask("runs", counted=True), past_due).code == "payment_required"
+
+
+def test_the_workers_decision_is_answered_with_the_figure_it_decided_on():
+    c = ctx(sequenced=True)
+    ok = from_worker(Ask("sessions"), c, 3, 2, allowed=True)
+    assert (ok.allowed, ok.limit, ok.used, ok.remaining, ok.reset_at) == (True, 3, 2, 1, None)
+    no = from_worker(Ask("sessions"), c, 3, 3, allowed=False)
+    assert (no.status, no.code, no.used) == (429, "concurrency_limit", 3)
+    assert "end a session" in no.message
+    no = from_worker(Ask("tokens", 1_000), c, 15_000_000, 14_999_500, allowed=False)
+    assert (no.status, no.code, no.remaining) == (429, "billing_limit_reached", 500)
+    assert no.reset_at == c.window.end
+
+
+def test_the_upstream_cost_budget_can_be_checked_and_reserved_like_a_meter():
+    used = Used(upstream_cost_micros=4_500_000)
+    d = decide(Ask("upstream_cost_micros", 600_000), ctx(used=used))
+    assert (d.status, d.code, d.remaining) == (429, "billing_limit_reached", 500_000)
+    assert "upstream-cost" in d.message
+    assert decide(Ask("upstream_cost_micros", 500_000), ctx(used=used)).allowed
+    assert decide(Ask("upstream_cost_micros", 600_000), ctx(used=used, sequenced=True)).allowed

@@ -127,3 +127,13 @@ def test_a_valid_name_is_not_taken_for_a_valid_id():
     build.llm_usage("acme", "a1", "my model", 1, 1)  # a name may hold a space
     with pytest.raises(InvalidEvent, match="^org_id: must be 1 to 128 printable ASCII"):
         build.llm_usage("my model", "a1", "gpt-4o", 1, 1)
+
+
+def test_a_reservation_id_is_carried_when_given_and_checked_like_an_id():
+    event = build.llm_usage("acme", "a1", "gpt-4o", 10, 2, reservation_id="rsv_1")
+    assert parse_event(orjson.dumps(event)).reservation_id == "rsv_1"
+    assert "reservation_id" not in build.llm_usage("acme", "a1", "gpt-4o", 10, 2)
+    start = build.session("session.started", "acme", "a1", "s1", reservation_id="rsv_2")
+    assert parse_event(orjson.dumps(start)).reservation_id == "rsv_2"
+    with pytest.raises(InvalidEvent, match="reservation_id"):
+        build.tool_call("acme", "a1", "github", "x", True, reservation_id="has space")

@@ -6,6 +6,7 @@ import sys
 MODULES = [
     "schemas.plans",
     "schemas.api",
+    "schemas.admission",
     "tally.domain.subscriptions",
     "tally.domain.admission",
     "tally.domain.quota",
