@@ -105,11 +105,12 @@ async def run(
                     # HTTP ingestion, stored: the worker runs since the drain.
                     figures.update(await ingest.ingest_rates(tally, ingest_requests))
                 # Admission checks beside the reads: strict (the worker decides) and plain.
-                if only_checks:
-                    await tally.start_worker()  # otherwise started by the drain
-                assert tally.worker is not None
-                await asyncio.wait_for(tally.worker.ready.wait(), 120)
-                figures.update(await admission.checks(tally, check_callers, check_seconds))
+                if not only_breakdowns:
+                    if only_checks:
+                        await tally.start_worker()  # otherwise started by the drain
+                    assert tally.worker is not None
+                    await asyncio.wait_for(tally.worker.ready.wait(), 120)
+                    figures.update(await admission.checks(tally, check_callers, check_seconds))
                 if not only_checks:
                     figures.update(
                         await queries.breakdowns(
