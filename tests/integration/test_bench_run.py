@@ -100,6 +100,9 @@ async def test_the_bench_prints_every_figure_then_the_goals_then_one_json_line()
         assert figures["http_ratio"] == round(
             figures["http_tally_rps"] / figures["http_bare_rps"], 3
         )
+        assert figures["http_p99_ratio"] == round(
+            figures["http_tally_p99_ms"] / figures["http_bare_p99_ms"], 3
+        )
     else:
         assert "wrk" in figures["http_skipped"]
 
