@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from streams.leases import ENDED, STARTED
 from tally.domain import counters
@@ -20,8 +20,27 @@ from tally.domain import reservations as r
 from tally.domain.counters import CounterKey
 from tally.domain.reservations import Hold
 
-if TYPE_CHECKING:
-    from streams.batch import BatchResult, PartitionState
+
+class Layer(Protocol):
+    """What admissions read of a partition's state and of each batch prepared on it
+    (`streams.batch.PartitionState`, `streams.batch.BatchResult`)."""
+
+    holds: dict[str, dict[str, Hold]]
+    clocks: dict[str, datetime]
+    sessions: dict[tuple[str, str], int]
+
+
+class PartitionState(Layer, Protocol):
+    counters: dict[CounterKey, int]
+
+
+class BatchResult(Layer, Protocol):
+    partition: int
+    epoch: str
+    deltas: dict[CounterKey, int]
+    reservations: list[list[object]]
+    event_ids: set[str]
+
 
 RESERVATION_COLUMNS = (
     "org_id",

@@ -25,7 +25,7 @@ def org_overview(plan: str, **used: int) -> a.Overview:
 def test_every_limited_meter_gets_80_and_100_percent() -> None:
     rules = a.default_rules(org_overview("free"))
     percent = {(r.meter, r.percent) for r in rules if r.percent}
-    limited = ["tokens", "tool_calls", "requests", "requests_minute", "requests_day"]
+    limited = ["tokens", "tool_calls", "requests", "requests_minute", "requests_day", "runs"]
     assert percent == {(m, p) for m in [*limited, "upstream_cost_micros"] for p in (80, 100)}
     # Scale: tool calls and tokens are unlimited, so no default rule watches them.
     scale = {r.meter for r in a.default_rules(org_overview("scale")) if r.percent}
