@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from schemas.events import TS_MAX, TS_MIN, InvalidEvent
 from streams import batch, leases, runs
-from streams.batch import EVENT_COLUMNS, EVENT_SCHEMA, BatchResult, Message, PartitionState
+from streams.batch import BatchResult, Message, PartitionState
 from streams.column_meters import Common, Slow, all_true, constant, llm, request, tool
 from streams.decode import (
     WireGatewayRequest,
@@ -39,6 +39,7 @@ from streams.decode import (
     known_id,
     wire,
 )
+from streams.rows import EVENT_COLUMNS, EVENT_SCHEMA, event_block
 from tally.domain import counters
 from tally.domain.counters import CounterKey
 from tally.domain.eventtime import DEFAULT, EventTime
@@ -236,7 +237,7 @@ def _columns(
     _sessions(result, state, pending, records, events, codes, decoded, others, ts_us, pricer, now)
     _runs(result, state, pending, common, code_column, now)
     if result.rows:
-        blocks.append(batch.event_block(result.rows))
+        blocks.append(event_block(result.rows))
         result.rows = []
     result.block = pa.concat_tables(blocks) if blocks else None
     last = records[-1]

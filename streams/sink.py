@@ -19,8 +19,9 @@ import pyarrow.compute as pc
 
 from streams import runs as run_state
 from streams.admissions import RESERVATION_COLUMNS, reserved
-from streams.batch import PartitionState, event_block
+from streams.batch import PartitionState
 from streams.leases import ENDED, STARTED
+from streams.rows import event_block
 from tally.domain import counters, runs
 from tally.domain.leases import Lease
 from tally.domain.reservations import Hold, lapse

@@ -28,7 +28,7 @@ from producers.simulate import (
     TOOL_FAILURE_SHARE,
 )
 from schemas.prices import ConnectorRate, ModelRate, PriceBook, StorageRate
-from streams.batch import EVENT_COLUMNS
+from streams.rows import EVENT_COLUMNS
 from tally.domain.pricing import GB_MONTH_BYTE_SECONDS, MTOK
 from tally.store import Store
 from tally.store.queries import Query

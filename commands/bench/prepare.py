@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 
 from commands.bench.workload import Workload
 from streams import columns
-from streams.batch import PartitionState, Record, event_block, process
+from streams.batch import PartitionState, Record, process
+from streams.rows import event_block
 from tally.catalogue import load_prices
 from tally.domain.pricing import Pricer
 

@@ -14,7 +14,7 @@ import pytest_asyncio
 from commands.bench import preload
 from commands.runtime import Tally
 from producers.simulate import CONNECTORS, MODELS
-from streams.batch import EVENT_COLUMNS
+from streams.rows import EVENT_COLUMNS
 from tally.catalogue import load_prices
 from tally.domain.pricing import Pricer
 from tally.domain.usage import measure

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest_asyncio
 
-from streams.batch import EVENT_COLUMNS
+from streams.rows import EVENT_COLUMNS
 from tally import failpoints
 from tally.catalogue import load_prices
 from tally.config import COUNTERS_TOPIC

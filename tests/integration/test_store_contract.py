@@ -23,7 +23,8 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from api.retention import DELETE as RETENTION
 from streams import columns
-from streams.batch import EVENT_COLUMNS, BatchResult, PartitionState, Record, apply, process
+from streams.batch import BatchResult, PartitionState, Record, apply, process
+from streams.rows import EVENT_COLUMNS
 from streams.sink import ClickHouseSink
 from tally.catalogue import load_prices
 from tally.domain.eventtime import Backfill

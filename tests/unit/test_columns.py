@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from commands.bench.workload import generate
 from schemas.prices import PriceBook
 from streams import columns
-from streams.batch import BatchResult, PartitionState, Record, event_block, process
+from streams.batch import BatchResult, PartitionState, Record, process
+from streams.rows import event_block
 from streams.runs import key as run_key
 from tally.catalogue import load_prices
 from tally.domain import counters
