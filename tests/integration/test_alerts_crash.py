@@ -102,9 +102,14 @@ async def test_two_crossings_deliver_exactly_two_alerts_across_a_sigkill(
                 ).json()["deliveries"]
                 assert sorted(d["status"] for d in log) == ["succeeded", "succeeded"]
                 by_id = {d["id"]: d for d in log}
-                assert {
-                    i: [a["status_code"] for a in by_id[i]["attempts"]] for i in attempts
-                } == attempts
+                logged = {i: [a["status_code"] for a in by_id[i]["attempts"]] for i in attempts}
+                # The log holds each attempt once its answer came back: an attempt the
+                # SIGKILL cut between the answer and its record is missing from it (the
+                # receiver saw it; the retry carried the same id). At most one was cut.
+                for i, statuses in attempts.items():
+                    assert logged[i][-1] == 204 and set(logged[i][:-1]) <= {503}, logged
+                    assert len(statuses) - 1 <= len(logged[i]) <= len(statuses), logged
+                assert sum(len(attempts[i]) - len(logged[i]) for i in attempts) <= 1, logged
             assert up.stop() == 0
     finally:
         up.kill()
